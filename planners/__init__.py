@@ -1,0 +1,1 @@
+"""Dataset fingerprint and plans (nnU-Net style, SAM-specific)."""
