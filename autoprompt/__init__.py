@@ -12,8 +12,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    from autoprompt import api
+    import importlib
 
+    api = importlib.import_module("autoprompt.api")
     if name in api.EXPORTS:
         return getattr(api, name)
     raise AttributeError(f"module 'autoprompt' has no attribute '{name}'")
