@@ -1,0 +1,397 @@
+"""Raw datasets in the nnU-Net v2 format: loading, validation and cross-validation folds.
+
+A dataset folder holds ``dataset.json``, ``imagesTr/{case}_{XXXX}{file_ending}`` (one file per channel
+``XXXX``) and ``labelsTr/{case}{file_ending}``, exactly as nnU-Net v2 expects, so an nnU-Net user's data
+works unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+from tqdm import tqdm
+
+from autoprompt.errors import AutoPromptError
+from pipeline.files import load_json, save_json
+from pipeline.io import SUPPORTED_SUFFIXES, Geometry, read_image
+
+ACDC_GROUP_REGEX = r"^(patient\d+)_frame\d+$"
+"""Group ACDC's ``patientNNN_frameMM`` cases by patient, so both frames of a patient share a fold."""
+
+SPLITS_FILE = "splits_final.json"
+_REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+_SCHEMA_FIX = (
+    'write it as in nnU-Net v2: {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1}, '
+    '"numTraining": N, "file_ending": ".nii.gz"}'
+)
+
+
+@dataclass
+class CaseFiles:
+    """The files of one case.
+
+    Attributes:
+        images: one path per channel, in channel order (``{case}_0000``, ``{case}_0001``, ...); a path may
+            not exist when the dataset is incomplete (:func:`verify_dataset` reports it).
+        label: the label map, or ``None`` when there is none.
+    """
+
+    images: list[Path]
+    label: Path | None
+
+
+@dataclass
+class RawDataset:
+    """A raw dataset as listed on disk; nothing has been read from the images yet.
+
+    Attributes:
+        folder: the dataset folder (``.../DatasetXXX_Name``).
+        name: the folder name.
+        channel_names: ``{"0": "CT", ...}`` from dataset.json.
+        labels: ``{"background": 0, "liver": 1, ...}`` from dataset.json.
+        file_ending: e.g. ``".nii.gz"``.
+        cases: case id -> files, sorted by case id.
+        dataset_json: dataset.json as read.
+        unexpected_files: files in imagesTr/labelsTr that fit no case (wrong name, ending or channel).
+    """
+
+    folder: Path
+    name: str
+    channel_names: dict[str, str]
+    labels: dict[str, int]
+    file_ending: str
+    cases: dict[str, CaseFiles]
+    dataset_json: dict = field(default_factory=dict)
+    unexpected_files: list[Path] = field(default_factory=list)
+
+    @property
+    def dataset_json_path(self) -> Path:
+        return self.folder / "dataset.json"
+
+
+def load_raw_dataset(folder: str | os.PathLike) -> RawDataset:
+    """Read ``folder/dataset.json`` and list the cases of ``imagesTr`` and ``labelsTr``.
+
+    Raises:
+        AutoPromptError: the folder or dataset.json is missing, or dataset.json breaks the schema.
+    """
+    folder = Path(folder)
+    if not (folder / "imagesTr").is_dir():
+        raise AutoPromptError(
+            f"{folder}: no imagesTr folder; point to a DatasetXXX_Name folder in nnU-Net v2 format"
+        )
+    dataset_json = _load_dataset_json(folder / "dataset.json")
+    channel_names = {str(k): str(v) for k, v in dataset_json["channel_names"].items()}
+    file_ending = dataset_json["file_ending"]
+    cases: dict[str, CaseFiles] = {}
+    unexpected: list[Path] = []
+    channel_pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    for path in _image_files(folder / "imagesTr"):
+        match = channel_pattern.match(path.name)
+        if match is None or str(int(match[2])) not in channel_names:
+            unexpected.append(path)
+            continue
+        cases.setdefault(match[1], CaseFiles(images=[], label=None))
+    for path in _image_files(folder / "labelsTr"):
+        if not path.name.endswith(file_ending):
+            unexpected.append(path)
+            continue
+        cases.setdefault(path.name[: -len(file_ending)], CaseFiles(images=[], label=None)).label = path
+    for case_id, files in cases.items():
+        files.images = [
+            folder / "imagesTr" / f"{case_id}_{int(c):04d}{file_ending}"
+            for c in sorted(channel_names, key=int)
+        ]
+    return RawDataset(
+        folder=folder,
+        name=folder.name,
+        channel_names=channel_names,
+        labels={str(k): int(v) for k, v in dataset_json["labels"].items()},
+        file_ending=file_ending,
+        cases=dict(sorted(cases.items())),
+        dataset_json=dataset_json,
+        unexpected_files=unexpected,
+    )
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Visible files in ``folder`` (sorted), or none when it does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _load_dataset_json(path: Path) -> dict:
+    """Read dataset.json and check its schema; every problem is an AutoPromptError naming ``path``."""
+    if not path.is_file():
+        raise AutoPromptError(f"{path}: missing; {_SCHEMA_FIX}")
+    try:
+        data = load_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AutoPromptError(f"{path}: not valid JSON ({error}); fix the syntax") from error
+    if not isinstance(data, dict):
+        raise AutoPromptError(f"{path}: must hold a JSON object; {_SCHEMA_FIX}")
+    if "modality" in data and "channel_names" not in data:
+        raise AutoPromptError(
+            f"{path}: nnU-Net v1 format; convert it with nnUNetv2_convert_old_nnUNet_dataset"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in data]
+    if missing:
+        raise AutoPromptError(f"{path}: missing {', '.join(missing)}; {_SCHEMA_FIX}")
+    if "dataset" in data:
+        raise AutoPromptError(
+            f"{path}: explicit 'dataset' file lists are not supported; use imagesTr/labelsTr"
+        )
+    channels = data["channel_names"]
+    if (
+        not isinstance(channels, dict)
+        or not channels
+        or set(map(str, channels)) != {str(i) for i in range(len(channels))}
+    ):
+        raise AutoPromptError(
+            f'{path}: channel_names must map "0", "1", ... to modality names, e.g. {{"0": "CT"}}'
+        )
+    _check_labels(path, data["labels"])
+    if not isinstance(data["numTraining"], int) or data["numTraining"] < 1:
+        raise AutoPromptError(
+            f"{path}: numTraining must be a positive integer (the number of training cases)"
+        )
+    if data["file_ending"] not in SUPPORTED_SUFFIXES:
+        raise AutoPromptError(
+            f"{path}: file_ending {data['file_ending']!r} is not one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return data
+
+
+def _check_labels(path: Path, labels: object) -> None:
+    if not isinstance(labels, dict):
+        raise AutoPromptError(
+            f'{path}: labels must map names to integers, e.g. {{"background": 0, "organ": 1}}'
+        )
+    regions = [name for name, value in labels.items() if isinstance(value, (list, tuple))]
+    if regions:
+        raise AutoPromptError(
+            f"{path}: region-based labels ({', '.join(regions)}) are not supported by autoprompt; "
+            "give every label one integer value"
+        )
+    if labels.get("background") != 0:
+        raise AutoPromptError(f'{path}: labels must contain "background": 0')
+    values = list(labels.values())
+    valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+    if not valid or len(set(values)) != len(values):
+        raise AutoPromptError(f"{path}: label values must be distinct non-negative integers, got {values}")
+
+
+def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
+    """Check a raw dataset before planning; return every problem, one line each, naming the file.
+
+    Checked: numTraining equals the number of cases; no stray files; every case has all channels and a
+    label; channels and label share size, spacing, origin and direction; label values are declared in
+    dataset.json; images hold no NaN/inf and are not constant.
+
+    Args:
+        dataset: from :func:`load_raw_dataset`.
+        num_processes: worker processes reading the cases.
+
+    Returns:
+        Problem lines; empty when the dataset is fine.
+    """
+    problems = []
+    if dataset.dataset_json.get("numTraining") != len(dataset.cases):
+        problems.append(
+            f"{dataset.dataset_json_path}: numTraining is {dataset.dataset_json.get('numTraining')} but imagesTr/labelsTr "
+            f"hold {len(dataset.cases)} cases; set numTraining to {len(dataset.cases)}"
+        )
+    channels = ", ".join(f"_{int(c):04d}" for c in dataset.channel_names)
+    problems += [
+        f"{path}: fits no case; name images {{case}}_XXXX{dataset.file_ending} (channels {channels}) "
+        f"and labels {{case}}{dataset.file_ending}"
+        for path in dataset.unexpected_files
+    ]
+    declared = sorted(dataset.labels.values())
+    jobs = [
+        (case_id, files, dataset.folder / "labelsTr" / f"{case_id}{dataset.file_ending}", declared)
+        for case_id, files in dataset.cases.items()
+    ]
+    with _parallel_map(num_processes) as parallel_map:
+        results = parallel_map(_verify_case, jobs)
+        for case_problems in tqdm(results, total=len(jobs), desc="verify dataset", unit="case", disable=None):
+            problems += case_problems
+    return problems
+
+
+@contextlib.contextmanager
+def _parallel_map(num_processes: int) -> Iterator[Callable]:
+    """An ordered, lazy ``map`` over ``num_processes`` worker processes (plain ``map`` for one)."""
+    if num_processes <= 1:
+        yield map
+        return
+    with multiprocessing.Pool(num_processes, initializer=_single_threaded) as pool:
+        yield pool.imap
+
+
+def _single_threaded() -> None:
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _verify_case(job: tuple[str, CaseFiles, Path, list[int]]) -> list[str]:
+    """Problems of one case (runs in a worker); ``job`` is (case id, files, expected label path, label values)."""
+    case_id, files, expected_label, declared = job
+    problems = []
+    reference: tuple[Path, Geometry] | None = None
+    for index, path in enumerate(files.images):
+        if not path.is_file():
+            problems.append(
+                f"{path}: missing channel {index} of case {case_id}; add it or remove the case's other files"
+            )
+            continue
+        try:
+            array, geometry = read_image(path)
+        except AutoPromptError as error:
+            problems.append(str(error))
+            continue
+        if not np.all(np.isfinite(array)):
+            problems.append(
+                f"{path}: contains NaN or infinite values; replace them, e.g. with the image minimum"
+            )
+        elif array.size == 0 or array.min() == array.max():
+            value = array.flat[0] if array.size else "none"
+            problems.append(
+                f"{path}: empty image (every voxel is {value}); fix the export or remove case {case_id}"
+            )
+        if reference is None:
+            reference = (path, geometry)
+        else:
+            problems += _geometry_problems(path, geometry, *reference)
+    if files.label is None:
+        problems.append(
+            f"{expected_label}: missing label of case {case_id}; add it or remove the case's images"
+        )
+        return problems
+    try:
+        label, geometry = read_image(files.label)
+    except AutoPromptError as error:
+        return [*problems, str(error)]
+    if reference is not None:
+        problems += _geometry_problems(files.label, geometry, *reference)
+    unexpected = sorted(set(np.unique(label).tolist()) - set(declared))
+    if unexpected:
+        problems.append(
+            f"{files.label}: unexpected label values {_short(unexpected)} (dataset.json declares {declared}); "
+            "fix the label map or declare them in dataset.json"
+        )
+    return problems
+
+
+def _geometry_problems(path: Path, geometry: Geometry, ref_path: Path, ref: Geometry) -> list[str]:
+    return [
+        f"{path}: {name} {_short(getattr(geometry, name))} differs from {_short(getattr(ref, name))} of {ref_path.name}; "
+        + (
+            "resample it onto that image's grid"
+            if name == "size"
+            else f"copy the {name} of {ref_path.name} onto it"
+        )
+        for name in geometry.mismatches(ref)
+    ]
+
+
+def _short(values: Sequence) -> str:
+    """``[1, 2.5, ...]`` with floats rounded, at most 10 items."""
+    items = [round(v, 4) if isinstance(v, float) else v for v in values[:10]]
+    return "[" + ", ".join(map(str, items)) + (", ...]" if len(values) > 10 else "]")
+
+
+def make_splits(
+    case_ids: Sequence[str], *, num_folds: int = 5, seed: int = 12345, group_regex: str | None = None
+) -> list[dict[str, list[str]]]:
+    """Cross-validation folds like nnU-Net's ``splits_final.json``.
+
+    Without ``group_regex`` this is nnU-Net's own split (``KFold(shuffle=True, random_state=seed)`` on the
+    sorted ids). With it, cases whose ``group_regex`` group 1 is equal (e.g. both frames of an ACDC patient,
+    :data:`ACDC_GROUP_REGEX`) fall in the same fold: the same seeded KFold runs on the sorted group keys.
+
+    Returns:
+        ``num_folds`` dicts ``{"train": [...], "val": [...]}``, each list sorted; every case is in exactly
+        one ``val``.
+
+    Raises:
+        AutoPromptError: a case id does not match ``group_regex``, or there are fewer cases (groups) than folds.
+    """
+    case_ids = sorted(case_ids)
+    if group_regex is None:
+        groups = {case_id: [case_id] for case_id in case_ids}
+    else:
+        pattern = re.compile(group_regex)
+        groups = {}
+        for case_id in case_ids:
+            match = pattern.match(case_id)
+            if match is None or match.lastindex is None:
+                raise AutoPromptError(
+                    f"case {case_id}: does not match the group regex {group_regex!r} (group 1 names the group); "
+                    "fix the regex or the case name"
+                )
+            groups.setdefault(match[1], []).append(case_id)
+    if len(groups) < num_folds:
+        raise AutoPromptError(
+            f"cannot make {num_folds} folds from {len(groups)} cases (groups); use fewer folds"
+        )
+    splits = []
+    for fold in generate_crossval_split(sorted(groups), seed=seed, n_splits=num_folds):
+        splits.append(
+            {part: sorted(c for key in fold[part] for c in groups[str(key)]) for part in ("train", "val")}
+        )
+    return splits
+
+
+def load_or_create_splits(
+    preprocessed_folder: str | os.PathLike,
+    case_ids: Sequence[str],
+    *,
+    num_folds: int = 5,
+    seed: int = 12345,
+    group_regex: str | None = None,
+) -> list[dict[str, list[str]]]:
+    """The folds in ``preprocessed_folder/splits_final.json``; made by :func:`make_splits` and saved if absent.
+
+    An existing file is kept as it is (a user may have edited it), after checking that it is a list of
+    ``{"train": [...], "val": [...]}`` naming only known cases.
+
+    Raises:
+        AutoPromptError: the existing file is malformed or names a case that is not in ``case_ids``.
+    """
+    path = Path(preprocessed_folder) / SPLITS_FILE
+    if not path.is_file():
+        splits = make_splits(case_ids, num_folds=num_folds, seed=seed, group_regex=group_regex)
+        save_json(splits, path)
+        return splits
+    fix = "fix it or delete it to have the folds made again"
+    try:
+        splits = load_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AutoPromptError(f"{path}: not valid JSON ({error}); {fix}") from error
+    if not isinstance(splits, list) or not splits or any(_malformed_fold(fold) for fold in splits):
+        raise AutoPromptError(f'{path}: must be a list of {{"train": [case ids], "val": [case ids]}}; {fix}')
+    unknown = sorted({c for fold in splits for c in fold["train"] + fold["val"]} - set(case_ids))
+    if unknown:
+        raise AutoPromptError(f"{path}: names cases that are not in the dataset: {_short(unknown)}; {fix}")
+    return splits
+
+
+def _malformed_fold(fold: object) -> bool:
+    return not (
+        isinstance(fold, dict)
+        and all(
+            isinstance(fold.get(part), list) and all(isinstance(c, str) for c in fold[part])
+            for part in ("train", "val")
+        )
+    )

@@ -1,0 +1,232 @@
+"""Reading and writing medical images through SimpleITK, keeping their geometry.
+
+Arrays are in SimpleITK order, ``(Z, Y, X)`` for 3D and ``(Y, X)`` for 2D; :class:`Geometry` holds spacing,
+origin and direction in SimpleITK ``(x, y[, z])`` order, so an image read here and written back lands in
+the same physical place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from skimage.color import rgb2gray
+
+from autoprompt.errors import AutoPromptError
+from pipeline.files import atomic_path
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+PLANAR_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SUPPORTED_SUFFIXES = VOLUME_SUFFIXES + PLANAR_SUFFIXES
+"""File endings :func:`read_image` and :func:`write_image` accept (a DICOM series is a folder)."""
+_UINT8_ONLY = (".png", ".jpg", ".jpeg")
+_FIX_FORMAT = f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder holding one DICOM series"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels lie in physical space, in SimpleITK ``(x, y[, z])`` order.
+
+    Attributes:
+        spacing: voxel size in mm per axis.
+        origin: physical position of the first voxel.
+        direction: direction cosines, flattened row-major, ``ndim**2`` values.
+        size: voxels per axis ``(x, y[, z])`` (the numpy shape reversed).
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    size: tuple[int, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image | sitk.ImageFileReader) -> Geometry:
+        """The geometry of a SimpleITK image, or of a reader after ``ReadImageInformation``."""
+        return cls(
+            spacing=tuple(float(v) for v in image.GetSpacing()),
+            origin=tuple(float(v) for v in image.GetOrigin()),
+            direction=tuple(float(v) for v in image.GetDirection()),
+            size=tuple(int(v) for v in image.GetSize()),
+        )
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (lists)."""
+        return {key: list(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            spacing=tuple(float(v) for v in d["spacing"]),
+            origin=tuple(float(v) for v in d["origin"]),
+            direction=tuple(float(v) for v in d["direction"]),
+            size=tuple(int(v) for v in d["size"]),
+        )
+
+    def mismatches(self, other: Geometry, *, tol: float = 1e-4) -> list[str]:
+        """Names of the fields (``size``, ``spacing``, ``origin``, ``direction``) that differ beyond ``tol``.
+
+        ``size`` must be equal; the others must agree within ``tol`` absolute or relative.
+        """
+        if self.size != other.size:
+            return ["size"]
+        return [
+            name
+            for name in ("spacing", "origin", "direction")
+            if not np.allclose(getattr(self, name), getattr(other, name), rtol=tol, atol=tol)
+        ]
+
+    def matches(self, other: Geometry, *, tol: float = 1e-4) -> bool:
+        """Whether size is equal and spacing, origin and direction agree within ``tol``."""
+        return not self.mismatches(other, tol=tol)
+
+
+def image_suffix(path: str | os.PathLike) -> str:
+    """The image format ending of ``path`` (``".nii.gz"``, ``".png"``, ...), ``""`` for a DICOM folder.
+
+    Raises:
+        AutoPromptError: the ending is not a supported image format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return ""
+    name = path.name.lower()
+    for suffix in SUPPORTED_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise AutoPromptError(f"{path}: not a supported image file; {_FIX_FORMAT}")
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image file or DICOM series folder with its geometry.
+
+    RGB(A) 2D images become grey (luminance, same 0-255 scale, float32).
+
+    Returns:
+        The voxels, ``(Z, Y, X)`` or ``(Y, X)`` in the file's pixel type, and their :class:`Geometry`.
+
+    Raises:
+        AutoPromptError: the file is missing, unreadable, not an image, 4D, or a vector image that is not
+            a 2D RGB(A) picture.
+    """
+    path = Path(path)
+    image = _read_sitk(path)
+    if image.GetDimension() not in (2, 3):
+        raise AutoPromptError(
+            f"{path}: {image.GetDimension()}D images are not supported; "
+            "save each channel or time point as its own 3D file ({case}_0000, {case}_0001, ...)"
+        )
+    array = sitk.GetArrayFromImage(image)
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        if image.GetDimension() != 2 or components not in (3, 4):
+            raise AutoPromptError(
+                f"{path}: a {image.GetDimension()}D image with {components} values per voxel is not supported; "
+                "save each channel as its own single-valued file ({case}_0000, {case}_0001, ...)"
+            )
+        array = rgb2gray(array[..., :3].astype(np.float32)).astype(np.float32)
+    return array, Geometry.of(image)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
+    """Write ``array`` with ``geometry`` atomically; the format comes from the suffix of ``path``.
+
+    PNG/JPEG hold 2D uint8 only: integer arrays within 0..255 (label maps) are written as they are, other
+    arrays are scaled to 0..255. TIFF holds 32-bit values at most (64-bit arrays are narrowed). Boolean
+    masks are written as uint8 0/1, float16 as float32.
+    PNG and TIFF keep spacing only; NIfTI, MHA and NRRD keep the full geometry.
+
+    Args:
+        array: ``(Z, Y, X)`` or ``(Y, X)``; its shape reversed must equal ``geometry.size``.
+        geometry: where the voxels lie.
+        path: output file; a folder (DICOM) is not writable, write ``.nii.gz`` instead.
+
+    Raises:
+        AutoPromptError: unsupported suffix, or a 3D array for a 2D-only format.
+    """
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        raise AutoPromptError(f"{path}: an output image needs a file ending; name it e.g. {path.name}.nii.gz")
+    suffix = image_suffix(path)
+    if tuple(reversed(array.shape)) != geometry.size:
+        raise ValueError(
+            f"array shape {array.shape} does not fit geometry size {geometry.size} (x, y[, z] order)"
+        )
+    if suffix in _UINT8_ONLY and array.ndim != 2:
+        raise AutoPromptError(f"{path}: {suffix} holds 2D images only; write this 3D image as .nii.gz")
+    image = sitk.GetImageFromArray(_storable(array, suffix))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=suffix not in _UINT8_ONLY)
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise AutoPromptError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        return _read_dicom_series(path)
+    image_suffix(path)  # rejects unsupported endings before SimpleITK guesses at them
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise _unreadable(path) from error
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for a folder without DICOM
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    if not series:
+        raise AutoPromptError(
+            f"{folder}: folder holds no DICOM series; point to an image file or a DICOM series folder"
+        )
+    if len(series) > 1:
+        raise AutoPromptError(
+            f"{folder}: folder holds {len(series)} DICOM series; put each series in its own folder"
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise _unreadable(folder) from error
+
+
+def _unreadable(path: Path) -> AutoPromptError:
+    return AutoPromptError(f"{path}: not a readable image (damaged or wrong format); re-export it as .nii.gz")
+
+
+def _storable(array: np.ndarray, suffix: str) -> np.ndarray:
+    """``array`` in a pixel type SimpleITK and the format can hold."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if suffix in _UINT8_ONLY:
+        return _to_uint8(array)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if suffix in (".tif", ".tiff") and array.dtype.itemsize == 8 and array.dtype.kind in "iuf":
+        fits_int32 = array.dtype.kind in "iu" and array.size and np.abs(array).max() < 2**31
+        return array.astype(np.int32 if fits_int32 else np.float32)
+    return array
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Integer arrays within 0..255 as they are; anything else min-max scaled to 0..255."""
+    if array.dtype.kind in "iu" and array.size and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    array = array.astype(np.float64)
+    low, high = float(np.min(array)), float(np.max(array))
+    scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+    return np.round(scaled).astype(np.uint8)
