@@ -1,0 +1,143 @@
+"""``plan_and_preprocess``: verify a raw dataset, fingerprint it, plan it, preprocess it, make its folds.
+
+    from autoprompt import api
+    folder = api.plan_and_preprocess("raw/Dataset027_ACDC", "preprocessed", group_regex=ACDC_GROUP_REGEX)
+
+Every step is resumable: an existing fingerprint.json (for the same cases) and plans.json (possibly edited
+by hand) are kept unless ``overwrite_plans``; finished cases and an existing splits_final.json are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoprompt.errors import AutoPromptError
+from pipeline.dataset import RawDataset, load_or_create_splits, load_raw_dataset, make_splits, verify_dataset
+from pipeline.files import load_json, save_json
+from pipeline.preprocessing import run_preprocessing
+from planners.fingerprint import extract_fingerprint
+from planners.planner import plan_dataset
+from planners.plans import Plans
+
+CONFIGURATIONS = ("2d", "3d")
+
+
+def check_dataset(raw_dataset_folder: str | os.PathLike, *, num_processes: int = 2) -> RawDataset:
+    """Load and verify a raw dataset; print every problem (stderr) and fail if there is any.
+
+    Raises:
+        AutoPromptError: ``"N problems in dataset ...; fix them and re-run"`` after printing the problems.
+    """
+    raw = load_raw_dataset(raw_dataset_folder)
+    problems = verify_dataset(raw, num_processes=num_processes)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        raise AutoPromptError(
+            f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in dataset {raw.folder} (listed above); "
+            "fix them and re-run"
+        )
+    return raw
+
+
+def plan_and_preprocess(
+    raw_dataset_folder: str | os.PathLike,
+    preprocessed_root: str | os.PathLike,
+    *,
+    configurations: Sequence[str] = CONFIGURATIONS,
+    num_processes: int = 2,
+    verify: bool = True,
+    group_regex: str | None = None,
+    seed: int = 12345,
+    overwrite_plans: bool = False,
+) -> Path:
+    """Verify, fingerprint, plan and preprocess a raw dataset, and make its cross-validation folds.
+
+    Writes ``preprocessed_root/<dataset>/``: ``fingerprint.json``, ``plans.json``, ``dataset.json``,
+    ``<data_identifier>/{case}.npy|_seg.npy|.json`` and ``splits_final.json``. Nothing is written when
+    verification finds a problem.
+
+    Args:
+        raw_dataset_folder: ``.../DatasetXXX_Name`` in nnU-Net v2 raw format.
+        preprocessed_root: the folder that holds preprocessed datasets.
+        configurations: which of "2d"/"3d" to preprocess (they share one preprocessing); "3d" is skipped
+            with a note for a 2D dataset.
+        num_processes: worker processes.
+        verify: check the dataset first (recommended).
+        group_regex: cases whose regex group 1 is equal share a fold (ACDC: ``ACDC_GROUP_REGEX``).
+        seed: seed of the folds.
+        overwrite_plans: plan again even if fingerprint.json/plans.json exist (drops hand edits).
+
+    Returns:
+        The preprocessed dataset folder.
+
+    Raises:
+        AutoPromptError: dataset problems, an unknown configuration, a bad group regex, or a plans.json
+            that does not fit the dataset.
+    """
+    unknown = [name for name in configurations if name not in CONFIGURATIONS]
+    if unknown:
+        raise AutoPromptError(
+            f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGURATIONS)}"
+        )
+    raw = (
+        check_dataset(raw_dataset_folder, num_processes=num_processes)
+        if verify
+        else load_raw_dataset(raw_dataset_folder)
+    )
+    out = Path(preprocessed_root) / raw.name
+    if not (out / "splits_final.json").is_file():
+        make_splits(list(raw.cases), seed=seed, group_regex=group_regex)  # a bad regex fails before any work
+
+    fingerprint = _fingerprint(
+        raw, out / "fingerprint.json", num_processes=num_processes, reuse=not overwrite_plans
+    )
+    plans = _plans(raw, fingerprint, out / "plans.json", reuse=not overwrite_plans)
+    planned = [name for name in configurations if name in plans.configurations]
+    for name in sorted(set(configurations) - set(planned)):
+        print(
+            f"note: configuration '{name}' is not planned for {raw.name} (2D images); skipped",
+            file=sys.stderr,
+        )
+    save_json(raw.dataset_json, out / "dataset.json")
+    run_preprocessing(raw, plans, out, num_processes=num_processes, configurations=planned)
+    load_or_create_splits(out, list(raw.cases), seed=seed, group_regex=group_regex)
+    return out
+
+
+def _fingerprint(raw: RawDataset, path: Path, *, num_processes: int, reuse: bool) -> dict:
+    """The existing fingerprint.json if it covers exactly these cases, else a new one (saved)."""
+    if reuse and path.is_file():
+        fingerprint = load_json(path)
+        if set(fingerprint.get("cases", {})) == set(raw.cases):
+            return fingerprint
+    fingerprint = extract_fingerprint(raw, num_processes=num_processes)
+    save_json(fingerprint, path)
+    return fingerprint
+
+
+def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool) -> Plans:
+    """The existing (maybe hand-edited) plans.json, else new plans; a file is rewritten only if it changes.
+
+    Raises:
+        AutoPromptError: an existing plans.json is invalid or has other labels/channels than dataset.json.
+    """
+    if reuse and path.is_file():
+        plans = Plans.load(path)
+        for key in ("labels", "channel_names"):
+            if getattr(plans, key) != getattr(raw, key):
+                raise AutoPromptError(
+                    f"{path}: {key} differ from {raw.dataset_json_path}; re-plan with --overwrite-plans"
+                )
+        return plans
+    plans = plan_dataset(fingerprint, raw.dataset_json)
+    try:
+        unchanged = load_json(path) == plans.to_dict()
+    except (OSError, ValueError):
+        unchanged = False
+    if not unchanged:  # an unchanged file keeps its time, so finished cases stay valid
+        plans.save(path)
+    return plans

@@ -1,0 +1,323 @@
+"""The one preprocessing function shared by training and inference, and its exact inverse.
+
+A case ``(C channel files)`` becomes ``data`` (``C x S x H x W`` float32 in [0, 1]): cropped to its nonzero
+region (nnunetv2's ``crop_to_nonzero``), normalised per channel as the plans say, the slice axis moved
+first, and rows/columns resampled to the plans' target spacing (nnunetv2's ``resample_data_or_seg``; slices
+are never resampled). ``properties`` (JSON-able) hold everything :func:`revert_probabilities` and
+:func:`revert_segmentation` need to map a prediction back onto the original voxels.
+
+A 2D image ``(Y, X)`` is one slice: ``C x 1 x H x W``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg
+from tqdm import tqdm
+
+from autoprompt.errors import AutoPromptError
+from pipeline.files import atomic_path, save_json
+from pipeline.io import Geometry, read_image
+from planners.plans import ChannelNormalization, Plans
+
+if TYPE_CHECKING:
+    from pipeline.dataset import RawDataset
+
+PSEUDO_SLICE_SPACING_2D = 1.0
+"""Slice spacing (mm) given to a 2D image, which is treated as a single slice."""
+DATA_ORDER = 3  # nnU-Net: cubic spline for images
+SEG_ORDER = 1  # nnU-Net: linear on one-hot channels for label maps and probabilities
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+@dataclass
+class PreprocessedCase:
+    """One preprocessed case.
+
+    Attributes:
+        data: ``C x S x H x W`` float32 in [0, 1], slice axis first, rows/columns at the target spacing.
+        seg: ``S x H x W`` int16 label map, or ``None`` without a label file.
+        properties: JSON-able; what :func:`revert_probabilities` needs (see the module docstring).
+    """
+
+    data: np.ndarray
+    seg: np.ndarray | None
+    properties: dict[str, Any]
+
+
+def read_case(image_files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
+    """Read the channel files of one case onto one grid.
+
+    Returns:
+        ``C x Z x Y x X`` float32 (a 2D image is ``C x 1 x Y x X``) and the geometry of the first channel.
+
+    Raises:
+        AutoPromptError: a file is unreadable, or channels differ in size, spacing, origin or direction.
+    """
+    if not image_files:
+        raise ValueError("image_files is empty")
+    channels, geometry = [], None
+    for path in image_files:
+        array, channel_geometry = read_image(path)
+        if geometry is None:
+            geometry = channel_geometry
+        elif mismatches := geometry.mismatches(channel_geometry):
+            raise AutoPromptError(
+                f"{path}: its {'/'.join(mismatches)} differs from {image_files[0]}; "
+                "all channels of a case must lie on the same voxel grid (resample them first)"
+            )
+        channels.append(array.astype(np.float32, copy=False))
+    return np.stack(channels)[:, None] if channels[0].ndim == 2 else np.stack(channels), geometry
+
+
+def spacing_zyx(geometry: Geometry) -> list[float]:
+    """Spacing in array order ``(Z, Y, X)``; a 2D image gets :data:`PSEUDO_SLICE_SPACING_2D` as Z."""
+    spacing = [float(s) for s in reversed(geometry.spacing)]
+    return [PSEUDO_SLICE_SPACING_2D, *spacing] if geometry.ndim == 2 else spacing
+
+
+def preprocess_case(
+    image_files: Sequence[str | os.PathLike],
+    plans: Plans,
+    configuration: str,
+    label_file: str | os.PathLike | None = None,
+) -> PreprocessedCase:
+    """Crop, normalise, move the slice axis first and resample one case (training and inference alike).
+
+    Args:
+        image_files: one file per channel, in channel order (``{case}_0000``, ``{case}_0001``, ...).
+        plans: the dataset's plans.
+        configuration: ``"2d"`` or ``"3d"`` (they share the preprocessing).
+        label_file: the label map, for training; ``None`` for inference.
+
+    Returns:
+        The :class:`PreprocessedCase` (``data`` ``C x S x H x W``, ``seg`` ``S x H x W``).
+
+    Raises:
+        AutoPromptError: wrong number of channels, unreadable files, or geometries that do not agree.
+    """
+    plan = plans.configuration(configuration)
+    if len(image_files) != len(plans.channel_names):
+        raise AutoPromptError(
+            f"{image_files[0]}: got {len(image_files)} channel file(s), the plans of {plans.dataset_name} need "
+            f"{len(plans.channel_names)} ({', '.join(plans.channel_names.values())}); give one file per channel"
+        )
+    data, geometry = read_case(image_files)
+    seg = None if label_file is None else _read_label(label_file, geometry)
+    data, nonzero, bbox = crop_to_nonzero(data)
+    inside = nonzero[0] >= 0
+    if seg is not None:
+        seg = seg[bounding_box_to_slice(bbox)]
+    data = np.stack(
+        [_normalize(channel, inside, norm) for channel, norm in zip(data, plans.normalization, strict=True)]
+    )
+
+    slice_axis = 0 if geometry.ndim == 2 else plan.slice_axis
+    transpose = [slice_axis, *(axis for axis in range(3) if axis != slice_axis)]
+    spacing_before = [spacing_zyx(geometry)[axis] for axis in transpose]
+    spacing_after = [spacing_before[0], *plan.target_spacing[1:]]
+    shape_after_crop = list(data.shape[1:])
+    data = data.transpose(0, *(axis + 1 for axis in transpose))
+    new_shape = [int(v) for v in compute_new_shape(data.shape[1:], spacing_before, spacing_after)]
+    data = np.clip(_resample(data, new_shape, is_seg=False), 0.0, 1.0).astype(np.float32)
+    if seg is not None:
+        seg = _resample(seg.transpose(transpose)[None], new_shape, is_seg=True)[0].astype(np.int16)
+
+    properties = {
+        "geometry": geometry.to_dict(),
+        "original_shape": [int(v) for v in reversed(geometry.size)],
+        "crop_bbox": [[int(lo), int(hi)] for lo, hi in bbox],
+        "shape_after_crop": shape_after_crop,
+        "slice_axis": slice_axis,
+        "transpose": transpose,
+        "spacing_before_resampling": spacing_before,
+        "spacing_after_resampling": spacing_after,
+        "shape_after_resampling": new_shape,
+        "data_identifier": plan.data_identifier,
+    }
+    if seg is not None:
+        properties["class_slices"] = {
+            str(label): np.flatnonzero((seg == label).any(axis=(1, 2))).tolist()
+            for label in sorted(plans.labels.values())
+            if label != 0
+        }
+    return PreprocessedCase(data=data, seg=seg, properties=properties)
+
+
+def revert_probabilities(probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+    """Map softmax probabilities from preprocessed space back onto the original voxels.
+
+    Args:
+        probabilities: ``(K+1) x S x H x W`` in preprocessed space.
+        properties: the case's properties from :func:`preprocess_case`.
+
+    Returns:
+        ``(K+1) x Z x Y x X`` float32 (``(K+1) x Y x X`` for a 2D input); outside the crop, background is 1.
+    """
+    shape = [properties["shape_after_crop"][axis] for axis in properties["transpose"]]
+    resampled = _resample(probabilities, shape, is_seg=False, order=SEG_ORDER).astype(np.float32)
+    background = np.zeros(len(probabilities), dtype=np.float32)
+    background[0] = 1.0
+    return _paste(resampled, properties, fill=background)
+
+
+def revert_segmentation(seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+    """Map a label map from preprocessed space back onto the original voxels.
+
+    Args:
+        seg: ``S x H x W`` integer labels in preprocessed space.
+        properties: the case's properties from :func:`preprocess_case`.
+
+    Returns:
+        ``Z x Y x X`` labels (``Y x X`` for a 2D input) of ``seg``'s dtype; 0 outside the crop.
+    """
+    shape = [properties["shape_after_crop"][axis] for axis in properties["transpose"]]
+    resampled = _resample(seg[None], shape, is_seg=True).astype(seg.dtype)
+    return _paste(resampled, properties, fill=np.zeros(1, dtype=seg.dtype))[0]
+
+
+def geometry_of(properties: dict[str, Any]) -> Geometry:
+    """The original image geometry of a preprocessed case (write predictions with it)."""
+    return Geometry.from_dict(properties["geometry"])
+
+
+def run_preprocessing(
+    raw: RawDataset,
+    plans: Plans,
+    out_folder: str | os.PathLike,
+    *,
+    num_processes: int = 2,
+    configurations: Sequence[str] = ("2d", "3d"),
+) -> None:
+    """Preprocess every case of a raw dataset into ``out_folder/<data_identifier>/``.
+
+    Writes ``{case}.npy`` (data), ``{case}_seg.npy`` (labels) and ``{case}.json`` (properties), each
+    atomically, properties last. A case whose outputs exist and are newer than ``out_folder/plans.json``
+    is skipped, so an interrupted run resumes and an edited plans.json re-preprocesses everything.
+
+    Args:
+        raw: the raw dataset (its cases' image and label files).
+        plans: the dataset's plans.
+        out_folder: the preprocessed dataset folder (holding plans.json).
+        num_processes: worker processes.
+        configurations: configurations to preprocess; those sharing a data_identifier are done once.
+    """
+    out_folder = Path(out_folder)
+    plans_file = out_folder / "plans.json"
+    plans_time = plans_file.stat().st_mtime if plans_file.is_file() else 0.0
+    identifiers = {plans.configuration(name).data_identifier: name for name in configurations}
+    for identifier, configuration in identifiers.items():
+        folder = out_folder / identifier
+        jobs = [
+            (case, files.images, files.label, plans, configuration, folder)
+            for case, files in sorted(raw.cases.items())
+            if not _is_done(folder, case, has_label=files.label is not None, newer_than=plans_time)
+        ]
+        skipped = len(raw.cases) - len(jobs)
+        desc = f"preprocessing {identifier}" + (f" ({skipped} done before)" if skipped else "")
+        parallel_map(_preprocess_and_save, jobs, num_processes=num_processes, desc=desc)
+
+
+def parallel_map(
+    function: Callable[[_Item], _Result], items: Sequence[_Item], *, num_processes: int, desc: str
+) -> list[_Result]:
+    """``[function(item) for item in items]`` in ``num_processes`` worker processes, with a tqdm bar."""
+    with tqdm(total=len(items), desc=desc, unit="case", disable=None) as bar:
+        if num_processes <= 1 or len(items) <= 1:
+            results = []
+            for item in items:
+                results.append(function(item))
+                bar.update()
+            return results
+        with Pool(min(num_processes, len(items)), initializer=_single_threaded) as pool:
+            results = []
+            for result in pool.imap(function, items):
+                results.append(result)
+                bar.update()
+            return results
+
+
+def _single_threaded() -> None:
+    """Worker initializer: one SimpleITK thread per process (the processes already fill the cores)."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _is_done(folder: Path, case: str, *, has_label: bool, newer_than: float) -> bool:
+    properties = folder / f"{case}.json"
+    outputs = [folder / f"{case}.npy"] + ([folder / f"{case}_seg.npy"] if has_label else [])
+    return (
+        properties.is_file()
+        and properties.stat().st_mtime >= newer_than
+        and all(p.is_file() for p in outputs)
+    )
+
+
+def _preprocess_and_save(job: tuple) -> None:
+    case, images, label, plans, configuration, folder = job
+    result = preprocess_case(images, plans, configuration, label_file=label)
+    with atomic_path(folder / f"{case}.npy") as tmp:
+        np.save(tmp, result.data)
+    if result.seg is not None:
+        with atomic_path(folder / f"{case}_seg.npy") as tmp:
+            np.save(tmp, result.seg)
+    save_json(result.properties, folder / f"{case}.json")
+
+
+def _read_label(label_file: str | os.PathLike, geometry: Geometry) -> np.ndarray:
+    labels, label_geometry = read_image(label_file)
+    if label_geometry.size != geometry.size:
+        raise AutoPromptError(
+            f"{label_file}: size {label_geometry.size} differs from its image's {geometry.size}; "
+            "labels must lie on the image's voxel grid"
+        )
+    labels = labels.astype(np.int16, copy=False)
+    return labels[None] if labels.ndim == 2 else labels
+
+
+def _normalize(channel: np.ndarray, inside: np.ndarray, norm: ChannelNormalization) -> np.ndarray:
+    """One channel ``Z x Y x X`` -> [0, 1]; ``inside`` marks the nonzero region (``mr`` percentiles)."""
+    if norm.scheme == "ct":
+        low, high = norm.lower, norm.upper
+    else:
+        values = channel[inside] if inside.any() else channel.ravel()
+        low, high = (float(v) for v in np.percentile(values, [norm.lower, norm.upper]))
+    if high <= low:
+        return np.zeros_like(channel, dtype=np.float32)
+    scaled = np.clip((channel - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    if norm.scheme == "mr":
+        scaled[~inside] = 0.0
+    return scaled
+
+
+def _resample(
+    array: np.ndarray, shape: Sequence[int], *, is_seg: bool, order: int | None = None
+) -> np.ndarray:
+    """Resample rows/columns of ``N x S x H x W`` to ``shape`` ``(S, H', W')`` slice by slice (nnunetv2)."""
+    if order is None:
+        order = SEG_ORDER if is_seg else DATA_ORDER
+    return resample_data_or_seg(
+        array, shape, is_seg=is_seg, axis=0, order=order, do_separate_z=True, order_z=0
+    )
+
+
+def _paste(array: np.ndarray, properties: dict[str, Any], *, fill: np.ndarray) -> np.ndarray:
+    """Undo the transpose of ``N x S x H x W`` and paste it into the original grid filled with ``fill[n]``."""
+    inverse = np.argsort(properties["transpose"])
+    cropped = array.transpose(0, *(int(axis) + 1 for axis in inverse))
+    original = properties["original_shape"]
+    full = np.empty((len(array), *([1, *original] if len(original) == 2 else original)), dtype=array.dtype)
+    full[:] = fill.reshape(-1, 1, 1, 1)
+    full[(slice(None), *bounding_box_to_slice(properties["crop_bbox"]))] = cropped
+    return full[:, 0] if len(original) == 2 else full
