@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from autoprompt.errors import AutoPromptError
-from pipeline.convert.acdc import CopyJob, copy_files, dataset_folder, write_dataset_json
+from pipeline.convert.common import CopyJob, copy_files, dataset_folder, write_dataset_json
 from pipeline.files import load_json
 
 AMOS_CT_MAX_ID = 500
