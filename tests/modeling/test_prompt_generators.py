@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoprompt.modeling.prompt_generators import (
+    CoarseUNetGenerator,
+    EncoderHeadGenerator,
+    boxes_from_masks,
+)
+
+
+def test_boxes_from_masks_by_hand():
+    masks = torch.zeros(3, 4, 8)  # H = 4, W = 8
+    masks[0, 1:3, 2:6] = 1  # rows 1..2, cols 2..5
+    masks[1, 0, 7] = 1  # one pixel in the top-right corner
+    # masks[2] empty -> the whole window
+    boxes = boxes_from_masks(masks > 0)
+    expected = torch.tensor([[2 / 8, 1 / 4, 6 / 8, 3 / 4], [7 / 8, 0.0, 1.0, 1 / 4], [0.0, 0.0, 1.0, 1.0]])
+    assert torch.allclose(boxes, expected)
+
+
+@pytest.mark.parametrize("generator_kind", ["encoder_head", "coarse_unet"])
+def test_generators_give_valid_prompts_per_class(generator_kind):
+    torch.manual_seed(0)
+    if generator_kind == "encoder_head":
+        generator = EncoderHeadGenerator(embed_dim=256, channels=16, num_classes=3, window_size=256)
+        inputs = {"embeddings": torch.randn(2, 256, 64, 64)}
+    else:
+        generator = CoarseUNetGenerator(
+            in_channels=2, features=(8, 16, 32), channels=16, num_classes=3, token_dim=256, window_size=256
+        )
+        inputs = {"images": torch.rand(2, 2, 256, 256)}
+    with torch.no_grad():
+        for module in generator.modules():  # random boxes, not the all-zero initial head
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight)
+        prompts = generator(**inputs)
+    assert prompts.presence_logits.shape == (2, 3)
+    assert prompts.coarse_logits.shape == (2, 3, 256, 256)
+    assert prompts.class_tokens.shape == (2, 3, 256)
+    boxes = prompts.boxes
+    assert boxes.shape == (2, 3, 4)
+    assert bool((boxes >= 0).all() and (boxes <= 1).all())
+    assert bool((boxes[..., 2:] >= boxes[..., :2]).all())
+    # the class tokens differ between classes (learned per-class embeddings)
+    assert not torch.allclose(prompts.class_tokens[:, 0], prompts.class_tokens[:, 1])
