@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.commands.segment import add_backbone_arguments
+from autoprompt.commands.common import add_backbone_arguments
 
 DESCRIPTION = """\
 Run the image encoder alone (LiteMedSAM by default) and save its embeddings, e.g. to train your own

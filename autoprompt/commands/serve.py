@@ -1,0 +1,132 @@
+"""``autoprompt serve``: the web page and HTTP API around one trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from autoprompt.commands.common import add_device_argument
+
+DESCRIPTION = """\
+Start a web service around one trained model: open the page in a browser, upload a scan (.nii.gz, .nii,
+.mha, .nrrd, a .zip of one DICOM series, .png or .jpg) and get its segmentation back: a slice viewer with
+the class overlay and per-class volumes, the label map in the input's format and geometry, a PNG overlay,
+and a box mode (draw a box on a slice to segment that object with the pretrained promptable SAM).
+
+Jobs run one after another in the background (--workers at a time) with the model loaded once; each job's
+state is kept under --data-dir, so a reloaded page (or a restarted server) finds it again. Finished jobs
+are deleted after --job-ttl-hours.
+
+The HTTP API (POST /api/jobs, GET /api/jobs/{id}, .../result, .../overlay.png?slice=K, .../box,
+DELETE /api/jobs/{id}, GET /api/health, GET /api/model) is described at http://HOST:PORT/docs.
+
+The service has no login: keep the default --host 127.0.0.1 (this computer only) unless the network
+it is opened to is trusted.
+
+examples:
+  autoprompt serve -d 27 -c 2d
+  autoprompt serve --model-dir results/Dataset027_ACDC/autoprompt__2d_frozen__2d --port 8080
+  autoprompt serve -d 4 --host 0.0.0.0 --max-upload-mb 100 --job-ttl-hours 2 --data-dir /srv/autoprompt_jobs
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the serve options."""
+    model = parser.add_argument_group("model (--model-dir, or -d DATASET -c CONFIG)")
+    model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
+    model.add_argument(
+        "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
+    )
+    model.add_argument(
+        "-c",
+        "--configuration",
+        default="2d",
+        choices=("2d", "3d"),
+        help="configuration trained (default: 2d)",
+    )
+    model.add_argument(
+        "--preset",
+        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
+    )
+    model.add_argument(
+        "--results",
+        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
+    )
+    model.add_argument(
+        "-f", "--folds", nargs="+", help="folds to ensemble, e.g. -f 0 1 (default: every trained fold)"
+    )
+    model.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "final", "latest"),
+        help="checkpoint of each fold (default: best)",
+    )
+    model.add_argument(
+        "--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4x faster)"
+    )
+    add_device_argument(model)
+    service = parser.add_argument_group("service")
+    service.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this computer only)"
+    )
+    service.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    service.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=512.0,
+        help="largest upload in MB; larger ones are refused (default: 512)",
+    )
+    service.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="jobs segmented at the same time, sharing the one model (default: 1)",
+    )
+    service.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("autoprompt_data") / "serve",
+        help="folder for uploads, job states and results (default: ./autoprompt_data/serve)",
+    )
+    service.add_argument(
+        "--job-ttl-hours",
+        type=float,
+        default=24.0,
+        help="delete finished jobs this many hours after their last change (default: 24)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the app (errors in the model folder stop here, exit 2) and serve it until Ctrl+C."""
+    import uvicorn
+
+    from autoprompt.commands.predict import _model_folder
+    from autoprompt.errors import AutoPromptError
+    from autoprompt.serve import ServeSettings, create_app
+
+    for name, value in (("--workers", args.workers), ("--max-upload-mb", args.max_upload_mb)):
+        if value <= 0:
+            raise AutoPromptError(f"{name} {value:g} must be positive; give e.g. {name} 1")
+    if args.job_ttl_hours <= 0:
+        raise AutoPromptError(f"--job-ttl-hours {args.job_ttl_hours:g} must be positive; give e.g. 24")
+    settings = ServeSettings(
+        model_dir=_model_folder(args),
+        data_dir=args.data_dir,
+        max_upload_mb=args.max_upload_mb,
+        workers=args.workers,
+        job_ttl_hours=args.job_ttl_hours,
+        device=args.device,
+        folds=tuple(args.folds) if args.folds else None,
+        checkpoint=args.checkpoint,
+        tta=not args.no_tta,
+    )
+    app = create_app(settings)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"autoprompt: warning: listening on {args.host} without a login; anyone who can reach it can upload scans",
+            file=sys.stderr,
+        )
+    print(f"autoprompt: serving {settings.model_dir} at http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

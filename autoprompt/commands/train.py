@@ -1,0 +1,124 @@
+"""``autoprompt train``: train one fold (or all cases) of a planned and preprocessed dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from autoprompt.commands.common import add_data_root_arguments, add_device_argument, data_roots
+
+DESCRIPTION = """\
+Train fold FOLD of dataset DATASET (after 'autoprompt plan-and-preprocess'). Hyperparameters come from
+a YAML preset in configs/ (default: 2d_frozen for -c 2d, 3d_adapter for -c 3d); flags and --set
+change single values. The model folder is
+
+  RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>/
+      plans.json dataset.json fingerprint.json trainer_config.yaml
+      fold_K/checkpoint_{latest,best,final}.pt progress.png training_log.txt
+      fold_K/validation/ (NIfTI predictions, summary.json)  fold_K/postprocessing.json
+
+With a frozen encoder (2d_frozen) the encoder embeddings of every slice are computed once (about
+1 s per slice on a laptop CPU, shown by a progress bar) and cached in PREPROCESSED/DatasetXXX_Name/
+embeddings/, shared by all folds; later runs start at once. checkpoint_latest.pt is written after
+every epoch: after an interruption, the same command with --resume continues where it stopped.
+
+examples:
+  autoprompt train 27 0                                  # fold 0, 2d, preset 2d_frozen
+  autoprompt train 27 all -c 2d --epochs 20              # all cases, no held-out fold
+  autoprompt train 904 0 --epochs 4 --iterations-per-epoch 25
+  autoprompt train 27 0 --time-budget 30                 # as many epochs as fit in 30 minutes
+  autoprompt train 27 0 --resume                         # continue after a kill
+  autoprompt train 27 0 --set model.adapter_dim=16 --set learning_rate=1e-4
+  autoprompt train 27 0 -c 3d --config 3d_adapter --device cuda
+  torchrun --nproc_per_node=4 -m autoprompt.cli train 27 0 -c 3d --device cuda   # 4 GPUs (DDP)
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "dataset", metavar="DATASET", help="dataset id or folder name, e.g. 27 or Dataset027_ACDC"
+    )
+    parser.add_argument(
+        "fold", metavar="FOLD", help="fold of splits_final.json (0-4), or 'all' to train on every case"
+    )
+    parser.add_argument(
+        "-c",
+        "--configuration",
+        choices=("2d", "3d"),
+        help="plans configuration: 2d (single slices) or 3d (stacks of neighbouring slices); "
+        "default: the preset's, else 2d",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="NAME|YAML",
+        help="trainer preset: a name from configs/ (2d_frozen, 3d_adapter, tiny) or a YAML file; "
+        "default: 2d_frozen for 2d, 3d_adapter for 3d",
+    )
+    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default: the preset's)")
+    parser.add_argument(
+        "--iterations-per-epoch",
+        type=int,
+        metavar="N",
+        help="optimiser steps per epoch (default: the preset's)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="train only as many epochs as fit in this many minutes (embedding cache and final "
+        "validation not counted); the learning-rate schedule is shortened to match",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="random seed for initialisation and sampling (default: the preset's)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one setting of the preset, e.g. --set batch_size=4 --set model.train_decoder=false "
+        "(repeatable; see configs/2d_frozen.yaml for the keys)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from fold_K/checkpoint_latest.pt (after an interruption)",
+    )
+    add_device_argument(parser)
+    add_data_root_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.training.run import train
+    from pipeline.training.trainer import DistributedContext
+
+    roots = data_roots(args)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = None
+    if world_size > 1:  # started by torchrun
+        distributed = DistributedContext(
+            rank=int(os.environ["RANK"]), local_rank=int(os.environ["LOCAL_RANK"]), world_size=world_size
+        )
+    result = train(
+        args.dataset,
+        args.fold,
+        preprocessed=roots.preprocessed,
+        results=roots.results,
+        configuration=args.configuration,
+        config=args.config,
+        overrides=args.overrides,
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations_per_epoch,
+        time_budget_minutes=args.time_budget,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        raw=roots.raw,
+        distributed=distributed,
+    )
+    if distributed is None or distributed.is_main:
+        print(f"model folder: {result.model_folder}")
+        if result.validation is not None:
+            print(f"validation summary: {result.fold_dir / 'validation' / 'summary.json'}")
+    return 0
