@@ -1,0 +1,157 @@
+"""The service's models: the trained fold ensemble (loaded once, shared by all jobs) and, for box mode,
+the pretrained promptable SAM of the same backbone (loaded on the first box)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.serve.render import class_colors
+from autoprompt.serve.settings import ServeSettings
+from pipeline.model_folder import ModelFolder, parse_fold
+
+if TYPE_CHECKING:
+    from autoprompt.interactive import InteractivePredictor
+    from pipeline.inference.predictor import Prediction, Predictor
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A foreground class of the model: label value, name from dataset.json and display colour."""
+
+    label: int
+    name: str
+    color: str
+
+
+class Engine:
+    """The trained model of one model folder, loaded once and shared by the job worker threads.
+
+    Args:
+        settings: the service settings (model folder, folds, checkpoint, device, TTA).
+
+    Raises:
+        AutoPromptError: not a model folder, no trained fold, a fold without the checkpoint, or a
+            model that needs more than one input channel (the page takes one file per scan).
+    """
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.folder = ModelFolder(settings.model_dir)
+        trained = self.folder.trained_folds(settings.checkpoint)
+        self.folds = [parse_fold(fold) for fold in settings.folds] if settings.folds else trained
+        if not self.folds:
+            raise AutoPromptError(
+                f"{self.folder.path}: no fold has checkpoint_{settings.checkpoint}.pt; train one first "
+                "('autoprompt train DATASET FOLD') or choose another --checkpoint"
+            )
+        missing = [fold for fold in self.folds if fold not in trained]
+        if missing:
+            raise AutoPromptError(
+                f"{self.folder.path}: fold(s) {', '.join(map(str, missing))} have no checkpoint_{settings.checkpoint}.pt "
+                f"(trained: {', '.join(map(str, trained)) or 'none'}); choose trained folds"
+            )
+        channels = len(self.folder.plans.channel_names)
+        if channels != 1:
+            raise AutoPromptError(
+                f"{self.folder.path}: the model takes {channels} input channels, the web service one file per scan; "
+                "use 'autoprompt predict' for multi-channel cases"
+            )
+        labels = {int(value): name for name, value in self.folder.dataset_json["labels"].items()}
+        colors = class_colors(list(labels))
+        self.classes = [
+            ClassInfo(label=value, name=labels[value], color=colors[value]) for value in sorted(colors)
+        ]
+        self._predictor: Predictor | None = None
+        self._interactive: InteractivePredictor | None = None
+        self._interactive_key: tuple | None = None
+        self._load_lock = threading.Lock()
+        self._box_lock = threading.Lock()
+        self.load_error: str | None = None
+
+    @property
+    def backbone_name(self) -> str:
+        return self.folder.trainer_config.model.backbone
+
+    @property
+    def loaded(self) -> bool:
+        return self._predictor is not None
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /api/model`` reports."""
+        return {
+            "dataset": self.folder.plans.dataset_name,
+            "model_folder": self.folder.path.name,
+            "configuration": self.folder.configuration,
+            "folds": [str(fold) for fold in self.folds],
+            "checkpoint": self.settings.checkpoint,
+            "backbone": self.backbone_name,
+            "tta": self.settings.tta,
+            "channels": list(self.folder.plans.channel_names.values()),
+            "classes": [vars(info) for info in self.classes],
+            "max_upload_mb": self.settings.max_upload_mb,
+            "loaded": self.loaded,
+            "load_error": self.load_error,
+        }
+
+    def predictor(self) -> Predictor:
+        """The fold ensemble, loaded on the first call (by whichever thread comes first) and kept."""
+        with self._load_lock:
+            if self._predictor is None:
+                from pipeline.inference.predictor import Predictor
+
+                try:
+                    self._predictor = Predictor.from_model_folder(
+                        self.folder.path,
+                        folds=self.folds,
+                        checkpoint=self.settings.checkpoint,
+                        device=self.settings.device,
+                        tta=self.settings.tta,
+                    )
+                except Exception as error:
+                    known = isinstance(error, AutoPromptError)
+                    self.load_error = str(error) if known else f"{type(error).__name__}: {error}"
+                    raise
+            return self._predictor
+
+    def predict(self, image_file: Path) -> Prediction:
+        """Segment one single-channel image file or DICOM series folder."""
+        return self.predictor().predict_case([image_file])
+
+    def segment_box(
+        self, key: tuple, pixels: np.ndarray, box: list[float], *, intensity_range: tuple[float, float] | None
+    ) -> np.ndarray:
+        """Promptable segmentation of the object in ``box`` on one slice, with the pretrained backbone.
+
+        The slice's embedding is kept, so further boxes on the same slice (same ``key``) cost only the
+        prompt encoder and mask decoder.
+
+        Args:
+            key: identifies the slice (job id, slice index).
+            pixels: ``Y x X`` slice intensities.
+            box: ``[x_min, y_min, x_max, y_max]`` in pixels of ``pixels`` (x = column, y = row).
+            intensity_range: clipping range of the whole scan (None: min-max only, for 8-bit pictures).
+
+        Returns:
+            ``Y x X`` bool mask.
+
+        Raises:
+            AutoPromptError: a box outside the slice or with swapped corners.
+        """
+        from autoprompt.interactive import InteractivePredictor
+        from autoprompt.modeling.backbone import load_backbone
+
+        with self._box_lock:
+            if self._interactive is None:
+                model = self.folder.trainer_config.model
+                backbone = load_backbone(model.backbone, checkpoint=model.checkpoint)
+                self._interactive = InteractivePredictor(backbone, device=self.settings.device)
+            if self._interactive_key != key:
+                self._interactive.set_image(pixels, intensity_range=intensity_range)
+                self._interactive_key = key
+            return self._interactive.predict(box=box).mask
