@@ -1,0 +1,181 @@
+"""``predict``: segment every case of an input folder (or one file / DICOM series) with a model folder.
+
+    from autoprompt import api
+    summary = api.predict("results/Dataset027_ACDC/autoprompt__2d_frozen__2d", "imagesTs", "preds")
+    print(summary.describe())        # "10 done, 0 skipped, 0 failed"
+
+Outputs: ``{case}{suffix}`` label maps with the input's file type, size, spacing, origin and direction
+(``.nii.gz`` for DICOM input) and, with ``save_probabilities``, ``{case}.npz`` holding ``probabilities``
+(``K+1 x Z x Y x X`` float16, background first) next to each label map. Every file is written under a
+temporary name and renamed (the probabilities just before the label map), so an existing label map means
+a finished case: those are skipped unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from autoprompt.errors import AutoPromptError
+from pipeline.files import atomic_path
+from pipeline.inference.inputs import CaseInput, find_cases, split_cases
+from pipeline.inference.predictor import ALL_TRAINED, Predictor
+from pipeline.io import SUPPORTED_SUFFIXES, write_image
+
+
+@dataclass
+class PredictSummary:
+    """What a :func:`predict` run did.
+
+    Attributes:
+        output_folder: where the label maps are.
+        done: case ids predicted in this run.
+        skipped: case ids whose label map already existed.
+        failed: case id -> the one-line reason (only with ``continue_on_error``).
+        ignored: input files that are not images.
+        seconds: wall time of the run.
+    """
+
+    output_folder: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    ignored: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, else 1."""
+        return 1 if self.failed else 0
+
+    def describe(self) -> str:
+        """One line: ``"N done, M skipped, F failed in T s -> OUTPUT"``."""
+        return (
+            f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
+            f"in {self.seconds:.1f} s -> {self.output_folder}"
+        )
+
+
+def predict(
+    model_folder: str | os.PathLike,
+    input_path: str | os.PathLike,
+    output_folder: str | os.PathLike,
+    *,
+    folds: Sequence[int | str] | str = ALL_TRAINED,
+    checkpoint: str = "best",
+    device: str = "auto",
+    tta: bool = True,
+    precision: str = "fp32",
+    use_postprocessing: bool = True,
+    save_probabilities: bool = False,
+    output_suffix: str | None = None,
+    part_id: int = 0,
+    num_parts: int = 1,
+    overwrite: bool = False,
+    continue_on_error: bool = False,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every case of ``input_path`` into ``output_folder``.
+
+    Args:
+        model_folder: a folder written by ``autoprompt train``.
+        input_path: a folder of images (``{case}_0000.nii.gz`` ..., or plain names for single-channel
+            models; DICOM series sub-folders), one image file, or a DICOM series folder.
+        output_folder: created if needed; must not be the input folder.
+        folds: fold numbers, or ``"all-trained"`` (every fold with the checkpoint); probabilities are averaged.
+        checkpoint: "best", "final" or "latest".
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        tta: mirroring test-time augmentation (4x the encoder work; usually a little more accurate).
+        precision: "fp32", "bf16" or "fp16" (CUDA only).
+        use_postprocessing: apply the keep-largest-component steps all used folds agree on.
+        save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
+        output_suffix: label map file type (e.g. ".nii.gz"); default: the input's (".nii.gz" for DICOM).
+        part_id: this run's part of the sorted case list, ``cases[part_id::num_parts]`` (nnU-Net's rule).
+        num_parts: number of runs sharing the cases (e.g. one per GPU).
+        overwrite: predict cases whose label map exists (otherwise they are skipped).
+        continue_on_error: a bad case is recorded in ``failed`` and the others still run (otherwise the
+            first bad case raises).
+        progress: show a tqdm bar.
+
+    Raises:
+        AutoPromptError: missing or incompatible model folder, fold or checkpoint; a bad input path;
+            a bad case unless ``continue_on_error``.
+    """
+    from pipeline.model_folder import ModelFolder
+
+    start = time.monotonic()
+    output = Path(output_folder)
+    input_path = Path(input_path)
+    if output_suffix is not None and output_suffix not in SUPPORTED_SUFFIXES:
+        raise AutoPromptError(
+            f"output format '{output_suffix}' is not supported; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if input_path.is_dir() and output.exists() and output.resolve() == input_path.resolve():
+        raise AutoPromptError(f"{output}: the output folder is the input folder; choose another -o")
+    channel_names = ModelFolder(model_folder).plans.channel_names
+    search = find_cases(input_path, channel_names=channel_names)
+    cases = split_cases(search.cases, part_id=part_id, num_parts=num_parts)
+    summary = PredictSummary(output_folder=output, ignored=search.ignored)
+    todo = []
+    for case in cases:
+        if not overwrite and (output / case.output_name(output_suffix)).exists():
+            summary.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    if todo:
+        predictor = Predictor.from_model_folder(
+            model_folder,
+            folds=folds,
+            checkpoint=checkpoint,
+            device=device,
+            tta=tta,
+            precision=precision,
+            use_postprocessing=use_postprocessing,
+        )
+        bar = tqdm(todo, desc="predict", unit="case", disable=None if progress else True)
+        for case in bar:
+            bar.set_postfix_str(case.case_id)
+            try:
+                _predict_case(
+                    predictor,
+                    case,
+                    output,
+                    save_probabilities=save_probabilities,
+                    output_suffix=output_suffix,
+                )
+            except AutoPromptError as error:
+                if not continue_on_error:
+                    raise
+                summary.failed[case.case_id] = str(error)
+                bar.write(f"failed: {error}")
+            else:
+                summary.done.append(case.case_id)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def _predict_case(
+    predictor: Predictor,
+    case: CaseInput,
+    output: Path,
+    *,
+    save_probabilities: bool,
+    output_suffix: str | None,
+) -> None:
+    """Predict one case; the label map and probabilities appear together (probabilities renamed first)."""
+    if case.problem:
+        raise AutoPromptError(case.problem)
+    prediction = predictor.predict_case(case.files, return_probabilities=save_probabilities)
+    with atomic_path(output / case.output_name(output_suffix)) as labels_tmp:
+        write_image(prediction.labels, prediction.geometry, labels_tmp)
+        if save_probabilities:
+            with atomic_path(output / f"{case.case_id}.npz") as probabilities_tmp:
+                np.savez_compressed(
+                    probabilities_tmp, probabilities=prediction.probabilities.astype(np.float16)
+                )

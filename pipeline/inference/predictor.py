@@ -1,0 +1,280 @@
+"""The Predictor: a trained fold ensemble applied to whole cases.
+
+    predictor = Predictor.from_model_folder(folder, folds="all-trained", device="cpu")
+    prediction = predictor.predict_case([Path("case_0000.nii.gz")])   # labels in the input geometry
+
+A case goes through the same ``preprocess_case`` as training, then :func:`sliding_window_predict` over
+its slices (2d: each slice; 3d: half-overlapping stacks of ``D`` slices, Gaussian-blended) with mirroring
+TTA, then back to the input geometry (``revert_probabilities``), argmax and postprocessing.
+
+Speed: the image encoder dominates (LiteMedSAM: ~1 s per 256 x 256 window on 2 CPU cores). When every
+fold's encoder is the same frozen backbone (``uses_frozen_encoder`` and one backbone checksum), each
+window (and each mirrored window) is encoded ONCE; all folds' prompt generators and decoders then run on
+that embedding, and 3d stacks are assembled from the per-slice embeddings instead of re-encoding the
+slices of every overlapping stack. Windows are batched and everything runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from autoprompt.devices import autocast, parse_precision, resolve_device
+from autoprompt.errors import AutoPromptError
+from pipeline.inference.inputs import check_image_content
+from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
+from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE, sliding_window_predict
+from pipeline.inference.tta import with_mirroring
+from pipeline.io import Geometry
+from planners.plans import Plans
+
+if TYPE_CHECKING:
+    from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+
+ALL_TRAINED = "all-trained"
+CPU_BATCH_SIZE = 4
+"""Windows per network call on the CPU: batching barely speeds a CPU up, and each LiteMedSAM window
+needs ~230 MiB of encoder activations (8 windows: ~1.8 GiB more peak memory)."""
+
+
+@dataclass
+class Prediction:
+    """One predicted case in its input geometry.
+
+    Attributes:
+        labels: label map ``(Z, Y, X)`` (or ``(Y, X)`` for a 2D image), values from the dataset's labels.
+        geometry: the input's geometry (write ``labels`` with it).
+        probabilities: ``K+1 x Z x Y x X`` float32 softmax (background first), when asked for.
+    """
+
+    labels: np.ndarray
+    geometry: Geometry
+    probabilities: np.ndarray | None = None
+
+
+class Predictor:
+    """Predicts cases with an ensemble of fold models of one configuration.
+
+    Args:
+        models: the fold models (same configuration, classes and stack depth), in eval mode.
+        plans: the plans they were trained with.
+        configuration: "2d" or "3d".
+        device: where the networks run (``torch.device`` or a name such as ``"cpu"``, ``"auto"``).
+        tta: mirroring test-time augmentation over both in-plane axes (4 predictions per window).
+        precision: "fp32", "bf16" (CPU or CUDA) or "fp16" (CUDA) for the networks.
+        postprocessing: keep-largest-component rules (:mod:`pipeline.inference.postprocessing`); None: none.
+        batch_size: windows (2d) or stacks (3d) per network call; None: the plans' batch size on a GPU,
+            :data:`CPU_BATCH_SIZE` on the CPU.
+        step_size: overlap of in-plane windows on slices larger than the window (0.5: half a window).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[AutoPromptSAM],
+        plans: Plans,
+        configuration: str,
+        *,
+        device: torch.device | str,
+        tta: bool = True,
+        precision: str = "fp32",
+        postprocessing: dict | None = None,
+        batch_size: int | None = None,
+        step_size: float = DEFAULT_STEP_SIZE,
+    ) -> None:
+        if not models:
+            raise ValueError("Predictor needs at least one model")
+        self.plans = plans
+        self.configuration = configuration
+        self.plan = plans.configuration(configuration)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.models = [model.to(self.device).eval() for model in models]
+        self.tta = tta
+        self.precision = parse_precision(precision)
+        self.postprocessing = postprocessing
+        self.batch_size = batch_size or (
+            self.plan.batch_size if self.device.type == "cuda" else CPU_BATCH_SIZE
+        )
+        self.step_size = step_size
+        self.num_outputs = plans.num_foreground_classes + 1
+        self.label_values = np.array(sorted(plans.labels.values()))
+        depths = {model.stack_depth for model in self.models}
+        if depths != {self.plan.stack_depth}:
+            raise ValueError(
+                f"models have stack depths {sorted(depths)}, the '{configuration}' plan has {self.plan.stack_depth}"
+            )
+        self.shares_encoder = all(model.uses_frozen_encoder for model in self.models) and (
+            len({model.backbone.checksum for model in self.models}) == 1
+        )
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        folds: Sequence[int | str] | str = ALL_TRAINED,
+        checkpoint: str = "best",
+        device: torch.device | str = "auto",
+        tta: bool = True,
+        precision: str = "fp32",
+        use_postprocessing: bool = True,
+    ) -> Predictor:
+        """Load the fold models of a model folder written by ``autoprompt train``.
+
+        The backbone is loaded (and checksum-verified) once and shared by all folds.
+
+        Args:
+            folder: the model folder (``RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>``).
+            folds: fold numbers (and/or ``"all"``), or ``"all-trained"``: every fold with the checkpoint.
+            checkpoint: "best", "final" or "latest".
+            use_postprocessing: apply the postprocessing steps all used folds agree on (their
+                ``fold_K/postprocessing.json``; a fold without one vetoes every step).
+
+        Raises:
+            AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
+                another backbone.
+        """
+        from autoprompt.modeling.backbone import load_backbone
+        from pipeline.model_folder import ModelFolder, parse_fold
+
+        model_folder = ModelFolder(folder)
+        if folds == ALL_TRAINED or folds == [ALL_TRAINED]:
+            folds = model_folder.trained_folds(checkpoint)
+            if not folds:
+                raise AutoPromptError(
+                    f"{model_folder.path}: no fold has checkpoint_{checkpoint}.pt yet; train one "
+                    "('autoprompt train DATASET FOLD') or choose another --checkpoint"
+                )
+        folds = [parse_fold(fold) for fold in folds]
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        model_config = model_folder.trainer_config.model
+        backbone = load_backbone(model_config.backbone, checkpoint=model_config.checkpoint)
+        models = [
+            model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
+            for fold in folds
+        ]
+        rules = None
+        if use_postprocessing:
+            rules = combine_fold_rules(
+                [load_postprocessing(model_folder.fold_dir(fold) / "postprocessing.json") for fold in folds]
+            )
+        return cls(
+            models,
+            model_folder.plans,
+            model_folder.configuration,
+            device=device,
+            tta=tta,
+            precision=precision,
+            postprocessing=rules,
+        )
+
+    def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of a preprocessed case.
+
+        Args:
+            data: ``C x S x H x W`` float32 in [0, 1] (``preprocess_case(...).data``).
+
+        Returns:
+            ``K+1 x S x H x W`` float32 probabilities (mean over folds and mirrors).
+        """
+        channels = len(self.plans.channel_names)
+        if data.ndim != 4 or data.shape[0] != channels:
+            raise ValueError(f"expected C x S x H x W data with C = {channels}, got shape {data.shape}")
+        window_fn = with_mirroring(self._predict_windows) if self.tta else self._predict_windows
+        with torch.inference_mode():
+            probabilities = sliding_window_predict(
+                torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                window_fn,
+                num_outputs=self.num_outputs,
+                window=self.plan.window_size,
+                depth=self.plan.stack_depth,
+                step_size=self.step_size,
+            )
+        return probabilities.numpy()
+
+    def predict_case(
+        self, image_files: Sequence[str | os.PathLike], *, return_probabilities: bool = False
+    ) -> Prediction:
+        """Predict one case from its image files (one per channel, in channel order).
+
+        Args:
+            image_files: the channel files (or one DICOM series folder per channel).
+            return_probabilities: also return the probabilities in the input geometry.
+
+        Returns:
+            The label map (postprocessed) in the input's geometry, and optionally the probabilities.
+
+        Raises:
+            AutoPromptError: an unreadable, 4D or empty (one value) image, or the wrong number of channels.
+        """
+        from pipeline.preprocessing import geometry_of, preprocess_case, read_case, revert_probabilities
+
+        image_files = [Path(file) for file in image_files]
+        for channel, file in zip(read_case(image_files)[0], image_files, strict=True):
+            check_image_content(channel, file)
+        case = preprocess_case(image_files, self.plans, self.configuration)
+        probabilities = revert_probabilities(self.predict_preprocessed(case.data), case.properties)
+        labels = self.labels_from_probabilities(probabilities)
+        return Prediction(
+            labels=labels,
+            geometry=geometry_of(case.properties),
+            probabilities=probabilities if return_probabilities else None,
+        )
+
+    def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
+        """Argmax over ``K+1 x ...`` probabilities, mapped to label values, postprocessed (uint8 when labels fit)."""
+        dtype = np.uint8 if self.label_values.max() < 256 else np.int16
+        labels = self.label_values.astype(dtype)[np.argmax(probabilities, axis=0)]
+        return apply_postprocessing(labels, self.postprocessing)
+
+    def _predict_windows(self, images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
+        """Mean softmax of all folds for every slice of each stack.
+
+        Args:
+            images: ``n x C x h x w`` consecutive slices cut at one window position (CPU).
+            stacks: ``B x D`` indices into ``images``.
+
+        Returns:
+            ``B x D x K+1 x h x w`` float32 probabilities on the CPU.
+        """
+        images = images.to(self.device, non_blocking=True)
+        depth = stacks.shape[1]
+        with autocast(self.device, self.precision):
+            embeddings = self._encode(images) if self.shares_encoder else None
+            outputs = []
+            for batch in stacks.split(self.batch_size):
+                batch = batch.to(self.device)
+                window_images = images[batch]  # b x D x C x h x w
+                window_embeddings = None if embeddings is None else embeddings[batch]  # b x D x 256 x 64 x 64
+                if depth == 1:
+                    window_images = window_images[:, 0]
+                    window_embeddings = None if window_embeddings is None else window_embeddings[:, 0]
+                total = None
+                for model in self.models:
+                    logits = model(window_images, embeddings=window_embeddings).logits.float()
+                    probabilities = torch.softmax(logits, dim=-3)
+                    total = probabilities if total is None else total + probabilities
+                total = total / len(self.models)
+                outputs.append((total[:, None] if depth == 1 else total).cpu())
+        return torch.cat(outputs)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen-encoder embeddings ``n x 256 x 64 x 64`` of ``n x C x h x w`` windows, in batches.
+
+        A 3d model encodes ``B x D x C x h x w`` stacks, so the windows are grouped ``D`` at a time (the
+        last group padded by repeating the last window); the encoder treats every slice on its own.
+        """
+        depth = self.plan.stack_depth
+        missing = -len(images) % depth
+        padded = torch.cat([images, images[-1:].expand(missing, *images.shape[1:])]) if missing else images
+        chunks = []
+        for batch in padded.split(self.batch_size * depth):
+            stacked = batch if depth == 1 else batch.reshape(-1, depth, *batch.shape[1:])
+            embeddings = self.models[0].encode(stacked)
+            chunks.append(embeddings if depth == 1 else embeddings.flatten(0, 1))
+        return torch.cat(chunks)[: len(images)]

@@ -1,0 +1,104 @@
+"""Keep-largest-component postprocessing: applying rules, nnU-Net's decision rule, fold agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprompt.errors import AutoPromptError
+from pipeline.inference.postprocessing import (
+    apply_postprocessing,
+    combine_fold_rules,
+    determine_postprocessing,
+    load_postprocessing,
+    mean_dice,
+)
+from pipeline.io import Geometry, write_image
+
+
+def two_organs(shape: tuple[int, int, int] = (6, 20, 20)) -> np.ndarray:
+    """Reference: label 1 a cube on the left, label 2 a cube on the right."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[1:5, 4:10, 2:8] = 1
+    labels[1:5, 4:10, 12:18] = 2
+    return labels
+
+
+def test_apply_keeps_the_largest_component_of_each_step() -> None:
+    labels = two_organs()
+    noisy = labels.copy()
+    noisy[0, 0, 0] = 1  # a stray voxel of class 1
+    noisy[5, 19, 19] = 2  # and one of class 2
+    cleaned = apply_postprocessing(noisy, {"steps": [[1]]})
+    assert cleaned[0, 0, 0] == 0 and cleaned[5, 19, 19] == 2
+    np.testing.assert_array_equal(apply_postprocessing(noisy, {"steps": [[1], [2]]}), labels)
+    assert apply_postprocessing(noisy, None) is noisy
+
+
+def test_stray_blobs_make_the_rule_choose_keep_largest() -> None:
+    references = [two_organs(), two_organs()]
+    predictions = [r.copy() for r in references]
+    predictions[0][0, 0:2, 0:2] = 1  # false positives of class 1 far from the organ
+    predictions[1][5, 18:20, 0:2] = 1
+    rules = determine_postprocessing(predictions, references, labels=[1, 2])
+    assert rules["steps"] == [
+        [1, 2]
+    ]  # all foreground as one region already removes them; per class adds nothing
+    assert rules["foreground_dice_after"] == pytest.approx(1.0)
+    assert rules["foreground_dice_before"] < 1.0
+    for prediction, reference in zip(predictions, references, strict=True):
+        np.testing.assert_array_equal(apply_postprocessing(prediction, rules), reference)
+
+
+def test_a_second_real_component_keeps_the_rule_off() -> None:
+    """If the reference itself has two components, removing the smaller one lowers Dice: no step."""
+    reference = two_organs()
+    reference[0, 15:18, 0:3] = 1  # a genuine second part of class 1
+    rules = determine_postprocessing([reference.copy()], [reference], labels=[1, 2])
+    assert rules["steps"] == []
+    assert rules["mean_dice_before"] == rules["mean_dice_after"] == {"1": 1.0, "2": 1.0}
+
+
+def test_mean_dice_leaves_out_cases_without_the_label() -> None:
+    reference = two_organs()
+    empty = np.zeros_like(reference)
+    dice = mean_dice([reference, empty], [reference, empty], [1, 2, 3])
+    assert dice[1] == 1.0 and dice[2] == 1.0 and np.isnan(dice[3])
+
+
+def test_folders_of_files_work_like_arrays(tmp_path: Path) -> None:
+    geometry = Geometry(
+        spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()), size=(20, 20, 6)
+    )
+    reference = two_organs()
+    prediction = reference.copy()
+    prediction[0, 0:2, 0:2] = 2
+    for folder, array in (("pred", prediction), ("ref", reference)):
+        write_image(array, geometry, tmp_path / folder / "case_000.nii.gz")
+    write_image(reference, geometry, tmp_path / "ref" / "case_001.nii.gz")  # extra references are fine
+    from_files = determine_postprocessing(tmp_path / "pred", tmp_path / "ref", labels=[1, 2])
+    assert from_files == determine_postprocessing([prediction], [reference], labels=[1, 2])
+    assert from_files["steps"]
+    (tmp_path / "pred" / "case_002.nii.gz").write_bytes((tmp_path / "pred" / "case_000.nii.gz").read_bytes())
+    with pytest.raises(AutoPromptError, match="case_002.nii.gz: missing reference"):
+        determine_postprocessing(tmp_path / "pred", tmp_path / "ref", labels=[1, 2])
+
+
+def test_fold_ensembles_apply_only_steps_all_folds_chose() -> None:
+    rules = [{"steps": [[1, 2], [2]]}, {"steps": [[2], [1]]}]
+    assert combine_fold_rules(rules) == {"steps": [[2]]}
+    assert combine_fold_rules([{"steps": [[1]]}, None]) == {"steps": []}
+
+
+def test_rules_file_round_trip_and_bad_file(tmp_path: Path) -> None:
+    assert load_postprocessing(tmp_path / "postprocessing.json") is None
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"steps": [[1, 2]]}))
+    assert load_postprocessing(good)["steps"] == [[1, 2]]
+    bad = tmp_path / "postprocessing.json"
+    bad.write_text('{"steps": "largest"}')
+    with pytest.raises(AutoPromptError, match=r"postprocessing\.json: not valid postprocessing rules"):
+        load_postprocessing(bad)

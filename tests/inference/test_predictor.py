@@ -1,0 +1,99 @@
+"""The Predictor with tiny-backbone fold models: ensembling, the shared-encoder path, loading errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.backbone import load_backbone
+from pipeline.inference.predictor import Predictor
+from pipeline.model_folder import ModelFolder
+from pipeline.preprocessing import preprocess_case
+from pipeline.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from tests.inference.conftest import InferenceSetup
+
+
+def first_case_data(setup: InferenceSetup, configuration: str, *, slices: int) -> np.ndarray:
+    image = setup.raw / "imagesTr" / "case_000_0000.nii.gz"
+    folder = ModelFolder(setup.model_2d)
+    return preprocess_case([image], folder.plans, configuration).data[:, :slices]
+
+
+def test_fold_ensemble_averages_the_folds_probabilities(inference_setup: InferenceSetup) -> None:
+    folder = ModelFolder(inference_setup.model_2d)
+    backbone = load_backbone("tiny")
+    models = [folder.load_model(fold, device="cpu", backbone=backbone) for fold in (0, 1)]
+    data = first_case_data(inference_setup, "2d", slices=1)
+
+    def probabilities(fold_models: list) -> np.ndarray:
+        return Predictor(fold_models, folder.plans, "2d", device="cpu", tta=False).predict_preprocessed(data)
+
+    single = [probabilities([model]) for model in models]
+    both = probabilities(models)
+    assert both.shape == (3, *data.shape[1:])
+    assert np.abs(single[0] - single[1]).max() > 1e-3  # the folds really differ
+    np.testing.assert_allclose(both, (single[0] + single[1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_3d_stacks_from_shared_embeddings_equal_encoding_every_stack(inference_setup: InferenceSetup) -> None:
+    """Encoding each slice once and gathering stacks gives what encoding every stack of D slices gives."""
+    folder = ModelFolder(inference_setup.model_3d)
+    model = folder.load_model(0, device="cpu")
+    assert model.stack_depth > 1 and model.depth_adapter is not None
+    with torch.no_grad():  # the zero-initialised depth adapter would hide a neighbour mix-up: make it mix
+        generator = torch.Generator().manual_seed(0)
+        for parameter in model.depth_adapter.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    data = first_case_data(inference_setup, "3d", slices=2)
+    predictor = Predictor([model], folder.plans, "3d", device="cpu", tta=False)
+    assert predictor.shares_encoder
+    shared = predictor.predict_preprocessed(data)
+    predictor.shares_encoder = False
+    per_stack = predictor.predict_preprocessed(data)
+    np.testing.assert_allclose(shared, per_stack, atol=1e-5)
+
+
+def test_from_model_folder_loads_all_trained_folds_with_one_backbone(inference_setup: InferenceSetup) -> None:
+    predictor = Predictor.from_model_folder(inference_setup.model_2d, device="cpu")
+    assert len(predictor.models) == 2 and predictor.tta
+    assert predictor.models[0].backbone.image_encoder is predictor.models[1].backbone.image_encoder
+    assert predictor.postprocessing == {"steps": []}  # no fold has postprocessing.json
+
+
+def test_missing_model_folder_fold_and_checkpoint_name_the_path(
+    inference_setup: InferenceSetup, tmp_path: Path
+) -> None:
+    with pytest.raises(AutoPromptError, match=f"{tmp_path / 'nothing'}: model folder not found"):
+        Predictor.from_model_folder(tmp_path / "nothing", device="cpu")
+    with pytest.raises(AutoPromptError, match=r"fold_3/checkpoint_best\.pt: checkpoint not found"):
+        Predictor.from_model_folder(inference_setup.model_2d, folds=[0, 3], device="cpu")
+    with pytest.raises(AutoPromptError, match="no fold has checkpoint_final.pt"):
+        Predictor.from_model_folder(inference_setup.model_2d, checkpoint="final", device="cpu")
+
+
+def test_model_trained_on_another_backbone_is_refused(
+    inference_setup: InferenceSetup, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(inference_setup.model_2d, copy)
+    path = checkpoint_path(copy / "fold_0", "best")
+    state = load_checkpoint(path)
+    state["metadata"]["backbone_checksum"] = "0123456789abcdef"
+    save_checkpoint({key: value for key, value in state.items() if key != "format"}, path)
+    with pytest.raises(AutoPromptError, match=r"fold_0/checkpoint_best\.pt: incompatible model"):
+        Predictor.from_model_folder(copy, folds=[0], device="cpu")
+
+
+def test_empty_image_is_refused_before_any_work(inference_setup: InferenceSetup, tmp_path: Path) -> None:
+    path = tmp_path / "blank_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 24, 20), 7, dtype=np.int16)), str(path))
+    predictor = Predictor.from_model_folder(inference_setup.model_2d, folds=[0], device="cpu")
+    with pytest.raises(AutoPromptError, match=rf"{path}: image is empty \(all 7\)"):
+        predictor.predict_case([path])
