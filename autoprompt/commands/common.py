@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.paths import DataRoots, roots_from_environment
+from autoprompt.errors import AutoPromptError
+from autoprompt.paths import DataRoots, dataset_folder_name, roots_from_environment
 
 
 def add_data_root_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,3 +67,59 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"image-encoder precision (default: {DEFAULT_PRECISION.value}); bf16 is faster on GPUs and on CPUs "
         "with bf16 instructions (AVX512-BF16, AMX) but much slower on other CPUs; fp16 needs CUDA",
     )
+
+
+def add_model_folder_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--model-dir`` or ``-d/-c/--preset/--results``, and ``--checkpoint``; returns the group for more options."""
+    model = parser.add_argument_group("model (-d DATASET, or --model-dir)")
+    model.add_argument(
+        "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
+    )
+    model.add_argument(
+        "-c",
+        "--configuration",
+        default="2d",
+        choices=("2d", "3d"),
+        help="configuration trained (default: 2d)",
+    )
+    model.add_argument(
+        "--preset",
+        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
+    )
+    model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
+    model.add_argument(
+        "--results",
+        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
+    )
+    model.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=("best", "final", "latest"),
+        help="checkpoint of each fold (default: best)",
+    )
+    return model
+
+
+def model_folder_from_args(args: argparse.Namespace) -> Path:
+    """The model folder named by ``add_model_folder_arguments``'s flags."""
+    if args.model_dir:
+        return Path(args.model_dir)
+    if not args.dataset:
+        raise AutoPromptError(
+            "no model given; pass -d DATASET (with -c and --preset if needed) or --model-dir FOLDER"
+        )
+    from pipeline.model_folder import model_folder_path
+    from pipeline.training.config import DEFAULT_PRESETS
+
+    results = data_roots(args).results
+    dataset = dataset_folder_name(args.dataset, results)
+    preset = args.preset or DEFAULT_PRESETS[args.configuration]
+    folder = model_folder_path(results, dataset, preset, args.configuration)
+    if not folder.is_dir():
+        others = sorted(p.name for p in (results / dataset).glob("autoprompt__*") if p.is_dir())
+        found = f" (found: {', '.join(others)}; pick one with --preset/-c or --model-dir)" if others else ""
+        raise AutoPromptError(
+            f"{folder}: model folder not found{found}; train it with "
+            f"'autoprompt train {args.dataset} 0 -c {args.configuration} --config {preset}'"
+        )
+    return folder

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from autoprompt.commands.common import add_device_argument, data_roots
-from autoprompt.errors import AutoPromptError
+from autoprompt.commands.common import add_device_argument, add_model_folder_arguments, model_folder_from_args
 
 DESCRIPTION = """\
 Segment images with a trained model: every trained fold is used and their probabilities averaged,
@@ -41,38 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", required=True, help="folder for the label maps (created if missing)"
     )
-    model = parser.add_argument_group("model (-d DATASET, or --model-dir)")
-    model.add_argument(
-        "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
-    )
-    model.add_argument(
-        "-c",
-        "--configuration",
-        default="2d",
-        choices=("2d", "3d"),
-        help="configuration trained (default: 2d)",
-    )
-    model.add_argument(
-        "--preset",
-        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
-    )
-    model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
-    model.add_argument(
-        "--results",
-        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
-    )
+    model = add_model_folder_arguments(parser)
     model.add_argument(
         "-f",
         "--folds",
         nargs="+",
         default=["all-trained"],
         help="folds to ensemble, e.g. -f 0 1 2 3 4, or 'all' (the fold trained on all cases); default: all-trained",
-    )
-    model.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=("best", "final", "latest"),
-        help="checkpoint of each fold (default: best)",
     )
     run = parser.add_argument_group("prediction")
     run.add_argument(
@@ -122,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.inference.predict_folder import predict
 
     summary = predict(
-        _model_folder(args),
+        model_folder_from_args(args),
         args.input,
         args.output,
         folds=args.folds,
@@ -146,31 +119,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"ignored {len(summary.ignored)} non-image entries: {names}{more}")
     print(summary.describe())
     return summary.exit_code
-
-
-def _model_folder(args: argparse.Namespace) -> Path:
-    if args.model_dir:
-        return Path(args.model_dir)
-    if not args.dataset:
-        raise AutoPromptError(
-            "no model given; pass -d DATASET (with -c and --preset if needed) or --model-dir FOLDER"
-        )
-    from autoprompt.paths import dataset_folder_name
-    from pipeline.model_folder import model_folder_path
-    from pipeline.training.config import DEFAULT_PRESETS
-
-    results = data_roots(args).results
-    dataset = dataset_folder_name(args.dataset, results)
-    preset = args.preset or DEFAULT_PRESETS[args.configuration]
-    folder = model_folder_path(results, dataset, preset, args.configuration)
-    if not folder.is_dir():
-        others = sorted(p.name for p in (results / dataset).glob("autoprompt__*") if p.is_dir())
-        found = f" (found: {', '.join(others)}; pick one with --preset/-c or --model-dir)" if others else ""
-        raise AutoPromptError(
-            f"{folder}: model folder not found{found}; train it with "
-            f"'autoprompt train {args.dataset} 0 -c {args.configuration} --config {preset}'"
-        )
-    return folder
 
 
 def _suffix(output_format: str | None) -> str | None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoprompt.commands.common import add_device_argument
+from autoprompt.commands.common import add_device_argument, add_model_folder_arguments, model_folder_from_args
 
 DESCRIPTION = """\
 Start a web service around one trained model: open the page in a browser, upload a scan (.nii.gz, .nii,
@@ -33,34 +33,9 @@ examples:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the serve options."""
-    model = parser.add_argument_group("model (--model-dir, or -d DATASET -c CONFIG)")
-    model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
-    model.add_argument(
-        "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
-    )
-    model.add_argument(
-        "-c",
-        "--configuration",
-        default="2d",
-        choices=("2d", "3d"),
-        help="configuration trained (default: 2d)",
-    )
-    model.add_argument(
-        "--preset",
-        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
-    )
-    model.add_argument(
-        "--results",
-        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
-    )
+    model = add_model_folder_arguments(parser)
     model.add_argument(
         "-f", "--folds", nargs="+", help="folds to ensemble, e.g. -f 0 1 (default: every trained fold)"
-    )
-    model.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=("best", "final", "latest"),
-        help="checkpoint of each fold (default: best)",
     )
     model.add_argument(
         "--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4x faster)"
@@ -101,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     """Build the app (errors in the model folder stop here, exit 2) and serve it until Ctrl+C."""
     import uvicorn
 
-    from autoprompt.commands.predict import _model_folder
     from autoprompt.errors import AutoPromptError
     from autoprompt.serve import ServeSettings, create_app
 
@@ -111,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.job_ttl_hours <= 0:
         raise AutoPromptError(f"--job-ttl-hours {args.job_ttl_hours:g} must be positive; give e.g. 24")
     settings = ServeSettings(
-        model_dir=_model_folder(args),
+        model_dir=model_folder_from_args(args),
         data_dir=args.data_dir,
         max_upload_mb=args.max_upload_mb,
         workers=args.workers,
