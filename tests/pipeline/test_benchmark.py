@@ -248,7 +248,9 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
         assert run["train_cases"] == [f"case_{i:03d}" for i in range(4)]
         assert set(run["per_class"]) == {"class1", "class2"}
         assert all(0.0 <= m["dice"] <= 1.0 and m["hd95"] >= 0.0 for m in run["per_class"].values())
-        assert run["training_minutes"] > 0 and run["inference_seconds_per_volume"] > 0 and run["epochs"] == 1
+        assert run["training_minutes"] > 0 and run["inference_seconds_per_volume"] > 0
+        # autoprompt runs its configured epoch; nnU-Net fits as many epochs as the budget holds after its first
+        assert run["epochs"] == 1 if run["method"] == "autoprompt" else run["epochs"] >= 1
         assert all(value > 100 for value in run["peak_rss_mib"].values())  # python + torch children, in MiB
     text = (report_dir / "report.md").read_text()
     for run in report["runs"]:
