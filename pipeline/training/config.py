@@ -1,0 +1,341 @@
+"""Training hyperparameters: the :class:`TrainerConfig` dataclass and its YAML presets.
+
+Hyperparameters live in human-edited YAML files under ``configs/`` (``2d_frozen.yaml``,
+``3d_adapter.yaml``, ``tiny.yaml``), never in trainer subclasses. A preset is named by its file stem
+or given as a path; ``key=value`` overrides (``epochs=4``, ``model.adapter_dim=16``) are applied on
+top with type coercion, and an unknown key is an error with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.config import ModelConfig
+from pipeline.files import atomic_path
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_PRESETS = {"2d": "2d_frozen", "3d": "3d_adapter"}
+
+
+@dataclass
+class LossConfig:
+    """Weights of the auxiliary prompt-generator terms.
+
+    The final output's cross-entropy + Dice is an unweighted sum (weight 1); the auxiliary terms are
+    added with these weights.
+    """
+
+    coarse: float = 1.0  # Dice + BCE on the coarse masks
+    box: float = 1.0  # L1 + GIoU on the boxes of classes present in the window
+    presence: float = 1.0  # BCE on the presence logits
+
+
+@dataclass
+class AugmentationConfig:
+    """On/off switches and ranges of the batchgenerators augmentations (nnU-Net's defaults).
+
+    With cached frozen-encoder embeddings the image never reaches the encoder during training, so
+    none of these can change what the network sees; only the random sampling (case, slice, window,
+    foreground oversampling) varies then. See :mod:`pipeline.training.data`.
+    """
+
+    rotation_degrees: float = 15.0  # in-plane rotation in [-r, r]; 0 switches it off
+    scale_range: tuple[float, float] = (0.85, 1.25)  # (1, 1) switches it off
+    p_spatial: float = 0.2  # per-sample probability of rotation and of scaling
+    noise_variance: float = 0.01  # Gaussian noise variance drawn from [0, v] (images in [0, 1]); 0 -> off
+    brightness_range: tuple[float, float] = (0.75, 1.25)  # multiplicative brightness
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    mirror: bool = True  # random flips of the in-plane axes
+
+
+@dataclass
+class TrainerConfig:
+    """Everything that defines a training run, besides the data and the fold.
+
+    Attributes:
+        model: the network (:class:`autoprompt.modeling.config.ModelConfig`).
+        configuration: the plans configuration trained ("2d" or "3d").
+        epochs: number of epochs.
+        iterations_per_epoch: optimiser steps per epoch.
+        val_iterations: validation batches per epoch for the pseudo-Dice that picks checkpoint_best.
+        batch_size: windows (2d) or stacks (3d) per step; None -> the plans' batch size.
+        learning_rate: peak AdamW learning rate (reached after the warm-up).
+        weight_decay: AdamW weight decay.
+        warmup_epochs: epochs of linear warm-up from 0, then polynomial decay to 0.
+        poly_exponent: exponent of the polynomial decay.
+        grad_clip: maximum gradient norm (0 switches clipping off).
+        seed: seeds torch, numpy, random and every sampling generator.
+        oversample_foreground: fraction of samples centred on a random foreground class.
+        loss: auxiliary loss weights.
+        augmentation: augmentation switches.
+        cache_embeddings: None -> use the embedding cache when the encoder is frozen and the plans
+            allow it; True/False forces it (True with a trainable encoder is an error).
+        cache_slice_stride: cache (and train on) only every k-th slice of each case (2d only). The
+            encoder costs ~1 s per slice on a CPU; neighbouring slices of thin-slice data are nearly
+            identical, so k > 1 trades little diversity for a k times cheaper cache.
+        encoder_precision: precision of the frozen encoder when building the cache: "auto" (bf16 if
+            benchmarks/results/precision.json says it is accurate enough, else fp32), "fp32", "bf16".
+        amp: mixed precision (fp16 autocast + gradient scaling) on CUDA; ignored on the CPU.
+        num_workers: background processes producing batches (0: in the training process).
+        time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
+            epochs run so far; the embedding cache and the final validation are not counted), never
+            more than ``epochs``; the learning-rate schedule ends with the last epoch that fits.
+        final_validation: predict the fold's validation cases through the real prediction path at the
+            end and decide the postprocessing.
+        validation_tta: mirroring in that final validation; None -> on with CUDA, off on the CPU (it
+            costs 4 encoder passes per window there).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    configuration: str = "2d"
+    epochs: int = 50
+    iterations_per_epoch: int = 250
+    val_iterations: int = 25
+    batch_size: int | None = None
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    poly_exponent: float = 0.9
+    grad_clip: float = 1.0
+    seed: int = 12345
+    oversample_foreground: float = 0.33
+    loss: LossConfig = field(default_factory=LossConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    cache_embeddings: bool | None = None
+    cache_slice_stride: int = 1
+    encoder_precision: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    time_budget_minutes: float | None = None
+    final_validation: bool = True
+    validation_tta: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "iterations_per_epoch": self.iterations_per_epoch >= 1,
+            "val_iterations": self.val_iterations >= 0,
+            "batch_size": self.batch_size is None or self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "warmup_epochs": self.warmup_epochs >= 0,
+            "oversample_foreground": 0.0 <= self.oversample_foreground <= 1.0,
+            "num_workers": self.num_workers >= 0,
+            "cache_slice_stride": self.cache_slice_stride >= 1,
+            "time_budget_minutes": self.time_budget_minutes is None or self.time_budget_minutes > 0,
+            "encoder_precision": self.encoder_precision in ("auto", "fp32", "bf16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise AutoPromptError(
+                f"trainer config: invalid value for {', '.join(bad)} "
+                f"({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}); fix the YAML file or the --set override"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML/JSON-friendly dict (tuples become lists, enums their values)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def preset_path(path_or_preset: str | Path) -> Path:
+    """``"2d_frozen"`` -> ``configs/2d_frozen.yaml``; a path to a ``.yaml`` file is returned as is.
+
+    Raises:
+        AutoPromptError: the file does not exist (the message lists the bundled presets).
+    """
+    text = str(path_or_preset)
+    candidate = Path(text).expanduser()
+    if candidate.suffix not in (".yaml", ".yml") and not candidate.is_file():
+        candidate = CONFIGS_DIR / f"{text}.yaml"
+    if not candidate.is_file():
+        presets = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        close = difflib.get_close_matches(Path(text).stem, presets, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AutoPromptError(
+            f"{candidate}: trainer config not found{hint}; pass a YAML file or one of the presets {', '.join(presets)}"
+        )
+    return candidate
+
+
+def preset_name(path_or_preset: str | Path) -> str:
+    """The name a config is known by in model folder names: the YAML file's stem."""
+    return Path(str(path_or_preset)).name.removesuffix(".yaml").removesuffix(".yml")
+
+
+def load_trainer_config(path_or_preset: str | Path, overrides: typing.Sequence[str] = ()) -> TrainerConfig:
+    """Read a YAML preset (by name or path) and apply ``key=value`` overrides.
+
+    Args:
+        path_or_preset: a preset name (``"2d_frozen"`` -> ``configs/2d_frozen.yaml``) or a YAML path.
+        overrides: ``"epochs=4"``, ``"model.adapter_dim=16"``, ``"augmentation.mirror=false"``;
+            values are parsed as YAML and coerced to the field's type.
+
+    Raises:
+        AutoPromptError: missing or malformed file, unknown key (with "did you mean"), or a value
+            of the wrong type.
+    """
+    path = preset_path(path_or_preset)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise AutoPromptError(f"{path}: not valid YAML ({error.__class__.__name__}); fix the file") from error
+    if not isinstance(data, dict):
+        raise AutoPromptError(f"{path}: expected a mapping of settings at the top level; fix the file")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.strip():
+            raise AutoPromptError(f"override '{override}' is not KEY=VALUE; write e.g. --set epochs=10")
+        _set_nested(data, key.strip().split("."), yaml.safe_load(value) if value.strip() else None, override)
+    return _build(TrainerConfig, data, source=str(path))
+
+
+def trainer_config_from_dict(data: dict[str, Any], *, source: str) -> TrainerConfig:
+    """Build a :class:`TrainerConfig` from a plain dict (a loaded YAML or checkpoint metadata)."""
+    return _build(TrainerConfig, data, source=source)
+
+
+def save_trainer_config(config: TrainerConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _set_nested(data: dict, keys: list[str], value: Any, override: str) -> None:
+    for key in keys[:-1]:
+        child = data.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise AutoPromptError(f"override '{override}': '{key}' is not a section; drop the dotted part")
+        data = child
+    data[keys[-1]] = value
+
+
+def _build(cls: type, data: dict[str, Any], *, source: str, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``data`` with key checking and type coercion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise AutoPromptError(
+                f"{source}: unknown setting '{prefix}{key}'{hint}; known settings: {', '.join(prefix + n for n in names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], key=prefix + key, source=source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise AutoPromptError(f"{source}: {error}; fix the setting") from error
+
+
+def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
+    """Convert a YAML value to ``annotation`` or raise a one-line error naming ``key``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+
+    def fail() -> typing.NoReturn:
+        expected = getattr(annotation, "__name__", str(annotation))
+        raise AutoPromptError(
+            f"{source}: setting '{key}' = {value!r} is not a valid {expected}; fix the value"
+        )
+
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key=key, source=source)
+            except AutoPromptError:
+                continue
+        fail()
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AutoPromptError(
+            f"{source}: setting '{key}' = {value!r}{hint}; choose one of {', '.join(map(str, args))}"
+        )
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            fail()
+        return _build(annotation, value, source=source, prefix=f"{key}.")
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        try:
+            return annotation(value)
+        except ValueError:
+            choices = [m.value for m in annotation]
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise AutoPromptError(
+                f"{source}: setting '{key}' = {value!r}{hint}; choose one of {', '.join(map(str, choices))}"
+            ) from None
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            fail()
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                fail()
+            return tuple(_coerce(v, a, key=key, source=source) for v, a in zip(value, args, strict=True))
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, key=key, source=source) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        fail()
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        fail()
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        fail()
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        fail()
+    if annotation in (Path,):
+        if isinstance(value, str):
+            return Path(value)
+        fail()
+    return value

@@ -1,0 +1,183 @@
+"""The frozen-encoder embedding cache: every window of every slice encoded once, fp16, memory-mapped.
+
+With a frozen image encoder (``model.uses_frozen_encoder``) the encoder output of a window never
+changes during training, and the encoder is by far the most expensive part (LiteMedSAM: ~1 s per
+256 x 256 window on 2 CPU cores). The cache computes it once per dataset, plans and backbone::
+
+    PREPROCESSED/DatasetXXX_Name/embeddings/<key>/
+        cache.json         what the key was made of (backbone, checksum, plans parts, precision)
+        {case}.npy         float16 S x W x 256 x 64 x 64: slice s, window w (the windows inference
+                           uses on that slice: pipeline.inference.sliding_window, row-major); with a
+                           slice stride k only every k-th slice (S' = ceil(S / k) rows, see
+                           pipeline.training.data.cached_slices)
+
+``key`` = SHA-256 (first 16 hex digits) of the backbone checksum, the plans' data_identifier,
+normalisation, slice axis, target spacing and window size, the window step, the encoder precision and
+the slice stride;
+editing any of them (e.g. plans.json) gives a new key, hence a new cache. All folds and both
+configurations ("2d" and "3d" share the preprocessed data) share one cache. Building is resumable:
+each case is written atomically, and finished cases are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoprompt.devices import Precision, autocast
+from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from pipeline.files import atomic_path, save_json
+from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE
+from pipeline.training.data import TrainingCase, cached_slices, crop_window, fixed_windows
+from planners.plans import Plans
+
+EMBEDDING_SHAPE = (256, 64, 64)
+CACHE_DTYPE = np.float16
+
+
+def cache_key_parts(
+    plans: Plans,
+    configuration: str,
+    *,
+    backbone_checksum: str,
+    precision: Precision | str,
+    slice_stride: int = 1,
+) -> dict[str, object]:
+    """The values the cache key is made of (written to ``cache.json``)."""
+    plan = plans.configuration(configuration)
+    parts: dict[str, object] = {
+        "backbone_checksum": backbone_checksum,
+        "data_identifier": plan.data_identifier,
+        "normalization": [asdict(norm) for norm in plans.normalization],
+        "slice_axis": plan.slice_axis,
+        "target_spacing": list(plan.target_spacing),
+        "window_size": list(plan.window_size),
+        "window_step": DEFAULT_STEP_SIZE,
+        "precision": Precision(precision).value,
+    }
+    if slice_stride != 1:  # only then, so that stride-1 keys stay what they were
+        parts["slice_stride"] = slice_stride
+    return parts
+
+
+def cache_key(parts: dict[str, object]) -> str:
+    """First 16 hex digits of the SHA-256 of ``parts`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """One cache folder (see the module docstring).
+
+    Args:
+        preprocessed_dataset: ``PREPROCESSED/DatasetXXX_Name``.
+        parts: :func:`cache_key_parts`.
+    """
+
+    def __init__(self, preprocessed_dataset: Path, parts: dict[str, object]) -> None:
+        self.parts = parts
+        self.key = cache_key(parts)
+        self.folder = Path(preprocessed_dataset) / "embeddings" / self.key
+        self.window = tuple(parts["window_size"])
+        self.precision = Precision(parts["precision"])
+        self.slice_stride = int(parts.get("slice_stride", 1))
+
+    def path(self, case: str) -> Path:
+        return self.folder / f"{case}.npy"
+
+    def is_complete(self, case: TrainingCase) -> bool:
+        """Whether ``case`` has a finished cache file of the expected shape."""
+        path = self.path(case.name)
+        if not path.is_file():
+            return False
+        try:
+            cached = np.load(path, mmap_mode="r")
+        except ValueError:  # not a readable .npy: rebuild it
+            return False
+        return cached.shape == self.expected_shape(case) and cached.dtype == CACHE_DTYPE
+
+    def expected_shape(self, case: TrainingCase) -> tuple[int, ...]:
+        windows = fixed_windows(case.data.shape[-2:], self.window)
+        return (len(cached_slices(case.num_slices, self.slice_stride)), len(windows), *EMBEDDING_SHAPE)
+
+    def build(
+        self, model: AutoPromptSAM, cases: Sequence[TrainingCase], *, device: torch.device, batch_size: int
+    ) -> int:
+        """Encode every window of every slice of the cases not cached yet.
+
+        Args:
+            model: a model with a frozen encoder (its ``encode`` is used).
+            cases: the cases to make sure of.
+            device: where the encoder runs.
+            batch_size: windows per encoder call.
+
+        Returns:
+            The number of cases encoded (0 when everything was cached already).
+        """
+        if not model.uses_frozen_encoder:
+            raise ValueError("the embedding cache needs a model with a frozen image encoder")
+        todo = [case for case in cases if not self.is_complete(case)]
+        if not todo:
+            return 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_json({"key": self.key, **self.parts}, self.folder / "cache.json")
+        windows_total = sum(int(np.prod(self.expected_shape(case)[:2])) for case in todo)
+        with tqdm(
+            total=windows_total, desc=f"embedding cache {self.key}", unit="window", disable=None
+        ) as bar:
+            for case in todo:
+                self._build_case(model, case, device=device, batch_size=batch_size, bar=bar)
+        return len(todo)
+
+    def _build_case(
+        self, model: AutoPromptSAM, case: TrainingCase, *, device: torch.device, batch_size: int, bar: tqdm
+    ) -> None:
+        shape = self.expected_shape(case)
+        windows = fixed_windows(case.data.shape[-2:], self.window)
+        # all (row, slice, window) in storage order, encoded batch_size at a time
+        kept = cached_slices(case.num_slices, self.slice_stride)
+        pairs = [(row, int(s), w) for row, s in enumerate(kept) for w in range(shape[1])]
+        with atomic_path(self.path(case.name)) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=CACHE_DTYPE, shape=shape)
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                images = np.stack(
+                    [crop_window(np.asarray(case.data[:, s]), *windows[w], self.window) for _, s, w in chunk]
+                )
+                embeddings = encode_windows(
+                    model, torch.from_numpy(images).to(device), precision=self.precision
+                )
+                embeddings = embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
+                for (row, _, w), embedding in zip(chunk, embeddings, strict=True):
+                    out[row, w] = embedding
+                bar.update(len(chunk))
+            out.flush()
+            del out
+
+
+def encode_windows(model: AutoPromptSAM, images: torch.Tensor, *, precision: Precision) -> torch.Tensor:
+    """Frozen-encoder embeddings of independent windows, whatever the model's stack depth.
+
+    Args:
+        images: ``N x C x h x w``.
+
+    Returns:
+        ``N x 256 x 64 x 64``. For a 3d model the windows are grouped into stacks of ``D`` (the last
+        stack padded by repetition), which a frozen encoder encodes slice by slice.
+    """
+    depth = model.stack_depth
+    count = images.shape[0]
+    if depth > 1:
+        padding = (-count) % depth
+        if padding:
+            images = torch.cat([images, images[-1:].expand(padding, -1, -1, -1)])
+        images = images.reshape(-1, depth, *images.shape[1:])
+    with torch.inference_mode(), autocast(images.device, precision):
+        embeddings = model.encode(images)
+    return embeddings.reshape(-1, *embeddings.shape[-3:])[:count]

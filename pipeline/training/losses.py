@@ -1,0 +1,99 @@
+"""The training loss: segmentation loss on the final output plus the prompt generator's auxiliary terms.
+
+``total = ce_dice + w_coarse * coarse + w_box * box + w_presence * presence`` where
+
+* ``ce_dice``: MONAI ``DiceCELoss`` (softmax, one-hot target, unweighted sum of cross-entropy and
+  Dice) on the final ``(K+1)``-class logits; the Dice part leaves the background out and is computed
+  over the whole batch (nnU-Net's batch Dice), so classes absent from one window do not dominate it;
+* ``coarse``: Dice (MONAI ``DiceLoss``, sigmoid, batch) + binary cross-entropy of the coarse masks
+  against each class's mask;
+* ``box``: L1 + generalised IoU (``torchvision.ops.generalized_box_iou_loss``) of the regressed boxes
+  against the ground-truth boxes (``boxes_from_masks``), for the classes present in a window only;
+* ``presence``: binary cross-entropy of the presence logits against "class present in the window".
+
+Every term is returned separately for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, DiceLoss
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+
+from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
+from autoprompt.modeling.prompt_generators import boxes_from_masks
+from pipeline.training.config import LossConfig
+
+LOSS_TERMS = ("ce_dice", "coarse", "box", "presence")
+
+
+class AutoPromptLoss(nn.Module):
+    """Loss of an :class:`AutoPromptOutput` against a label map.
+
+    Args:
+        num_classes: ``K`` foreground classes.
+        weights: weights of the auxiliary terms.
+    """
+
+    def __init__(self, num_classes: int, weights: LossConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.weights = weights
+        self.ce_dice = DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=True,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+        )
+        self.coarse_dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+    def forward(self, output: AutoPromptOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Compute every term.
+
+        Args:
+            output: the model output; leading dims ``L`` = ``(B,)`` or ``(B, D)``.
+            target: ``L x h x w`` int64 labels in ``0..K``.
+
+        Returns:
+            ``{"total", "ce_dice", "coarse", "box", "presence"}`` scalar tensors.
+        """
+        k = self.num_classes
+        logits = output.logits.reshape(-1, k + 1, *output.logits.shape[-2:]).float()
+        labels = target.reshape(-1, *target.shape[-2:])
+        one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # N x K x h x w
+        present = one_hot.flatten(2).any(dim=2)  # N x K
+
+        coarse_logits = output.coarse_logits.reshape(-1, k, *output.coarse_logits.shape[-2:]).float()
+        coarse_target = one_hot.float()
+        if coarse_target.shape[-2:] != coarse_logits.shape[-2:]:
+            coarse_target = F.interpolate(coarse_target, size=coarse_logits.shape[-2:], mode="nearest")
+
+        boxes = output.boxes.reshape(-1, k, 4).float()
+        presence_logits = output.presence_logits.reshape(-1, k).float()
+        if present.any():
+            target_boxes = boxes_from_masks(one_hot)[present].to(boxes.dtype)
+            predicted = boxes[present]
+            box = F.l1_loss(predicted, target_boxes) + generalized_box_iou_loss(
+                predicted, target_boxes, reduction="mean"
+            )
+        else:
+            box = boxes.sum() * 0.0
+
+        terms = {
+            "ce_dice": self.ce_dice(logits, labels[:, None]),
+            "coarse": self.coarse_dice(coarse_logits, coarse_target)
+            + F.binary_cross_entropy_with_logits(coarse_logits, coarse_target),
+            "box": box,
+            "presence": F.binary_cross_entropy_with_logits(presence_logits, present.float()),
+        }
+        terms["total"] = (
+            terms["ce_dice"]
+            + self.weights.coarse * terms["coarse"]
+            + self.weights.box * terms["box"]
+            + self.weights.presence * terms["presence"]
+        )
+        return terms

@@ -1,0 +1,44 @@
+"""Optimiser and learning-rate schedule: AdamW, linear warm-up, then polynomial decay to zero."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class WarmupPolySchedule:
+    """Learning-rate factor for step ``t`` of ``total_steps``.
+
+    ``t / warmup_steps`` during the warm-up, then ``(1 - (t - warmup) / (total - warmup)) ** exponent``.
+    ``total_steps`` may be changed while training (a time budget shortens the run); the factor of the
+    steps still to come follows the new total.
+    """
+
+    def __init__(self, *, total_steps: int, warmup_steps: int, exponent: float) -> None:
+        self.total_steps = total_steps
+        self.warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+        self.exponent = exponent
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return (1.0 - progress) ** self.exponent
+
+
+def build_optimizer(
+    parameters: Iterable[torch.nn.Parameter], *, learning_rate: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters."""
+    return torch.optim.AdamW(
+        [p for p in parameters if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: WarmupPolySchedule
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepping once per optimiser step along ``schedule``."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)

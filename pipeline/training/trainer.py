@@ -1,0 +1,605 @@
+"""The trainer of one fold: a short ``run`` made of named steps (nnU-Net's ``run_training``, without its size).
+
+    trainer = Trainer(model_folder=..., fold=0, config=..., preprocessed_dataset=..., device=...)
+    result = trainer.run()      # setup -> (train_epoch, validate_epoch, on_epoch_end)* -> on_train_end
+
+Per epoch: ``iterations_per_epoch`` AdamW steps (linear warm-up, polynomial decay, gradient clipping,
+fp16 AMP on CUDA), then ``val_iterations`` batches of validation windows (always the same windows) for
+the per-class pseudo-Dice (true/false positives summed over all windows, as nnU-Net); its exponential
+moving average (0.9 / 0.1, as nnU-Net) picks ``checkpoint_best.pt``. ``checkpoint_latest.pt`` is
+written after every epoch and a run resumes from it exactly (weights, optimiser, schedule, RNG states,
+history; batches depend only on seed, epoch and iteration). At the end: ``checkpoint_final.pt`` and
+the full validation of the fold (:mod:`pipeline.training.validation`) with the best weights.
+
+Multi-GPU: started by ``torchrun --nproc_per_node=N -m autoprompt.cli train ...``, every process
+trains a DDP replica on ``batch_size / N`` windows per step; process 0 builds the embedding cache,
+validates, logs and writes every file.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoprompt.devices import Precision
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
+from autoprompt.modeling.backbone import load_backbone
+from pipeline.files import load_json
+from pipeline.model_folder import ModelFolder
+from pipeline.training.checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from pipeline.training.config import TrainerConfig
+from pipeline.training.data import (
+    TRAIN_STREAM,
+    VAL_STREAM,
+    Batch,
+    BatchDataset,
+    WindowSampler,
+    batch_loader,
+    build_augmentation,
+    load_training_cases,
+)
+from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
+from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
+from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler
+from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
+
+EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a ``torchrun`` job (world size 1: a single process)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class TrainingResult:
+    """What a finished training run reports.
+
+    Attributes:
+        model_folder: the model folder.
+        fold_dir: ``model_folder/fold_K``.
+        epochs: epochs trained in total.
+        steps: optimiser steps in total.
+        best_ema_dice: the best smoothed pseudo-Dice (selects checkpoint_best).
+        validation: the final validation summary (None when skipped).
+        history: one record per epoch (losses, pseudo-Dice, learning rate, seconds).
+        timings: seconds spent on ``cache`` (building the embedding cache in this run), ``training``
+            (all epochs, including those before a resume) and ``validation`` (the final validation).
+    """
+
+    model_folder: Path
+    fold_dir: Path
+    epochs: int
+    steps: int
+    best_ema_dice: float
+    validation: dict | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's global generator and ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def resolve_encoder_precision(name: str) -> Precision:
+    """``auto`` -> the encoder precision chosen by the precision study (``benchmarks/precision.py``),
+    which :data:`autoprompt.interactive.DEFAULT_PRECISION` records; else the name given."""
+    if name == "auto":
+        from autoprompt.interactive import DEFAULT_PRECISION
+
+        return Precision(DEFAULT_PRECISION)
+    return Precision(name)
+
+
+class Trainer:
+    """Trains one fold of a model folder.
+
+    Args:
+        model_folder: the model folder (created by :meth:`ModelFolder.create`).
+        fold: 0-4 or ``"all"`` (all cases train; the pseudo-Dice is then measured on training windows
+            and the final validation is skipped).
+        config: the trainer config (its ``configuration`` names the plans configuration).
+        preprocessed_dataset: ``PREPROCESSED/DatasetXXX_Name`` (plans, splits, cases, embedding cache).
+        device: where to train.
+        resume: continue from ``fold_K/checkpoint_latest.pt``.
+        raw_labels_folder: the raw dataset's ``labelsTr`` (references of the final validation), if any.
+        distributed: the torchrun context (default: a single process).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_folder: ModelFolder,
+        fold: int | str,
+        config: TrainerConfig,
+        preprocessed_dataset: Path,
+        device: torch.device,
+        resume: bool = False,
+        raw_labels_folder: Path | None = None,
+        distributed: DistributedContext | None = None,
+    ) -> None:
+        self.model_folder = model_folder
+        self.fold = fold
+        self.config = config
+        self.preprocessed_dataset = Path(preprocessed_dataset)
+        self.device = device
+        self.resume = resume
+        self.raw_labels_folder = raw_labels_folder
+        self.dist = distributed or DistributedContext()
+        self.fold_dir = model_folder.fold_dir(fold)
+        self.plans = model_folder.plans
+        self.plan = self.plans.configuration(config.configuration)
+        self.class_names = [
+            name for name, value in sorted(self.plans.labels.items(), key=lambda kv: kv[1]) if value != 0
+        ]
+        self.batch_size = max(1, (config.batch_size or self.plan.batch_size) // self.dist.world_size)
+        self.use_amp = config.amp and device.type == "cuda"
+        self.log = TrainingLog(self.fold_dir / "training_log.txt", echo=self.dist.is_main)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.step = 0
+        self.best_ema = -math.inf
+        self.planned_epochs = config.epochs
+        self.timings = {"cache": 0.0, "training": 0.0, "validation": 0.0}
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> TrainingResult:
+        """Train (or resume) to the end and validate."""
+        self.setup()
+        epoch = self.start_epoch
+        while epoch < self.planned_epochs:
+            record = self.train_epoch(epoch)
+            record.update(self.validate_epoch(epoch))
+            self.on_epoch_end(epoch, record)
+            epoch += 1
+        return self.on_train_end()
+
+    # --------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Check the fold, load cases, build model, cache, data, optimiser; resume if asked."""
+        self._check_existing_run()
+        seed_everything(self.config.seed)
+        train_ids, val_ids = self._split()
+        labels = sorted(v for v in self.plans.labels.values() if v != 0)
+        folder = self.preprocessed_dataset / self.plan.data_identifier
+        self.train_cases = load_training_cases(folder, train_ids, labels=labels, seed=self.config.seed)
+        self.val_cases = load_training_cases(
+            folder, val_ids, labels=labels, seed=self.config.seed + 1, desc="loading validation cases"
+        )
+        self.val_ids = val_ids
+        model_config = self.config.model
+        backbone = load_backbone(model_config.backbone, checkpoint=model_config.checkpoint)
+        self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
+        self.cache = self._prepare_cache()
+        window = self.plan.window_size
+        fixed = self.cache is not None
+        stride = self.cache.slice_stride if fixed else 1
+        self.train_sampler = WindowSampler(
+            self.train_cases,
+            window=window,
+            oversample_foreground=self.config.oversample_foreground,
+            fixed=fixed,
+            slice_stride=stride,
+        )
+        self.val_sampler = WindowSampler(
+            self.val_cases,
+            window=window,
+            oversample_foreground=self.config.oversample_foreground,
+            fixed=True,
+            slice_stride=stride,
+        )
+        self.augmentation = None if fixed else build_augmentation(self.config.augmentation, window)
+        self.loss = AutoPromptLoss(self.plans.num_foreground_classes, self.config.loss)
+        self.optimizer = build_optimizer(
+            self.model.parameters(),
+            learning_rate=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        iterations = self.config.iterations_per_epoch
+        self.schedule = WarmupPolySchedule(
+            total_steps=self.config.epochs * iterations,
+            warmup_steps=self.config.warmup_epochs * iterations,
+            exponent=self.config.poly_exponent,
+        )
+        self.scheduler = build_scheduler(self.optimizer, self.schedule)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.train_model = self._wrap_distributed(self.model)
+        if self.resume:
+            self._load_latest()
+        self._log_setup()
+
+    def _check_existing_run(self) -> None:
+        latest = checkpoint_path(self.fold_dir, "latest")
+        if latest.is_file() and not self.resume:
+            raise AutoPromptError(
+                f"{latest}: this fold has been trained before; pass --resume to continue it, or delete "
+                f"{self.fold_dir} to start again"
+            )
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        splits_file = self.preprocessed_dataset / "splits_final.json"
+        if not splits_file.is_file():
+            raise AutoPromptError(
+                f"{splits_file}: no folds; run 'autoprompt plan-and-preprocess' for this dataset first"
+            )
+        splits = load_json(splits_file)
+        if self.fold == "all":
+            cases = sorted({case for split in splits for case in split["train"] + split["val"]})
+            return cases, cases
+        if not 0 <= int(self.fold) < len(splits):
+            raise AutoPromptError(
+                f"{splits_file}: has {len(splits)} folds, there is no fold {self.fold}; choose 0-{len(splits) - 1} or all"
+            )
+        split = splits[int(self.fold)]
+        if not split["train"] or not split["val"]:
+            raise AutoPromptError(
+                f"{splits_file}: fold {self.fold} has no training or no validation cases; fix the file"
+            )
+        return list(split["train"]), list(split["val"])
+
+    def _prepare_cache(self) -> EmbeddingCache | None:
+        """Build (or reuse) the embedding cache when the encoder is frozen and caching is on."""
+        wanted = self.config.cache_embeddings
+        if wanted and not self.model.uses_frozen_encoder:
+            raise AutoPromptError(
+                "cache_embeddings=true needs a frozen image encoder, but this model config trains encoder "
+                "adapters; set cache_embeddings to null or turn model.encoder_adapters off"
+            )
+        use = self.model.uses_frozen_encoder and (self.plan.cache_embeddings if wanted is None else wanted)
+        if not use:
+            return None
+        stride = self.config.cache_slice_stride
+        if stride > 1 and self.plan.stack_depth > 1:
+            raise AutoPromptError(
+                f"cache_slice_stride={stride} cannot be used with '{self.config.configuration}' (stacks of "
+                f"{self.plan.stack_depth} neighbouring slices need every slice); set cache_slice_stride=1"
+            )
+        parts = cache_key_parts(
+            self.plans,
+            self.config.configuration,
+            backbone_checksum=self.model.backbone.checksum,
+            precision=resolve_encoder_precision(self.config.encoder_precision),
+            slice_stride=stride,
+        )
+        cache = EmbeddingCache(self.preprocessed_dataset, parts)
+        cases = self.train_cases + [
+            c for c in self.val_cases if c.name not in {t.name for t in self.train_cases}
+        ]
+        if self.dist.is_main:
+            started = time.perf_counter()
+            built = cache.build(
+                self.model, cases, device=self.device, batch_size=max(self.plan.batch_size, 4)
+            )
+            self.timings["cache"] = time.perf_counter() - started
+            if built:
+                self.log(
+                    f"embedding cache {cache.folder}: encoded {built} case(s) in {self.timings['cache']:.0f} s"
+                )
+        self._barrier()
+        return cache
+
+    def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.dist.world_size == 1:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    def _log_setup(self) -> None:
+        counts = self.model.parameter_counts()
+        self.log(
+            f"fold {self.fold} of {self.plans.dataset_name} ({self.config.configuration}): "
+            f"{len(self.train_cases)} training / {len(self.val_cases)} validation cases; device {self.device}"
+            + (f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
+        )
+        self.log(
+            f"model: {counts['trainable']:,} trainable of {counts['total']:,} parameters; "
+            + (
+                f"frozen-encoder embeddings cached in {self.cache.folder} ({self.cache.precision.value}); "
+                "no augmentation with cached embeddings"
+                if self.cache is not None
+                else "encoder run every step, batchgenerators augmentation"
+            )
+        )
+        self.log(
+            f"{self.planned_epochs} epochs x {self.config.iterations_per_epoch} iterations, batch {self.batch_size}, "
+            f"lr {self.config.learning_rate:g}"
+            + (
+                f", time budget {self.config.time_budget_minutes:g} min"
+                if self.config.time_budget_minutes
+                else ""
+            )
+            + (f"; resuming after epoch {self.start_epoch}" if self.start_epoch else "")
+        )
+
+    # -------------------------------------------------------------------------------------- epochs
+    def _dataset(
+        self, sampler: WindowSampler, *, stream: int, epoch: int, length: int, augment: bool
+    ) -> BatchDataset:
+        return BatchDataset(
+            sampler,
+            batch_size=self.batch_size,
+            stack_depth=self.plan.stack_depth,
+            seed=self.config.seed + 1_000_003 * self.dist.rank,
+            stream=stream,
+            epoch=epoch,
+            length=length,
+            augmentation=self.augmentation if augment else None,
+            embedding_files=None if self.cache is None else [self.cache.path(c.name) for c in sampler.cases],
+        )
+
+    def _forward(
+        self, model: torch.nn.Module, batch: Batch
+    ) -> tuple[AutoPromptOutput, dict[str, torch.Tensor]]:
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = model(batch.images, embeddings=batch.embeddings)
+        return output, self.loss(output, batch.target)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of optimiser steps; returns the mean of every loss term and the time."""
+        started = time.perf_counter()
+        self.train_model.train()
+        dataset = self._dataset(
+            self.train_sampler,
+            stream=TRAIN_STREAM,
+            epoch=epoch,
+            length=self.config.iterations_per_epoch,
+            augment=True,
+        )
+        loader = batch_loader(
+            dataset, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda"
+        )
+        sums = dict.fromkeys(("total", *LOSS_TERMS), 0.0)
+        bar = tqdm(
+            loader,
+            total=len(dataset),
+            desc=f"epoch {epoch + 1}/{self.planned_epochs}",
+            unit="it",
+            leave=False,
+            disable=None if self.dist.is_main else True,
+        )
+        for batch in bar:
+            batch = batch.to(self.device)
+            _, terms = self._forward(self.train_model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["total"]).backward()
+            if self.config.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip
+                )
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            for name in sums:
+                sums[name] += float(terms[name].detach())
+            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}")
+        count = len(dataset)
+        return {
+            "epoch": epoch,
+            "train_loss": sums["total"] / count,
+            "train_terms": {name: sums[name] / count for name in LOSS_TERMS},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_seconds": time.perf_counter() - started,
+        }
+
+    def validate_epoch(self, epoch: int) -> dict[str, Any]:
+        """Validation loss and per-class pseudo-Dice on fixed validation windows (process 0 only)."""
+        started = time.perf_counter()
+        k = self.plans.num_foreground_classes
+        if not self.dist.is_main or self.config.val_iterations == 0:
+            return {"val_loss": math.nan, "val_dice": [math.nan] * k, "val_seconds": 0.0}
+        self.model.eval()
+        dataset = self._dataset(
+            self.val_sampler, stream=VAL_STREAM, epoch=0, length=self.config.val_iterations, augment=False
+        )
+        tp, fp, fn = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
+        loss_sum = 0.0
+        with torch.inference_mode():
+            for batch in batch_loader(dataset, num_workers=0, pin_memory=False):
+                batch = batch.to(self.device)
+                output, terms = self._forward(self.model, batch)
+                loss_sum += float(terms["total"])
+                predicted = output.logits.argmax(dim=-3)
+                for c in range(1, k + 1):
+                    pred_c, true_c = predicted == c, batch.target == c
+                    tp[c - 1] += float((pred_c & true_c).sum())
+                    fp[c - 1] += float((pred_c & ~true_c).sum())
+                    fn[c - 1] += float((~pred_c & true_c).sum())
+        denominator = 2 * tp + fp + fn
+        dice = [float(2 * tp[i] / denominator[i]) if denominator[i] > 0 else math.nan for i in range(k)]
+        return {
+            "val_loss": loss_sum / len(dataset),
+            "val_dice": dice,
+            "val_seconds": time.perf_counter() - started,
+        }
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        """Log, update the EMA and checkpoints, plot, and shorten the run to the time budget."""
+        record["seconds"] = record.pop("train_seconds") + record.pop("val_seconds")
+        finite = [d for d in record["val_dice"] if not math.isnan(d)]
+        record["mean_dice"] = float(np.mean(finite)) if finite else math.nan
+        previous = self.history[-1]["ema_dice"] if self.history else math.nan
+        record["ema_dice"] = (
+            record["mean_dice"]
+            if math.isnan(previous)
+            else EMA_MOMENTUM * previous + (1 - EMA_MOMENTUM) * (record["mean_dice"] if finite else previous)
+        )
+        self.history.append(record)
+        self._apply_time_budget(epoch)
+        if self.dist.is_main:
+            self.log(epoch_line(epoch, self.planned_epochs, record, self.class_names))
+            improved = not math.isnan(record["ema_dice"]) and record["ema_dice"] > self.best_ema
+            if improved or self.config.val_iterations == 0:
+                self.best_ema = record["ema_dice"] if improved else self.best_ema
+                save_checkpoint(self._state(epoch + 1), checkpoint_path(self.fold_dir, "best"))
+                if improved:
+                    self.log(f"new best EMA pseudo-Dice {self.best_ema:.4f}: checkpoint_best.pt")
+            save_checkpoint(self._state(epoch + 1), checkpoint_path(self.fold_dir, "latest"))
+            plot_progress(self.history, self.class_names, self.fold_dir / "progress.png")
+        self._barrier()
+
+    def _apply_time_budget(self, epoch: int) -> None:
+        """With a time budget, plan as many epochs as fit (never more than configured) and stretch the schedule."""
+        budget = self.config.time_budget_minutes
+        if budget is None:
+            return
+        seconds = [record["seconds"] for record in self.history]
+        fit = int((budget * 60.0) // float(np.mean(seconds)))
+        planned = min(self.planned_epochs, max(epoch + 1, fit))
+        if self.dist.world_size > 1:
+            shared = [planned]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            planned = shared[0]
+        if planned != self.planned_epochs:
+            self.planned_epochs = planned
+            self.schedule.total_steps = planned * self.config.iterations_per_epoch
+            self.log(f"time budget {budget:g} min: {planned} epochs fit ({np.mean(seconds):.1f} s per epoch)")
+
+    def on_train_end(self) -> TrainingResult:
+        """Write checkpoint_final, then validate the fold with the best weights."""
+        summary = None
+        if self.dist.is_main:
+            save_checkpoint(self._state(self.planned_epochs), checkpoint_path(self.fold_dir, "final"))
+            self.timings["training"] = sum(record["seconds"] for record in self.history)
+            self.log(
+                f"training finished: {self.planned_epochs} epochs, {self.step} steps, "
+                f"{self.timings['training'] / 60:.1f} min"
+            )
+            if self.config.final_validation and self.fold != "all":
+                summary = self._final_validation()
+            elif self.fold == "all":
+                self.log("fold 'all' has no held-out cases: final validation skipped")
+        self._barrier()
+        return TrainingResult(
+            model_folder=self.model_folder.path,
+            fold_dir=self.fold_dir,
+            epochs=self.planned_epochs,
+            steps=self.step,
+            best_ema_dice=self.best_ema,
+            validation=summary,
+            history=self.history,
+            timings=self.timings,
+        )
+
+    def _final_validation(self) -> dict:
+        from pipeline.training.validation import validate_fold
+
+        best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))
+        self.model.load_trainable_state_dict(best["model"])
+        self.model.eval()
+        tta = (
+            self.config.validation_tta
+            if self.config.validation_tta is not None
+            else self.device.type == "cuda"
+        )
+        # the precision the network saw its embeddings in during training
+        precision = self.cache.precision.value if self.cache is not None else "fp32"
+        started = time.perf_counter()
+        summary = validate_fold(
+            self.model,
+            self.plans,
+            self.config.configuration,
+            case_ids=self.val_ids,
+            preprocessed_folder=self.preprocessed_dataset / self.plan.data_identifier,
+            fold_dir=self.fold_dir,
+            device=self.device,
+            tta=tta,
+            precision=precision,
+            raw_labels_folder=self.raw_labels_folder,
+        )
+        dice = summary["mean"]
+        per_class = "  ".join(
+            f"{name} {dice[str(value)]['dice']:.4f}"
+            if dice[str(value)]["dice"] is not None
+            else f"{name} n/a"
+            for name, value in summary["labels"].items()
+        )
+        self.timings["validation"] = time.perf_counter() - started
+        self.log(
+            f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, {precision}, "
+            f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['dice']:.4f}; "
+            f"postprocessing steps {summary['postprocessing']}"
+        )
+        return summary
+
+    # --------------------------------------------------------------------------------- checkpoints
+    def _state(self, epochs_done: int) -> dict[str, Any]:
+        return {
+            "model": self.model.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict() if self.use_amp else None,
+            "epoch": epochs_done,
+            "step": self.step,
+            "planned_epochs": self.planned_epochs,
+            "best_ema": self.best_ema,
+            "rng": capture_rng_state(),
+            "history": self.history,
+            "metadata": {
+                "backbone": self.model.backbone.name,
+                "backbone_checksum": self.model.backbone.checksum,
+                "configuration": self.config.configuration,
+                "fold": self.fold,
+                "dataset": self.plans.dataset_name,
+                "trainer_config": self.config.to_dict(),
+            },
+        }
+
+    def _load_latest(self) -> None:
+        path = checkpoint_path(self.fold_dir, "latest")
+        if not path.is_file():
+            self.log(f"--resume: no {path.name} in {self.fold_dir} yet, starting from the beginning")
+            return
+        state = load_checkpoint(path)
+        if state["metadata"]["backbone_checksum"] != self.model.backbone.checksum:
+            raise AutoPromptError(
+                f"{path}: was trained on another backbone (checksum {state['metadata']['backbone_checksum'][:12]}...); "
+                "resume with the same backbone or delete the fold to start again"
+            )
+        if state["metadata"]["trainer_config"]["model"] != self.config.model.to_dict():
+            raise AutoPromptError(
+                f"{path}: was trained with another model config; resume with the same --config/--set options"
+            )
+        self.model.load_trainable_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.planned_epochs = state["planned_epochs"]
+        self.schedule.total_steps = self.planned_epochs * self.config.iterations_per_epoch
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.use_amp and state["grad_scaler"] is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.start_epoch = state["epoch"]
+        self.step = state["step"]
+        self.best_ema = state["best_ema"]
+        self.history = list(state["history"])
+        restore_rng_state(state["rng"])
+
+    def _barrier(self) -> None:
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()

@@ -1,0 +1,105 @@
+"""The end-of-training validation of a fold through the real prediction path.
+
+Every validation case of the fold is predicted by :class:`pipeline.inference.predictor.Predictor`
+(sliding windows, optional mirroring) from its preprocessed data, reverted to the original geometry
+(``revert_probabilities``), written as ``fold_K/validation/{case}<file_ending>`` and evaluated with
+:func:`pipeline.evaluation.evaluate_folders` into ``fold_K/validation/summary.json`` (+ ``.csv``).
+The references are the raw dataset's ``labelsTr`` files when the raw dataset is at hand, else the
+preprocessed labels reverted to the original geometry (``summary.json`` says which). Finally the
+keep-largest-component postprocessing is decided on these predictions (nnU-Net's rule,
+:func:`pipeline.inference.postprocessing.determine_postprocessing`) into ``fold_K/postprocessing.json``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from pipeline.evaluation import evaluate_folders
+from pipeline.files import load_json, save_json
+from pipeline.inference.postprocessing import determine_postprocessing
+from pipeline.inference.predictor import Predictor
+from pipeline.io import read_image, write_image
+from pipeline.preprocessing import geometry_of, revert_probabilities, revert_segmentation
+from planners.plans import Plans
+
+
+def validate_fold(
+    model: AutoPromptSAM,
+    plans: Plans,
+    configuration: str,
+    *,
+    case_ids: Sequence[str],
+    preprocessed_folder: Path,
+    fold_dir: Path,
+    device: torch.device,
+    tta: bool,
+    precision: str = "fp32",
+    raw_labels_folder: Path | None = None,
+) -> dict:
+    """Predict, export, evaluate and decide postprocessing for the validation cases of a fold.
+
+    Args:
+        model: the trained model (eval mode).
+        plans: the dataset's plans.
+        configuration: "2d" or "3d".
+        case_ids: the fold's validation cases.
+        preprocessed_folder: ``PREPROCESSED/DatasetXXX/<data_identifier>``.
+        fold_dir: ``MODEL_FOLDER/fold_K`` (outputs go to ``validation/`` and ``postprocessing.json``).
+        device: where the network runs.
+        tta: mirroring test-time augmentation.
+        precision: the Predictor's precision ("fp32", "bf16"; as ``autoprompt predict --precision``).
+        raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
+
+    Returns:
+        The evaluation summary (as written to ``summary.json``), with ``reference_source`` and
+        ``postprocessing`` added.
+    """
+    output = fold_dir / "validation"
+    output.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor([model], plans, configuration, device=device, tta=tta, precision=precision)
+    suffix = plans.file_ending
+    foreground = {name: value for name, value in plans.labels.items() if value != 0}
+    use_raw = raw_labels_folder is not None and all(
+        (raw_labels_folder / f"{c}{suffix}").is_file() for c in case_ids
+    )
+    predictions, references = [], []
+    with tempfile.TemporaryDirectory(prefix="autoprompt_references_") as reference_dir:
+        for case in tqdm(case_ids, desc="final validation", unit="case", disable=None):
+            data = np.load(preprocessed_folder / f"{case}.npy")
+            properties = load_json(preprocessed_folder / f"{case}.json")
+            probabilities = revert_probabilities(predictor.predict_preprocessed(data), properties)
+            labels = predictor.labels_from_probabilities(probabilities)
+            geometry = geometry_of(properties)
+            write_image(labels, geometry, output / f"{case}{suffix}")
+            reference_file = Path(reference_dir) / f"{case}{suffix}"
+            if use_raw:
+                reference_file.symlink_to((raw_labels_folder / f"{case}{suffix}").resolve())
+                reference = read_image(reference_file)[0]
+            else:
+                seg = np.load(preprocessed_folder / f"{case}_seg.npy")
+                reference = revert_segmentation(seg, properties)
+                write_image(reference, geometry, reference_file)
+            predictions.append(labels)
+            references.append(reference.astype(labels.dtype, copy=False))
+        summary = evaluate_folders(
+            reference_dir, output, labels=foreground, output_json=output / "summary.json"
+        )
+    rules = determine_postprocessing(predictions, references, labels=sorted(foreground.values()))
+    save_json(rules, fold_dir / "postprocessing.json")
+    for entry in summary["per_case"]:  # the temporary reference folder is gone: name the real source
+        case = entry["case"]
+        source = raw_labels_folder / f"{case}{suffix}" if use_raw else preprocessed_folder / f"{case}_seg.npy"
+        entry["reference_file"] = str(source)
+    summary["reference_source"] = (
+        "raw labelsTr" if use_raw else "preprocessed labels reverted to the original geometry"
+    )
+    summary["postprocessing"] = rules["steps"]
+    save_json(summary, output / "summary.json")
+    return summary

@@ -1,0 +1,40 @@
+"""Fixtures of the training tests: one small synthetic dataset, planned and preprocessed for the session.
+
+Its embedding cache (tiny backbone) is built by the first training run and reused by the others, so
+every test after the first pays only for its optimiser steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.synthetic_data import make_synthetic_dataset
+
+DATASET = "Dataset901_Synthetic"
+# 2 classes, 6 cases (5 folds need 5), 2 slices of 40 x 32: with the planner's finer_to_fill spacing
+# every slice fits one 256 x 256 window, so the tiny backbone encodes 12 windows in all.
+SHAPE = (2, 40, 32)
+TINY = ["final_validation=false"]
+
+
+@dataclass(frozen=True)
+class PlannedDataset:
+    raw: Path  # raw root (holds DATASET)
+    preprocessed: Path  # preprocessed root (holds DATASET)
+
+    @property
+    def folder(self) -> Path:
+        return self.preprocessed / DATASET
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
+    from pipeline.experiment_planning import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("training")
+    raw = make_synthetic_dataset(root / "raw", shape=SHAPE, num_cases=6, num_classes=2)
+    plan_and_preprocess(raw, root / "preprocessed", configurations=("2d",), num_processes=1)
+    return PlannedDataset(raw=root / "raw", preprocessed=root / "preprocessed")

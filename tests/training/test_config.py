@@ -1,0 +1,94 @@
+"""Trainer presets: loading, overrides with type coercion, clear errors, YAML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoprompt.errors import AutoPromptError
+from pipeline.training.config import (
+    CONFIGS_DIR,
+    TrainerConfig,
+    load_trainer_config,
+    preset_name,
+    save_trainer_config,
+)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+def test_every_bundled_preset_loads(preset: str) -> None:
+    config = load_trainer_config(preset)
+    assert isinstance(config, TrainerConfig)
+    assert config.configuration in ("2d", "3d")
+
+
+def test_defaults_per_configuration() -> None:
+    assert load_trainer_config("2d_frozen").configuration == "2d"
+    three_d = load_trainer_config("3d_adapter")
+    assert three_d.configuration == "3d"
+    assert three_d.model.encoder_adapters
+
+
+@pytest.mark.parametrize(
+    ("override", "attribute", "expected"),
+    [
+        ("epochs=7", ("epochs",), 7),
+        ("learning_rate=1e-4", ("learning_rate",), 1e-4),
+        ("time_budget_minutes=5", ("time_budget_minutes",), 5.0),  # int -> float
+        ("batch_size=null", ("batch_size",), None),
+        ("model.adapter_dim=16", ("model", "adapter_dim"), 16),
+        ("model.depth_kernel=[3, 1, 1]", ("model", "depth_kernel"), (3, 1, 1)),  # list -> tuple
+        ("augmentation.mirror=false", ("augmentation", "mirror"), False),
+        ("augmentation.scale_range=[1, 1]", ("augmentation", "scale_range"), (1.0, 1.0)),
+        ("model.checkpoint=/tmp/sam.pth", ("model", "checkpoint"), "/tmp/sam.pth"),
+    ],
+)
+def test_overrides_are_coerced(override: str, attribute: tuple[str, ...], expected: object) -> None:
+    value = load_trainer_config("2d_frozen", [override])
+    for name in attribute:
+        value = getattr(value, name)
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epoch=3", "did you mean 'epochs'"),
+        ("model.adaptr_dim=3", "did you mean 'model.adapter_dim'"),
+        ("epochs=many", "'epochs' = 'many' is not a valid int"),
+        ("augmentation.mirror=maybe", "'augmentation.mirror'"),
+        ("model.prompt_generator=encoder_hed", "did you mean 'encoder_head'"),
+        ("learning_rate=-1", "invalid value for learning_rate"),
+        ("epochs", "is not KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: str, message: str) -> None:
+    with pytest.raises(AutoPromptError) as error:
+        load_trainer_config("2d_frozen", [override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_preset_lists_the_presets() -> None:
+    with pytest.raises(AutoPromptError) as error:
+        load_trainer_config("2d_frozn")
+    assert "did you mean '2d_frozen'" in str(error.value)
+    assert "3d_adapter" in str(error.value)
+
+
+def test_yaml_round_trip_and_preset_name(tmp_path: Path) -> None:
+    config = load_trainer_config("2d_frozen", ["model.adapter_dim=8", "epochs=3", "time_budget_minutes=2.5"])
+    path = tmp_path / "mine.yaml"
+    save_trainer_config(config, path)
+    assert load_trainer_config(path) == config
+    assert preset_name(path) == "mine"
+    assert preset_name("2d_frozen") == "2d_frozen"
+
+
+def test_malformed_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("epochs: [1, 2\n")
+    with pytest.raises(AutoPromptError, match="broken.yaml: not valid YAML"):
+        load_trainer_config(path)

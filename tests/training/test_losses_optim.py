@@ -1,0 +1,103 @@
+"""Loss terms and the learning-rate schedule, on small hand-made tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
+from pipeline.training.config import LossConfig
+from pipeline.training.losses import AutoPromptLoss
+from pipeline.training.optim import WarmupPolySchedule
+
+K, SIZE = 2, 16
+
+
+def target_map(*, with_class_2: bool = False) -> torch.Tensor:
+    """``1 x 16 x 16``: class 1 in rows 2-5 / cols 3-8; class 2 in rows 10-13 / cols 1-2 or absent."""
+    target = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    target[0, 2:6, 3:9] = 1
+    if with_class_2:
+        target[0, 10:14, 1:3] = 2
+    return target
+
+
+def output_for(target: torch.Tensor, *, correct: bool, strength: float = 20.0) -> AutoPromptOutput:
+    """A confident output that is right (or wrong: class 1 predicted in the wrong place) everywhere."""
+    labels = target if correct else torch.roll(target, shifts=8, dims=-1)
+    one_hot = torch.stack([labels == c for c in range(K + 1)], dim=1).float()  # 1 x K+1 x h x w
+    logits = (one_hot * 2 - 1) * strength
+    present = one_hot[:, 1:].flatten(2).amax(dim=2)  # 1 x K
+    if not correct:
+        present = 1 - present  # and says the present class is absent, the absent one present
+    box = torch.tensor(
+        [[[3 / SIZE, 2 / SIZE, 9 / SIZE, 6 / SIZE], [1 / SIZE, 10 / SIZE, 3 / SIZE, 14 / SIZE]]]
+    )
+    if not correct:
+        box = torch.tensor([[[0.7, 0.7, 0.9, 0.9], [0.2, 0.2, 0.4, 0.4]]])
+    return AutoPromptOutput(
+        logits=logits,
+        class_mask_logits=logits[:, 1:],
+        coarse_logits=logits[:, 1:],
+        boxes=box,
+        presence_logits=(present * 2 - 1) * strength,
+    )
+
+
+def test_a_correct_output_has_near_zero_loss_and_a_wrong_one_does_not() -> None:
+    loss = AutoPromptLoss(K, LossConfig())
+    target = target_map()
+    good = loss(output_for(target, correct=True), target)
+    bad = loss(output_for(target, correct=False), target)
+    for name in ("ce_dice", "coarse", "box", "presence", "total"):
+        assert good[name] < 0.05, name
+        assert bad[name] > 0.5, name
+    weighted = bad["ce_dice"] + 2.0 * bad["coarse"] + 0.5 * bad["box"] + 0.0 * bad["presence"]
+    reweighted = AutoPromptLoss(K, LossConfig(coarse=2.0, box=0.5, presence=0.0))(
+        output_for(target, correct=False), target
+    )
+    assert torch.isclose(reweighted["total"], weighted)
+
+
+def test_boxes_of_absent_classes_are_not_penalised() -> None:
+    loss = AutoPromptLoss(K, LossConfig())
+    target = target_map()
+    output = output_for(target, correct=True)
+    moved = AutoPromptOutput(**{**output.__dict__, "boxes": output.boxes.clone()})
+    moved.boxes[0, 1] = torch.tensor([0.5, 0.5, 0.6, 0.6])  # class 2 is absent: its box is free
+    assert torch.isclose(loss(moved, target)["box"], loss(output, target)["box"])
+    empty = torch.zeros_like(target)
+    assert loss(output_for(empty, correct=True), empty)["box"] == 0
+
+
+def test_3d_leading_dims_are_flattened() -> None:
+    loss = AutoPromptLoss(K, LossConfig())
+    target = target_map(with_class_2=True)  # both present: Dice smoothing does not depend on the batch
+    flat = output_for(target, correct=False)
+    stacked = AutoPromptOutput(
+        **{
+            name: value[:, None].repeat(1, 3, *[1] * (value.ndim - 1))
+            for name, value in flat.__dict__.items()
+        }
+    )
+    terms_3d = loss(stacked, target[:, None].repeat(1, 3, 1, 1))
+    terms_2d = loss(flat, target)
+    for name in terms_2d:
+        assert torch.isclose(terms_3d[name], terms_2d[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 1 / 4),  # warm-up: (t + 1) / (warmup + 1)
+        (2, 3 / 4),
+        (3, 1.0),  # warm-up over: start of the decay
+        (8, (1 - 5 / 10) ** 0.9),
+        (13, 0.0),  # the end
+    ],
+)
+def test_warmup_then_poly(step: int, expected: float) -> None:
+    schedule = WarmupPolySchedule(total_steps=13, warmup_steps=3, exponent=0.9)
+    assert math.isclose(schedule(step), expected, abs_tol=1e-12)

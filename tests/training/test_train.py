@@ -1,0 +1,210 @@
+"""End-to-end training on a tiny synthetic dataset with the tiny backbone (real files, real cache)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoprompt import cli
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from pipeline.files import load_json, save_json
+from pipeline.model_folder import ModelFolder
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.run import train
+from pipeline.training.trainer import Trainer, TrainingResult
+from tests.training.conftest import DATASET, TINY, PlannedDataset
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(planned: PlannedDataset, tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
+    """One full run of the tiny preset (2 epochs x 3 steps), final validation through the Predictor."""
+    results = tmp_path_factory.mktemp("results")
+    return train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=results,
+        config="tiny",
+        device="cpu",
+        raw=planned.raw,
+    )
+
+
+def test_training_writes_a_complete_model_folder(trained: TrainingResult, planned: PlannedDataset) -> None:
+    fold_dir = trained.fold_dir
+    assert trained.model_folder.name == "autoprompt__tiny__2d"
+    assert trained.epochs == 2 and trained.steps == 6
+    history = trained.history
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert set(history[0]["train_terms"]) == {"ce_dice", "coarse", "box", "presence"}
+
+    for name in ("best", "final", "latest"):
+        state = load_checkpoint(fold_dir / f"checkpoint_{name}.pt")
+        assert state["metadata"]["backbone"] == "tiny"
+        assert not any(key.startswith("backbone.image_encoder.") for key in state["model"])  # trainable only
+    assert load_checkpoint(fold_dir / "checkpoint_final.pt")["epoch"] == 2
+
+    png = (fold_dir / "progress.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    from PIL import Image
+
+    with Image.open(fold_dir / "progress.png") as image:
+        image.verify()
+    log = (fold_dir / "training_log.txt").read_text()
+    assert "epoch 2/2" in log and "pseudo-Dice class1" in log and "final validation" in log
+
+    split = load_json(planned.folder / "splits_final.json")[0]
+    summary = load_json(fold_dir / "validation" / "summary.json")
+    assert sorted(case["case"] for case in summary["per_case"]) == sorted(split["val"])
+    assert set(summary["mean"]) == {"1", "2"}
+    assert summary["reference_source"] == "raw labelsTr"
+    for case in split["val"]:
+        assert (fold_dir / "validation" / f"{case}.nii.gz").is_file()
+    assert "steps" in load_json(fold_dir / "postprocessing.json")
+
+
+def test_model_folder_loads_the_trained_weights(trained: TrainingResult, tmp_path: Path) -> None:
+    folder = ModelFolder(trained.model_folder)
+    assert folder.trained_folds() == [0] and folder.configuration == "2d"
+    model = folder.load_model(0, checkpoint="final", device="cpu")
+    assert isinstance(model, AutoPromptSAM)
+    saved = load_checkpoint(trained.fold_dir / "checkpoint_final.pt")["model"]
+    for key, value in model.trainable_state_dict().items():
+        assert torch.equal(value, saved[key])
+
+    state = load_checkpoint(trained.fold_dir / "checkpoint_final.pt")
+    state["metadata"]["backbone_checksum"] = "0" * 64
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.model_folder, copy)
+    save_checkpoint(
+        {k: v for k, v in state.items() if k != "format"}, copy / "fold_0" / "checkpoint_final.pt"
+    )
+    with pytest.raises(AutoPromptError, match="incompatible model"):
+        ModelFolder(copy).load_model(0, checkpoint="final", device="cpu")
+    with pytest.raises(AutoPromptError, match="fold_3/checkpoint_best.pt: checkpoint not found"):
+        ModelFolder(copy).load_model(3, device="cpu")
+    with pytest.raises(AutoPromptError, match="trainer_config.yaml is missing"):
+        (copy / "trainer_config.yaml").unlink()
+        ModelFolder(copy)
+
+
+class Killed(Exception):
+    """Stands for the process being killed right after an epoch's checkpoint was written."""
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(
+    trained: TrainingResult, planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``trained`` is the uninterrupted run; the same run killed after epoch 1 and resumed must match it."""
+    options = dict(
+        preprocessed=planned.preprocessed, results=tmp_path, config="tiny", overrides=TINY, device="cpu"
+    )
+    original = Trainer.on_epoch_end
+
+    def kill_after_first_epoch(self: Trainer, epoch: int, record: dict) -> None:
+        original(self, epoch, record)
+        if epoch == 0:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "on_epoch_end", kill_after_first_epoch)
+    with pytest.raises(Killed):
+        train(DATASET, 0, **options)
+    monkeypatch.setattr(Trainer, "on_epoch_end", original)
+    fold_dir = tmp_path / DATASET / "autoprompt__tiny__2d" / "fold_0"
+    assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 1
+    assert not (fold_dir / "checkpoint_final.pt").exists()
+    with pytest.raises(AutoPromptError, match="pass --resume"):
+        train(DATASET, 0, **options)
+    resumed = train(DATASET, 0, resume=True, **options)
+
+    assert resumed.steps == trained.steps == 6
+    assert len(resumed.history) == len(trained.history) == 2
+    final_whole = load_checkpoint(trained.fold_dir / "checkpoint_final.pt")["model"]
+    final_resumed = load_checkpoint(resumed.fold_dir / "checkpoint_final.pt")["model"]
+    assert final_whole.keys() == final_resumed.keys()
+    for key in final_whole:
+        torch.testing.assert_close(final_resumed[key], final_whole[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in resumed.history], [r["train_loss"] for r in trained.history], rtol=1e-5
+    )
+
+
+def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    original = AutoPromptSAM.encode
+
+    def counting(self: AutoPromptSAM, images: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return original(self, images)
+
+    monkeypatch.setattr(AutoPromptSAM, "encode", counting)
+    return calls
+
+
+def test_embedding_cache_is_reused_and_rebuilt_when_plans_change(
+    trained: TrainingResult, planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = dict(
+        config="tiny", overrides=[*TINY, "val_iterations=1"], epochs=1, iterations_per_epoch=1, device="cpu"
+    )
+    keys_before = sorted(p.name for p in (planned.folder / "embeddings").iterdir())
+    assert len(keys_before) == 1
+    calls = count_encoder_calls(monkeypatch)
+    train(DATASET, 0, preprocessed=planned.preprocessed, results=tmp_path / "again", **options)
+    assert calls[0] == 0  # every embedding came from the cache
+
+    copy = tmp_path / "preprocessed"
+    shutil.copytree(planned.folder, copy / DATASET)
+    plans = load_json(copy / DATASET / "plans.json")
+    plans["normalization"][0]["upper"] = 99.0  # a preprocessing change: the old embeddings no longer apply
+    save_json(plans, copy / DATASET / "plans.json")
+    train(DATASET, 0, preprocessed=copy, results=tmp_path / "edited", **options)
+    assert calls[0] > 0
+    keys_after = sorted(p.name for p in (copy / DATASET / "embeddings").iterdir())
+    assert len(keys_after) == 2 and keys_before[0] in keys_after
+    new_key = next(k for k in keys_after if k != keys_before[0])
+    assert (
+        load_json(copy / DATASET / "embeddings" / new_key / "cache.json")["normalization"][0]["upper"] == 99.0
+    )
+
+
+def test_cli_errors_and_time_budget(
+    trained: TrainingResult, planned: PlannedDataset, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = [
+        "train",
+        DATASET,
+        "0",
+        "--config",
+        "tiny",
+        "--preprocessed",
+        str(planned.preprocessed),
+        "--results",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--set",
+        "final_validation=false",
+    ]
+    assert cli.main([*base, "--set", "epoch=3"]) == 2
+    assert "did you mean 'epochs'" in capsys.readouterr().err
+    assert cli.main(["train", DATASET, "7", *base[3:]]) == 2
+    assert "there is no fold 7" in capsys.readouterr().err
+    assert cli.main(["train", "902", "0", *base[3:]]) == 2
+    assert "no folder Dataset902_*" in capsys.readouterr().err
+
+    assert cli.main([*base, "--epochs", "50", "--iterations-per-epoch", "1", "--time-budget", "0.0001"]) == 0
+    fold_dir = tmp_path / DATASET / "autoprompt__tiny__2d" / "fold_0"
+    final = load_checkpoint(fold_dir / "checkpoint_final.pt")
+    assert final["epoch"] == 1 and final["planned_epochs"] == 1  # only one epoch fits the budget
+    assert "time budget" in (fold_dir / "training_log.txt").read_text()
+    assert cli.main([*base, "--epochs", "50", "--iterations-per-epoch", "1"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
