@@ -10,21 +10,22 @@ import torch
 class WarmupPolySchedule:
     """Learning-rate factor for step ``t`` of ``total_steps``.
 
-    ``t / warmup_steps`` during the warm-up, then ``(1 - (t - warmup) / (total - warmup)) ** exponent``.
-    ``total_steps`` may be changed while training (a time budget shortens the run); the factor of the
-    steps still to come follows the new total.
+    ``(t + 1) / (warmup + 1)`` during the warm-up, then ``(1 - (t - warmup) / (total - warmup)) ** exponent``,
+    where ``warmup`` is ``warmup_steps`` but at most a tenth of the run. ``total_steps`` may be changed
+    while training (a time budget shortens the run); the steps still to come follow the new total.
     """
 
     def __init__(self, *, total_steps: int, warmup_steps: int, exponent: float) -> None:
         self.total_steps = total_steps
-        self.warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+        self.warmup_steps = warmup_steps
         self.exponent = exponent
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        decay_steps = max(self.total_steps - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        warmup = min(self.warmup_steps, self.total_steps // 10)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        decay_steps = max(self.total_steps - warmup, 1)
+        progress = min((step - warmup) / decay_steps, 1.0)
         return (1.0 - progress) ** self.exponent
 
 

@@ -59,6 +59,7 @@ from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_s
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
+BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run to plan a time budget before the first epoch ends
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``TrainerConfig.amp`` on ``device`` (None: full fp32).
+
+    Raises:
+        AutoPromptError: fp16 asked for on the CPU.
+    """
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if mode == "fp16" and device.type != "cuda":
+        raise AutoPromptError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on the CPU")
+    return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+
+
+def encoder_batch_size(device: torch.device) -> int:
+    """Windows per encoder call when building the cache.
+
+    On the CPU one window at a time is fastest: LiteMedSAM on 2 cores took 1.14 / 1.29 / 1.54 s per
+    window in fp32 and 0.32 / 0.44 / 0.73 s in bf16 at batch 1 / 2 / 4 (attention working sets outgrow
+    the caches). GPUs want large batches.
+    """
+    return 1 if device.type == "cpu" else 16
 
 
 def resolve_encoder_precision(name: str) -> Precision:
@@ -159,7 +183,8 @@ class Trainer:
             name for name, value in sorted(self.plans.labels.items(), key=lambda kv: kv[1]) if value != 0
         ]
         self.batch_size = max(1, (config.batch_size or self.plan.batch_size) // self.dist.world_size)
-        self.use_amp = config.amp and device.type == "cuda"
+        self.amp_dtype = amp_dtype(config.amp, device)
+        self.use_scaler = self.amp_dtype is torch.float16
         self.log = TrainingLog(self.fold_dir / "training_log.txt", echo=self.dist.is_main)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -228,7 +253,7 @@ class Trainer:
             exponent=self.config.poly_exponent,
         )
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.train_model = self._wrap_distributed(self.model)
         if self.resume:
             self._load_latest()
@@ -294,7 +319,7 @@ class Trainer:
         if self.dist.is_main:
             started = time.perf_counter()
             built = cache.build(
-                self.model, cases, device=self.device, batch_size=max(self.plan.batch_size, 4)
+                self.model, cases, device=self.device, batch_size=encoder_batch_size(self.device)
             )
             self.timings["cache"] = time.perf_counter() - started
             if built:
@@ -356,7 +381,11 @@ class Trainer:
     def _forward(
         self, model: torch.nn.Module, batch: Batch
     ) -> tuple[AutoPromptOutput, dict[str, torch.Tensor]]:
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(
+            device_type=self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
             output = model(batch.images, embeddings=batch.embeddings)
         return output, self.loss(output, batch.target)
 
@@ -383,7 +412,9 @@ class Trainer:
             leave=False,
             disable=None if self.dist.is_main else True,
         )
-        for batch in bar:
+        for index, batch in enumerate(bar):
+            if index == BUDGET_PROBE_STEPS and epoch == self.start_epoch:
+                self._estimate_epoch_time(epoch, (time.perf_counter() - started) / index)
             batch = batch.to(self.device)
             _, terms = self._forward(self.train_model, batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -408,6 +439,11 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "train_seconds": time.perf_counter() - started,
         }
+
+    def _estimate_epoch_time(self, epoch: int, seconds_per_step: float) -> None:
+        """Plan the time budget early, from the first steps of a run (validation batches count a third)."""
+        steps = self.config.iterations_per_epoch + self.config.val_iterations / 3
+        self._apply_time_budget(epoch, seconds_per_step * steps)
 
     def validate_epoch(self, epoch: int) -> dict[str, Any]:
         """Validation loss and per-class pseudo-Dice on fixed validation windows (process 0 only)."""
@@ -452,7 +488,7 @@ class Trainer:
             else EMA_MOMENTUM * previous + (1 - EMA_MOMENTUM) * (record["mean_dice"] if finite else previous)
         )
         self.history.append(record)
-        self._apply_time_budget(epoch)
+        self._apply_time_budget(epoch, float(np.mean([r["seconds"] for r in self.history])))
         if self.dist.is_main:
             self.log(epoch_line(epoch, self.planned_epochs, record, self.class_names))
             improved = not math.isnan(record["ema_dice"]) and record["ema_dice"] > self.best_ema
@@ -465,13 +501,13 @@ class Trainer:
             plot_progress(self.history, self.class_names, self.fold_dir / "progress.png")
         self._barrier()
 
-    def _apply_time_budget(self, epoch: int) -> None:
-        """With a time budget, plan as many epochs as fit (never more than configured) and stretch the schedule."""
+    def _apply_time_budget(self, epoch: int, seconds_per_epoch: float) -> None:
+        """With a time budget, plan as many epochs as fit (never more than configured, at least up to
+        ``epoch``) at ``seconds_per_epoch`` each, and end the learning-rate schedule with the last one."""
         budget = self.config.time_budget_minutes
         if budget is None:
             return
-        seconds = [record["seconds"] for record in self.history]
-        fit = int((budget * 60.0) // float(np.mean(seconds)))
+        fit = int((budget * 60.0) // seconds_per_epoch)
         planned = min(self.planned_epochs, max(epoch + 1, fit))
         if self.dist.world_size > 1:
             shared = [planned]
@@ -480,7 +516,9 @@ class Trainer:
         if planned != self.planned_epochs:
             self.planned_epochs = planned
             self.schedule.total_steps = planned * self.config.iterations_per_epoch
-            self.log(f"time budget {budget:g} min: {planned} epochs fit ({np.mean(seconds):.1f} s per epoch)")
+            self.log(
+                f"time budget {budget:g} min: {planned} epochs fit ({seconds_per_epoch:.1f} s per epoch)"
+            )
 
     def on_train_end(self) -> TrainingResult:
         """Write checkpoint_final, then validate the fold with the best weights."""
@@ -555,7 +593,7 @@ class Trainer:
             "model": self.model.trainable_state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.scaler.state_dict() if self.use_amp else None,
+            "grad_scaler": self.scaler.state_dict() if self.use_scaler else None,
             "epoch": epochs_done,
             "step": self.step,
             "planned_epochs": self.planned_epochs,
@@ -592,7 +630,7 @@ class Trainer:
         self.planned_epochs = state["planned_epochs"]
         self.schedule.total_steps = self.planned_epochs * self.config.iterations_per_epoch
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.use_amp and state["grad_scaler"] is not None:
+        if self.use_scaler and state["grad_scaler"] is not None:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.start_epoch = state["epoch"]
         self.step = state["step"]

@@ -89,15 +89,24 @@ def test_3d_leading_dims_are_flattened() -> None:
 
 
 @pytest.mark.parametrize(
-    ("step", "expected"),
+    ("total", "warmup", "step", "expected"),
     [
-        (0, 1 / 4),  # warm-up: (t + 1) / (warmup + 1)
-        (2, 3 / 4),
-        (3, 1.0),  # warm-up over: start of the decay
-        (8, (1 - 5 / 10) ** 0.9),
-        (13, 0.0),  # the end
+        (40, 3, 0, 1 / 4),  # warm-up: (t + 1) / (warmup + 1)
+        (40, 3, 2, 3 / 4),
+        (40, 3, 3, 1.0),  # warm-up over: start of the decay
+        (40, 3, 23, (1 - 20 / 37) ** 0.9),
+        (40, 3, 40, 0.0),  # the end
+        (20, 5, 1, 2 / 3),  # warm-up capped at a tenth of the run: 2 steps
+        (20, 5, 2, 1.0),
+        (20, 5, 11, (1 - 9 / 18) ** 0.9),
     ],
 )
-def test_warmup_then_poly(step: int, expected: float) -> None:
-    schedule = WarmupPolySchedule(total_steps=13, warmup_steps=3, exponent=0.9)
+def test_warmup_then_poly(total: int, warmup: int, step: int, expected: float) -> None:
+    schedule = WarmupPolySchedule(total_steps=total, warmup_steps=warmup, exponent=0.9)
     assert math.isclose(schedule(step), expected, abs_tol=1e-12)
+
+
+def test_a_shortened_run_decays_to_zero_at_its_new_end() -> None:
+    schedule = WarmupPolySchedule(total_steps=100, warmup_steps=5, exponent=0.9)
+    schedule.total_steps = 30  # a time budget fits fewer epochs
+    assert schedule(30) == 0.0 and 0.0 < schedule(29) < schedule(10)

@@ -138,14 +138,17 @@ def test_kill_and_resume_equals_an_uninterrupted_run(
 
 
 def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls = [0]
-    original = AutoPromptSAM.encode
+    """Count calls of the backbone's image encoder (``SamBackbone.encode``, used by every encoding path)."""
+    from autoprompt.modeling.backbone import SamBackbone
 
-    def counting(self: AutoPromptSAM, images: torch.Tensor) -> torch.Tensor:
+    calls = [0]
+    original = SamBackbone.encode
+
+    def counting(self: SamBackbone, images: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
         return original(self, images)
 
-    monkeypatch.setattr(AutoPromptSAM, "encode", counting)
+    monkeypatch.setattr(SamBackbone, "encode", counting)
     return calls
 
 
@@ -208,3 +211,23 @@ def test_cli_errors_and_time_budget(
     assert "time budget" in (fold_dir / "training_log.txt").read_text()
     assert cli.main([*base, "--epochs", "50", "--iterations-per-epoch", "1"]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
+    planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_encoder_calls(monkeypatch)
+    overrides = [*TINY, "cache_embeddings=false", "val_iterations=1"]
+    result = train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        overrides=overrides,
+        epochs=1,
+        iterations_per_epoch=2,
+        device="cpu",
+    )
+    assert result.steps == 2 and calls[0] >= 3  # two training steps and one validation batch
+    assert "batchgenerators augmentation" in (result.fold_dir / "training_log.txt").read_text()
