@@ -87,7 +87,9 @@ def overlay_grid(image_file: Path, reference_file: Path, prediction_file: Path, 
         sheet.save(tmp, format="PNG")
 
 
-def run_demo(output: Path, *, epochs: int, iterations_per_epoch: int, tta: bool, device: str) -> dict:
+def run_demo(
+    output: Path, *, epochs: int, iterations_per_epoch: int, tta: bool, device: str, config: str | None = None
+) -> dict:
     """Run the demo pipeline under ``output``; returns the evaluation summary."""
     from autoprompt import api
     from pipeline.evaluation import format_table
@@ -103,6 +105,7 @@ def run_demo(output: Path, *, epochs: int, iterations_per_epoch: int, tta: bool,
         preprocessed=output / "preprocessed",
         results=output / "results",
         configuration="2d",
+        config=config,
         epochs=epochs,
         iterations_per_epoch=iterations_per_epoch,
         device=device,
@@ -134,10 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations-per-epoch", type=int, default=25, help="iterations per epoch (default: 25)")
     parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower on a CPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--config", help="trainer preset (default: 2d_frozen; 'tiny' checks the pipeline in ~2 minutes)")
     args = parser.parse_args(argv)
     silence_dependency_warnings()
     try:
-        run_demo(args.output, epochs=args.epochs, iterations_per_epoch=args.iterations_per_epoch, tta=args.tta, device=args.device)
+        run_demo(
+            args.output,
+            epochs=args.epochs,
+            iterations_per_epoch=args.iterations_per_epoch,
+            tta=args.tta,
+            device=args.device,
+            config=args.config,
+        )
     except AutoPromptError as error:
         print(f"autoprompt demo: error: {error}", file=sys.stderr)
         return 2
