@@ -122,7 +122,7 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def encoder_batch_size(device: torch.device) -> int:
-    """Windows per encoder call when building the cache.
+    """Windows per encoder call when building the cache (and per network call in the final validation).
 
     On the CPU one window at a time is fastest: LiteMedSAM on 2 cores took 1.14 / 1.29 / 1.54 s per
     window in fp32 and 0.32 / 0.44 / 0.73 s in bf16 at batch 1 / 2 / 4 (attention working sets outgrow
@@ -570,6 +570,7 @@ class Trainer:
             device=self.device,
             tta=tta,
             precision=precision,
+            batch_size=encoder_batch_size(self.device),
             raw_labels_folder=self.raw_labels_folder,
         )
         dice = summary["mean"]

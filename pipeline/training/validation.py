@@ -41,6 +41,7 @@ def validate_fold(
     device: torch.device,
     tta: bool,
     precision: str = "fp32",
+    batch_size: int | None = None,
     raw_labels_folder: Path | None = None,
 ) -> dict:
     """Predict, export, evaluate and decide postprocessing for the validation cases of a fold.
@@ -55,6 +56,7 @@ def validate_fold(
         device: where the network runs.
         tta: mirroring test-time augmentation.
         precision: the Predictor's precision ("fp32", "bf16"; as ``autoprompt predict --precision``).
+        batch_size: windows per network call (None: the plans' batch size).
         raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
 
     Returns:
@@ -63,7 +65,9 @@ def validate_fold(
     """
     output = fold_dir / "validation"
     output.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor([model], plans, configuration, device=device, tta=tta, precision=precision)
+    predictor = Predictor(
+        [model], plans, configuration, device=device, tta=tta, precision=precision, batch_size=batch_size
+    )
     suffix = plans.file_ending
     foreground = {name: value for name, value in plans.labels.items() if value != 0}
     use_raw = raw_labels_folder is not None and all(

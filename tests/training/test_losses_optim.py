@@ -110,3 +110,14 @@ def test_a_shortened_run_decays_to_zero_at_its_new_end() -> None:
     schedule = WarmupPolySchedule(total_steps=100, warmup_steps=5, exponent=0.9)
     schedule.total_steps = 30  # a time budget fits fewer epochs
     assert schedule(30) == 0.0 and 0.0 < schedule(29) < schedule(10)
+
+
+def test_amp_modes() -> None:
+    from autoprompt.errors import AutoPromptError
+    from pipeline.training.trainer import amp_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("auto", cpu) is None and amp_dtype("auto", cuda) is torch.float16
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("none", cuda) is None
+    with pytest.raises(AutoPromptError, match="amp=fp16 needs a CUDA device"):
+        amp_dtype("fp16", cpu)
