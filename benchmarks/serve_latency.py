@@ -134,7 +134,7 @@ def health_load(client: httpx.Client, *, requests: int, seconds: float) -> dict:
 def measure(name: str, model_dir: Path, scan: Path, work: Path, args: argparse.Namespace) -> dict:
     """Start the service, upload ``scan``, load ``/api/health`` while it runs, wait for the result."""
     settings = ServeSettings(
-        model_dir=model_dir, data_dir=work / f"jobs_{name}", tta=not args.no_tta, device="cpu"
+        model_dir=model_dir, data_dir=work / f"jobs_{name}", tta=False if args.no_tta else None, device="cpu"
     )
     with Server(settings) as server, httpx.Client(base_url=server.url, timeout=600) as client:
         started = time.perf_counter()

@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/train_quality.py                       # ACDC and Hippocampus, preset 2d_frozen
     .venv/bin/python benchmarks/train_quality.py --datasets 27 --set cache_slice_stride=1
     .venv/bin/python benchmarks/train_quality.py --work /tmp/tq --json benchmarks/results/train_quality.json
+    python benchmarks/train_quality.py --datasets 4 --raw DATA --device cuda --json train_quality_cuda.json
 
 For ACDC (../shared/data/Dataset027_ACDC) fold 0 is the common 70/10 patient split
 (``splits_patient_70_10.json``, copied as ``splits_final.json``); Hippocampus uses fold 0 of the
-5 folds plan-and-preprocess makes. Everything runs on the CPU through the public API
+5 folds plan-and-preprocess makes. Everything runs on ``--device`` (default the CPU) through the public API
 (``plan_and_preprocess``, ``train``); the final validation inside ``train`` predicts the validation
 cases with the real Predictor and evaluates them against the raw labels.
 
@@ -35,7 +36,16 @@ DATASETS = {
 }
 
 
-def run_dataset(key: str, *, work: Path, preset: str, extra: list[str], budget: float | None) -> dict:
+def run_dataset(
+    key: str,
+    *,
+    work: Path,
+    preset: str,
+    extra: list[str],
+    budget: float | None,
+    raw: Path = SHARED,
+    device: str = "cpu",
+) -> dict:
     from pipeline.experiment_planning import plan_and_preprocess
     from pipeline.training.run import train
 
@@ -43,10 +53,10 @@ def run_dataset(key: str, *, work: Path, preset: str, extra: list[str], budget: 
     preprocessed, results = work / "preprocessed", work / "results"
     started = time.perf_counter()
     folder = plan_and_preprocess(
-        SHARED / name, preprocessed, configurations=("2d",), num_processes=2, group_regex=group_regex
+        raw / name, preprocessed, configurations=("2d",), num_processes=2, group_regex=group_regex
     )
     if name == "Dataset027_ACDC":
-        shutil.copyfile(SHARED / name / "splits_patient_70_10.json", folder / "splits_final.json")
+        shutil.copyfile(raw / name / "splits_patient_70_10.json", folder / "splits_final.json")
     preprocessing = time.perf_counter() - started
     fold_dir = results / name / f"autoprompt__{preset}__2d" / "fold_0"
     if fold_dir.exists():
@@ -60,13 +70,14 @@ def run_dataset(key: str, *, work: Path, preset: str, extra: list[str], budget: 
         config=preset,
         overrides=[*overrides, *extra],
         time_budget_minutes=budget if budget is not None else default_budget,
-        device="cpu",
-        raw=SHARED,
+        device=device,
+        raw=raw,
     )
     summary = result.validation
     return {
         "dataset": name,
         "preset": preset,
+        "device": device,
         "overrides": [*overrides, *extra],
         "dice": {label: summary["mean"][str(value)]["dice"] for label, value in summary["labels"].items()},
         "mean_dice": summary["foreground_mean"]["dice"],
@@ -115,6 +126,10 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, default=Path("/tmp/autoprompt_train_quality"), help="scratch folder"
     )
+    parser.add_argument(
+        "--raw", type=Path, default=SHARED, help=f"raw root holding the datasets (default: {SHARED})"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ... (passed to train)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train_quality.json")
     args = parser.parse_args()
 
@@ -122,7 +137,13 @@ def main() -> None:
     for key in args.datasets:
         rows.append(
             run_dataset(
-                key, work=args.work, preset=args.preset, extra=args.overrides, budget=args.time_budget
+                key,
+                work=args.work,
+                preset=args.preset,
+                extra=args.overrides,
+                budget=args.time_budget,
+                raw=args.raw.resolve(),
+                device=args.device,
             )
         )
         print(table(rows[-1:]), flush=True)

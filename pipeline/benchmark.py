@@ -315,7 +315,8 @@ def run_benchmark(
         autoprompt_config: trainer preset or YAML; None: the configuration's default preset.
         autoprompt_overrides: ``key=value`` trainer settings (``model.backbone=tiny``).
         nnunet_iterations_per_epoch: None for nnU-Net's 250 (fewer only for quick trials).
-        tta: mirroring test-time augmentation for both.
+        tta: mirroring test-time augmentation: nnU-Net's; autoprompt's where its model was trained with
+            mirroring (``predict(tta=None)``). False: off for both.
         num_processes: worker processes for planning and evaluation.
 
     Returns:
@@ -419,6 +420,18 @@ def _autoprompt_overrides(budget_minutes: float, configuration: str, user: Seque
         f"configuration={configuration}",
         *user,
     ]
+
+
+def _encoder_precision(settings: BenchmarkSettings) -> str:
+    """The precision the trained network saw its cached embeddings in: prediction uses the same."""
+    from pipeline.training.config import load_trainer_config
+    from pipeline.training.trainer import resolve_encoder_precision
+
+    config = load_trainer_config(
+        settings.autoprompt_config,
+        _autoprompt_overrides(settings.budget_minutes, settings.configuration, settings.autoprompt_overrides),
+    )
+    return resolve_encoder_precision(config.encoder_precision).value
 
 
 def _check_labelled(raw: RawDataset, cases: Sequence[str]) -> None:
@@ -538,7 +551,9 @@ class _AutoPromptSteps:
             "folds": [ALL],
             "checkpoint": "final",
             "device": self.context.settings.device,
-            "tta": self.context.settings.tta,
+            # None: mirroring only if the model was trained with it (not on cached embeddings)
+            "tta": None if self.context.settings.tta else False,
+            "precision": _encoder_precision(self.context.settings),
         }
         return self._child("predict", kwargs, "autoprompt prediction")
 
@@ -696,7 +711,12 @@ def format_report(report: dict) -> str:
             if settings["nnunet_iterations_per_epoch"]
             else ""
         ),
-        f"- mirroring test-time augmentation: {'on' if settings['tta'] else 'off'} for both",
+        (
+            "- mirroring test-time augmentation: on for nnU-Net; for autoprompt only if it trained with mirror "
+            "augmentation (not on cached embeddings: a network that never saw mirrored anatomy mislabels it)"
+            if settings["tta"]
+            else "- mirroring test-time augmentation: off for both"
+        ),
         "- metrics: pipeline.evaluation (MONAI) for both; per class the mean over the test cases, "
         "'mean' = mean over classes; HD95 in mm",
         "- training time is the wall time of the training process (start-up and autoprompt's embedding cache "

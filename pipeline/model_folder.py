@@ -154,6 +154,14 @@ class ModelFolder:
         model.load_trainable_state_dict(state["model"])
         return model.eval()
 
+    def mirror_augmented(self, fold: int | str, checkpoint: str = "best") -> bool:
+        """Whether ``fold`` was trained with mirror augmentation (its checkpoint's metadata says so).
+
+        Mirroring TTA only helps such models: one trained on cached embeddings never saw mirrored anatomy.
+        """
+        state = load_checkpoint(checkpoint_path(self.fold_dir(fold), checkpoint))
+        return bool(state["metadata"].get("mirror_augmented", False))
+
     @classmethod
     def create(
         cls,

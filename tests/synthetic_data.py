@@ -25,7 +25,7 @@ def make_volume(
         radii = [max(1.5, rng.uniform(0.12, 0.2) * s) for s in shape]
         if k > 1:  # later classes sit beside the first, not on top of it
             centre[2] = min(shape[2] - radii[2] - 1, centre[2] + 0.25 * shape[2])
-        inside = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), centre, radii)) <= 1.0
+        inside = sum(((c - m) / r) ** 2 for c, m, r in zip((z, y, x), centre, radii, strict=True)) <= 1.0
         label[inside] = k
         image[inside] += 100.0 * k
     return image, label

@@ -35,6 +35,17 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tta/--no-tta``; neither: mirroring TTA exactly when the model was trained with mirroring."""
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirroring test-time augmentation, about 4x the work (default: on for models trained with mirror "
+        "augmentation, off for models trained on cached embeddings, which never saw mirrored anatomy)",
+    )
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backbone``, ``--checkpoint``, ``--no-verify``, ``--device``, ``--precision`` (segment and embed)."""
     from autoprompt.devices import Precision

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autoprompt.commands.common import add_device_argument, add_model_folder_arguments, model_folder_from_args
+from autoprompt.commands.common import (
+    add_device_argument,
+    add_model_folder_arguments,
+    add_tta_argument,
+    model_folder_from_args,
+)
 
 DESCRIPTION = """\
 Segment images with a trained model: every trained fold is used and their probabilities averaged,
-with mirroring test-time augmentation. Each case gets one label map in OUTPUT with exactly the input's
+with mirroring test-time augmentation when the model was trained with mirroring (models trained on
+cached embeddings were not; --tta/--no-tta decide yourself). Each case gets one label map in OUTPUT with exactly the input's
 size, spacing, origin and direction, in the input's file type (.nii.gz for DICOM).
 
 INPUT is a folder of images named like nnU-Net's imagesTs ({case}_0000.nii.gz, {case}_0001.nii.gz for
@@ -48,9 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folds to ensemble, e.g. -f 0 1 2 3 4, or 'all' (the fold trained on all cases); default: all-trained",
     )
     run = parser.add_argument_group("prediction")
-    run.add_argument(
-        "--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4x faster)"
-    )
+    add_tta_argument(run)
     run.add_argument(
         "--no-postprocessing",
         action="store_true",
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds,
         checkpoint=args.checkpoint,
         device=args.device,
-        tta=not args.no_tta,
+        tta=args.tta,
         precision=args.precision,
         use_postprocessing=not args.no_postprocessing,
         save_probabilities=args.save_probabilities,

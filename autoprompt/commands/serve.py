@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from autoprompt.commands.common import add_device_argument, add_model_folder_arguments, model_folder_from_args
+from autoprompt.commands.common import (
+    add_device_argument,
+    add_model_folder_arguments,
+    add_tta_argument,
+    model_folder_from_args,
+)
 
 DESCRIPTION = """\
 Start a web service around one trained model: open the page in a browser, upload a scan (.nii.gz, .nii,
@@ -37,9 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "-f", "--folds", nargs="+", help="folds to ensemble, e.g. -f 0 1 (default: every trained fold)"
     )
-    model.add_argument(
-        "--no-tta", action="store_true", help="no mirroring test-time augmentation (about 4x faster)"
-    )
+    add_tta_argument(model)
     add_device_argument(model)
     service = parser.add_argument_group("service")
     service.add_argument(
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         folds=tuple(args.folds) if args.folds else None,
         checkpoint=args.checkpoint,
-        tta=not args.no_tta,
+        tta=args.tta,
     )
     app = create_app(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -91,7 +91,7 @@ class Engine:
             "folds": [str(fold) for fold in self.folds],
             "checkpoint": self.settings.checkpoint,
             "backbone": self.backbone_name,
-            "tta": self.settings.tta,
+            "tta": self._predictor.tta if self._predictor is not None else self.settings.tta,
             "channels": list(self.folder.plans.channel_names.values()),
             "classes": [vars(info) for info in self.classes],
             "max_upload_mb": self.settings.max_upload_mb,

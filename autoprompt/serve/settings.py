@@ -19,7 +19,8 @@ class ServeSettings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         folds: folds to ensemble; None: every trained fold.
         checkpoint: ``best``, ``final`` or ``latest``.
-        tta: mirroring test-time augmentation (about 4x the work of a prediction without it).
+        tta: mirroring test-time augmentation (about 4x the work of a prediction without it); None: on
+            when the folds were trained with mirror augmentation.
         cleanup_interval_s: seconds between sweeps for expired jobs.
     """
 
@@ -31,7 +32,7 @@ class ServeSettings:
     device: str = "auto"
     folds: tuple[int | str, ...] | None = None
     checkpoint: str = "best"
-    tta: bool = True
+    tta: bool | None = None
     cleanup_interval_s: float = 600.0
 
     @property

@@ -70,7 +70,7 @@ def predict(
     folds: Sequence[int | str] | str = ALL_TRAINED,
     checkpoint: str = "best",
     device: str = "auto",
-    tta: bool = True,
+    tta: bool | None = None,
     precision: str = "fp32",
     use_postprocessing: bool = True,
     save_probabilities: bool = False,
@@ -91,7 +91,9 @@ def predict(
         folds: fold numbers, or ``"all-trained"`` (every fold with the checkpoint); probabilities are averaged.
         checkpoint: "best", "final" or "latest".
         device: "auto", "cpu", "cuda" or "cuda:N".
-        tta: mirroring test-time augmentation (4x the encoder work; usually a little more accurate).
+        tta: mirroring test-time augmentation (4x the encoder work); None: on when every fold was trained
+            with mirror augmentation, off for models trained on cached embeddings (they never saw mirrored
+            anatomy, and mirroring them mislabels left/right-like classes).
         precision: "fp32", "bf16" or "fp16" (CUDA only).
         use_postprocessing: apply the keep-largest-component steps all used folds agree on.
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).

@@ -120,7 +120,7 @@ class Predictor:
         folds: Sequence[int | str] | str = ALL_TRAINED,
         checkpoint: str = "best",
         device: torch.device | str = "auto",
-        tta: bool = True,
+        tta: bool | None = None,
         precision: str = "fp32",
         use_postprocessing: bool = True,
     ) -> Predictor:
@@ -132,6 +132,8 @@ class Predictor:
             folder: the model folder (``RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>``).
             folds: fold numbers (and/or ``"all"``), or ``"all-trained"``: every fold with the checkpoint.
             checkpoint: "best", "final" or "latest".
+            tta: mirroring test-time augmentation; None: on when every fold was trained with mirror
+                augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise.
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
                 ``fold_K/postprocessing.json``; a fold without one vetoes every step).
 
@@ -158,6 +160,8 @@ class Predictor:
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds
         ]
+        if tta is None:
+            tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
         rules = None
         if use_postprocessing:
             rules = combine_fold_rules(

@@ -97,8 +97,8 @@ class TrainerConfig:
             more than ``epochs``; the learning-rate schedule ends with the last epoch that fits.
         final_validation: predict the fold's validation cases through the real prediction path at the
             end and decide the postprocessing.
-        validation_tta: mirroring in that final validation; None -> on with CUDA, off on the CPU (it
-            costs 4 encoder passes per window there).
+        validation_tta: mirroring in that final validation; None -> on when training mirrored its inputs
+            (cache off, ``augmentation.mirror``), as ``autoprompt predict`` decides by default.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

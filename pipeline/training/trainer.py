@@ -59,7 +59,7 @@ from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_s
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
-BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run to plan a time budget before the first epoch ends
+BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
 
 
 @dataclass(frozen=True)
@@ -413,8 +413,10 @@ class Trainer:
             disable=None if self.dist.is_main else True,
         )
         for index, batch in enumerate(bar):
-            if index == BUDGET_PROBE_STEPS and epoch == self.start_epoch:
-                self._estimate_epoch_time(epoch, (time.perf_counter() - started) / index)
+            if epoch == self.start_epoch and index == 1:
+                probe_started = time.perf_counter()  # step 0 warms up (allocations, CUDA kernels): not timed
+            if epoch == self.start_epoch and index == 1 + BUDGET_PROBE_STEPS:
+                self._estimate_epoch_time(epoch, (time.perf_counter() - probe_started) / BUDGET_PROBE_STEPS)
             batch = batch.to(self.device)
             _, terms = self._forward(self.train_model, batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -488,7 +490,7 @@ class Trainer:
             else EMA_MOMENTUM * previous + (1 - EMA_MOMENTUM) * (record["mean_dice"] if finite else previous)
         )
         self.history.append(record)
-        self._apply_time_budget(epoch, float(np.mean([r["seconds"] for r in self.history])))
+        self._apply_time_budget(epoch, float(np.median([r["seconds"] for r in self.history])))
         if self.dist.is_main:
             self.log(epoch_line(epoch, self.planned_epochs, record, self.class_names))
             improved = not math.isnan(record["ema_dice"]) and record["ema_dice"] > self.best_ema
@@ -503,12 +505,15 @@ class Trainer:
 
     def _apply_time_budget(self, epoch: int, seconds_per_epoch: float) -> None:
         """With a time budget, plan as many epochs as fit (never more than configured, at least up to
-        ``epoch``) at ``seconds_per_epoch`` each, and end the learning-rate schedule with the last one."""
+        ``epoch``) at ``seconds_per_epoch`` each, and end the learning-rate schedule with the last one.
+
+        Called after the first steps and after every epoch, so an estimate that was too long or too short
+        is corrected (the plan may grow again up to ``config.epochs``)."""
         budget = self.config.time_budget_minutes
         if budget is None:
             return
         fit = int((budget * 60.0) // seconds_per_epoch)
-        planned = min(self.planned_epochs, max(epoch + 1, fit))
+        planned = min(self.config.epochs, max(epoch + 1, fit))
         if self.dist.world_size > 1:
             shared = [planned]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -552,11 +557,7 @@ class Trainer:
         best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))
         self.model.load_trainable_state_dict(best["model"])
         self.model.eval()
-        tta = (
-            self.config.validation_tta
-            if self.config.validation_tta is not None
-            else self.device.type == "cuda"
-        )
+        tta = self.config.validation_tta if self.config.validation_tta is not None else self.mirror_augmented
         # the precision the network saw its embeddings in during training
         precision = self.cache.precision.value if self.cache is not None else "fp32"
         started = time.perf_counter()
@@ -608,8 +609,15 @@ class Trainer:
                 "fold": self.fold,
                 "dataset": self.plans.dataset_name,
                 "trainer_config": self.config.to_dict(),
+                "mirror_augmented": self.mirror_augmented,
             },
         }
+
+    @property
+    def mirror_augmented(self) -> bool:
+        """True when training mirrored its inputs: only then does mirroring TTA help (cached embeddings get
+        no augmentation, and a network that never saw mirrored anatomy mislabels it, e.g. left/right)."""
+        return self.cache is None and self.config.augmentation.mirror
 
     def _load_latest(self) -> None:
         path = checkpoint_path(self.fold_dir, "latest")

@@ -30,12 +30,16 @@ class InferenceSetup:
     model_3d: Path  # fold 0
 
 
-def write_fold(folder: ModelFolder, fold: int | str, *, seed: int) -> None:
+def write_fold(folder: ModelFolder, fold: int | str, *, seed: int, mirror_augmented: bool = False) -> None:
     """Save a freshly built model's trainable weights as ``fold_<fold>/checkpoint_best.pt``."""
     backbone = load_backbone("tiny")
     torch.manual_seed(seed)
     model = folder.build_model(device="cpu", backbone=backbone)
-    metadata = {"backbone": backbone.name, "backbone_checksum": backbone.checksum}
+    metadata = {
+        "backbone": backbone.name,
+        "backbone_checksum": backbone.checksum,
+        "mirror_augmented": mirror_augmented,
+    }
     save_checkpoint(
         {"model": model.trainable_state_dict(), "metadata": metadata},
         checkpoint_path(folder.fold_dir(fold), "best"),
@@ -61,7 +65,7 @@ def inference_setup(tmp_path_factory: pytest.TempPathFactory) -> InferenceSetup:
     results = root / "results" / raw.name
     model_2d = make_model_folder(results / "autoprompt__tiny__2d", preprocessed, "2d")
     for fold in (0, 1):
-        write_fold(model_2d, fold, seed=fold)
+        write_fold(model_2d, fold, seed=fold, mirror_augmented=fold == 0)
     model_3d = make_model_folder(results / "autoprompt__tiny__3d", preprocessed, "3d")
     write_fold(model_3d, 0, seed=7)
     return InferenceSetup(raw=raw, preprocessed=preprocessed, model_2d=model_2d.path, model_3d=model_3d.path)

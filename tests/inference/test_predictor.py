@@ -62,9 +62,17 @@ def test_3d_stacks_from_shared_embeddings_equal_encoding_every_stack(inference_s
 
 def test_from_model_folder_loads_all_trained_folds_with_one_backbone(inference_setup: InferenceSetup) -> None:
     predictor = Predictor.from_model_folder(inference_setup.model_2d, device="cpu")
-    assert len(predictor.models) == 2 and predictor.tta
+    assert len(predictor.models) == 2
     assert predictor.models[0].backbone.image_encoder is predictor.models[1].backbone.image_encoder
     assert predictor.postprocessing == {"steps": []}  # no fold has postprocessing.json
+
+
+def test_tta_by_default_only_when_every_fold_was_trained_with_mirroring(inference_setup: InferenceSetup) -> None:
+    folder = inference_setup.model_2d  # fold 0 trained with mirror augmentation, fold 1 on cached embeddings
+    assert Predictor.from_model_folder(folder, folds=[0], device="cpu").tta
+    assert not Predictor.from_model_folder(folder, folds=[1], device="cpu").tta
+    assert not Predictor.from_model_folder(folder, folds=[0, 1], device="cpu").tta
+    assert Predictor.from_model_folder(folder, folds=[1], device="cpu", tta=True).tta
 
 
 def test_missing_model_folder_fold_and_checkpoint_name_the_path(

@@ -49,6 +49,7 @@ def test_training_writes_a_complete_model_folder(trained: TrainingResult, planne
     for name in ("best", "final", "latest"):
         state = load_checkpoint(fold_dir / f"checkpoint_{name}.pt")
         assert state["metadata"]["backbone"] == "tiny"
+        assert state["metadata"]["mirror_augmented"] is False  # cached embeddings: no augmentation, no TTA
         assert not any(key.startswith("backbone.image_encoder.") for key in state["model"])  # trainable only
     assert load_checkpoint(fold_dir / "checkpoint_final.pt")["epoch"] == 2
 
@@ -231,3 +232,4 @@ def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
     )
     assert result.steps == 2 and calls[0] >= 3  # two training steps and one validation batch
     assert "batchgenerators augmentation" in (result.fold_dir / "training_log.txt").read_text()
+    assert load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["mirror_augmented"] is True
