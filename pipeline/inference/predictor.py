@@ -141,7 +141,7 @@ class Predictor:
             AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
                 another backbone.
         """
-        from autoprompt.modeling.backbone import load_backbone
+        from autoprompt.modeling.build import load_configured_backbone
         from pipeline.model_folder import ModelFolder, parse_fold
 
         model_folder = ModelFolder(folder)
@@ -155,7 +155,7 @@ class Predictor:
         folds = [parse_fold(fold) for fold in folds]
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
-        backbone = load_backbone(model_config.backbone, checkpoint=model_config.checkpoint)
+        backbone = load_configured_backbone(model_config)
         models = [
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
-from autoprompt.modeling.backbone import load_backbone
+from autoprompt.modeling.build import load_configured_backbone
 from pipeline.files import load_json
 from pipeline.model_folder import ModelFolder
 from pipeline.training.checkpoint import (
@@ -219,7 +219,7 @@ class Trainer:
         )
         self.val_ids = val_ids
         model_config = self.config.model
-        backbone = load_backbone(model_config.backbone, checkpoint=model_config.checkpoint)
+        backbone = load_configured_backbone(model_config)
         self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
         self.cache = self._prepare_cache()
         window = self.plan.window_size

@@ -79,3 +79,24 @@ def test_default_model_on_fp16_cached_real_embeddings(litemedsam, acdc_embedding
     assert cached.logits.shape == (1, 4, 256, 256) and cached.logits.dtype == torch.float32
     error = (cached.class_mask_logits - exact.class_mask_logits).norm() / exact.class_mask_logits.norm()
     assert error < 0.01, f"fp16 embedding cache changes the decoder output by {error:.2%}"
+
+
+def test_fine_tuned_litemedsam_weights_load_with_verify_checkpoint_off(litemedsam, tmp_path: Path):
+    from autoprompt.errors import AutoPromptError
+    from autoprompt.modeling.build import load_configured_backbone
+
+    state = {
+        f"{part}.{key}": value.clone()
+        for part in ("image_encoder", "prompt_encoder", "mask_decoder")
+        for key, value in getattr(litemedsam, part).state_dict().items()
+    }
+    first = next(key for key in state if key.startswith("mask_decoder.") and state[key].is_floating_point())
+    state[first] += 0.01  # "fine-tuned"
+    checkpoint = tmp_path / "fine_tuned_litemedsam.pth"
+    torch.save(state, checkpoint)
+
+    with pytest.raises(AutoPromptError, match="fine_tuned_litemedsam.pth"):
+        load_configured_backbone(ModelConfig(checkpoint=str(checkpoint)))
+    tuned = load_configured_backbone(ModelConfig(checkpoint=str(checkpoint), verify_checkpoint=False))
+    assert tuned.checksum != litemedsam.checksum
+    assert torch.equal(dict(tuned.mask_decoder.state_dict())[first.removeprefix("mask_decoder.")], state[first])

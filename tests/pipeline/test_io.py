@@ -155,6 +155,29 @@ def test_garbage_files_give_one_line_errors_naming_the_file(tmp_path: Path, name
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("cut", ["nii", "nii.gz: recompressed", "nii.gz: stream cut"])
+def test_truncated_nifti_is_refused_not_zero_padded(tmp_path: Path, cut: str) -> None:
+    import gzip
+
+    array = np.arange(7 * 6 * 5, dtype=np.int16).reshape(5, 6, 7)
+    suffix = ".nii" if cut == "nii" else ".nii.gz"
+    path = tmp_path / f"scan{suffix}"
+    write_image(array, GEOMETRY_3D, path)
+    data = path.read_bytes()
+    if cut == "nii":
+        path.write_bytes(data[:-40])
+    elif cut == "nii.gz: recompressed":  # a valid gzip stream holding too few bytes
+        path.write_bytes(gzip.compress(gzip.decompress(data)[:-40]))
+    else:  # the download or copy stopped midway
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AutoPromptError) as error:
+        read_image(path)
+    assert str(error.value).startswith(f"{path}: the file is incomplete") or str(error.value).startswith(
+        f"{path}: not a readable image"
+    )
+    assert "\n" not in str(error.value)
+
+
 def test_missing_file_and_empty_folder_are_named(tmp_path: Path) -> None:
     with pytest.raises(AutoPromptError, match="no such file"):
         read_image(tmp_path / "absent.nii.gz")
