@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", nargs="+", default=["on", "off"], choices=("on", "off"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="autoprompt's network precision (the one its embeddings were cached in; default fp32)",
+    )
+    parser.add_argument(
         "--work",
         type=Path,
         default=Path("/tmp/autoprompt_inference_speed"),
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                 if tool == "autoprompt":
                     command = [sys.executable, "-m", "autoprompt", "predict", "-i", str(inputs), "-o", str(output),
                                "--model-dir", str(model), "-f", *folds, "--device", args.device]  # fmt: skip
-                    command += ["--no-tta"] if tta == "off" else []
+                    command += ["--no-tta" if tta == "off" else "--tta", "--precision", args.precision]
                     env = dict(os.environ)
                 else:
                     command = [_script("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(output),
