@@ -314,7 +314,8 @@ def run_benchmark(
         device: "auto", "cpu" or "cuda" (both methods use the same).
         autoprompt_config: trainer preset or YAML; None: the configuration's default preset.
         autoprompt_overrides: ``key=value`` trainer settings (``model.backbone=tiny``).
-        nnunet_iterations_per_epoch: None for nnU-Net's 250 (fewer only for quick trials).
+        nnunet_iterations_per_epoch: None: nnU-Net's 250, or fewer where 10 epochs of 250 would not fit
+            the budget (``pipeline.nnunet_baseline.iterations_for_budget``); a number fixes them.
         tta: mirroring test-time augmentation: nnU-Net's; autoprompt's where its model was trained with
             mirroring (``predict(tta=None)``). False: off for both.
         num_processes: worker processes for planning and evaluation.
@@ -602,8 +603,13 @@ class _NnUNetSteps:
             num_iterations_per_epoch=settings.nnunet_iterations_per_epoch,
         )
         folder = nnunet_baseline.model_folder(self.roots, self.id, settings.nnunet_configuration)
-        epochs = load_json(folder / "fold_all" / "budget.json")["epochs"]
-        return {**_usage(usage), "model_folder": str(folder), "epochs": epochs}
+        budget = load_json(folder / "fold_all" / "budget.json")
+        return {
+            **_usage(usage),
+            "model_folder": str(folder),
+            "epochs": budget["epochs"],
+            "steps": budget.get("steps"),
+        }
 
     def predict(self) -> dict:
         usage = nnunet_baseline.predict(
@@ -664,6 +670,7 @@ def summarise_run(
         "preprocessing_minutes": stamps["preprocessed"]["seconds"] / 60.0,
         "training_minutes": stamps["trained"]["seconds"] / 60.0,
         "epochs": stamps["trained"].get("epochs"),
+        "steps": stamps["trained"].get("steps"),
         "inference_seconds_per_volume": stamps["predicted"]["seconds"] / num_test_cases,
         "peak_rss_mib": {
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
@@ -673,6 +680,12 @@ def summarise_run(
 
 def _cell(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _epochs_cell(run: dict) -> str:
+    if run["epochs"] is None:
+        return "-"
+    return f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
 
 
 def _size_title(runs: list[dict], grouped: bool) -> str:
@@ -742,7 +755,7 @@ def format_report(report: dict) -> str:
         costs = [
             ("preprocessing (min)", lambda r: _cell(r["preprocessing_minutes"], 1)),
             ("training (min)", lambda r: _cell(r["training_minutes"], 1)),
-            ("epochs trained", lambda r: "-" if r["epochs"] is None else str(r["epochs"])),
+            ("epochs trained (optimiser steps)", _epochs_cell),
             ("inference (s / volume)", lambda r: _cell(r["inference_seconds_per_volume"], 1)),
             ("peak memory, preprocessing (MiB)", lambda r: _cell(r["peak_rss_mib"]["preprocessed"], 0)),
             ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),

@@ -81,6 +81,7 @@ class ModelFolder:
         self.trainer_config: TrainerConfig = load_trainer_config(self.path / "trainer_config.yaml")
         self.configuration = self.trainer_config.configuration
         self.plans.configuration(self.configuration)  # error now if the plans lack it
+        self._metadata: dict[Path, dict] = {}  # checkpoint file -> its metadata, once loaded
 
     def __repr__(self) -> str:
         return f"ModelFolder({str(self.path)!r}, configuration={self.configuration!r})"
@@ -142,6 +143,7 @@ class ModelFolder:
                 f"train it with 'autoprompt train' or choose trained folds"
             )
         state = load_checkpoint(path)
+        self._metadata[path] = state["metadata"]
         model = self.build_model(device=device, backbone=backbone)
         trained_on = state["metadata"]["backbone_checksum"]
         installed = model.backbone.checksum
@@ -158,9 +160,12 @@ class ModelFolder:
         """Whether ``fold`` was trained with mirror augmentation (its checkpoint's metadata says so).
 
         Mirroring TTA only helps such models: one trained on cached embeddings never saw mirrored anatomy.
+        Reads the metadata :meth:`load_model` kept, or loads the checkpoint when the fold was not loaded.
         """
-        state = load_checkpoint(checkpoint_path(self.fold_dir(fold), checkpoint))
-        return bool(state["metadata"].get("mirror_augmented", False))
+        path = checkpoint_path(self.fold_dir(fold), checkpoint)
+        if path not in self._metadata:
+            self._metadata[path] = load_checkpoint(path)["metadata"]
+        return bool(self._metadata[path].get("mirror_augmented", False))
 
     @classmethod
     def create(

@@ -6,7 +6,11 @@ changes the caller's environment.
 
 Training stops on a wall-clock budget: :func:`_time_budget_trainer` subclasses ``nnUNetTrainer``, times
 its first epoch and then sets the number of epochs (and the poly learning-rate schedule) so the run
-fits the budget, never more than nnU-Net's own 1000 epochs. The subclass carries the name
+fits the budget, never more than nnU-Net's own 1000 epochs. Unless the caller fixes the iterations per
+epoch, a few timed steps at the start size them (:func:`iterations_for_budget`) so that at least
+:data:`MIN_EPOCHS_IN_BUDGET` epochs fit: on a CPU one standard epoch (250 iterations) can outlast the
+whole budget (over 70 minutes for ACDC 2d on 2 cores), which would leave nnU-Net one epoch and an
+unused budget. On a GPU the 250 fit and nothing changes. The subclass carries the name
 ``nnUNetTrainer`` (the network, loss and inference are nnUNetTrainer's), so its model folder and
 checkpoints are the ones ``nnUNetv2_predict_from_modelfolder`` expects.
 
@@ -28,6 +32,28 @@ from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
 
 TRAINER_NAME = "nnUNetTrainer"
+NNUNET_ITERATIONS_PER_EPOCH = 250
+"""nnU-Net's training iterations per epoch (its validation runs a fifth as many)."""
+MIN_EPOCHS_IN_BUDGET = 10
+"""Fewest epochs a time-budgeted nnU-Net run is sized for (enough for its poly schedule to decay)."""
+PROBE_STEPS = 3
+"""Training steps timed, after an untimed first one, to size the iterations per epoch."""
+_VALIDATION_OVERHEAD = 1.1
+"""Epoch time over training-step time: a fifth as many validation steps, each a forward pass (~1/3 of a step)."""
+
+
+def iterations_for_budget(
+    budget_seconds: float, seconds_per_step: float, *, min_epochs: int = MIN_EPOCHS_IN_BUDGET
+) -> int:
+    """Training iterations per epoch so that ``min_epochs`` epochs fit ``budget_seconds``.
+
+    At most nnU-Net's 250 and at least 1: ``iterations_for_budget(3600, 16.8) == 19`` (ACDC 2d on 2 CPU
+    cores), ``iterations_for_budget(3600, 0.2) == 250`` (a GPU).
+    """
+    if budget_seconds <= 0 or seconds_per_step <= 0:
+        raise ValueError(f"budget and step time must be positive, got {budget_seconds}, {seconds_per_step}")
+    fitted = int(budget_seconds / (min_epochs * seconds_per_step * _VALIDATION_OVERHEAD))
+    return max(1, min(NNUNET_ITERATIONS_PER_EPOCH, fitted))
 
 
 @dataclass(frozen=True)
@@ -196,7 +222,8 @@ def train(
     ``fold_all/checkpoint_final.pth`` and ``fold_all/budget.json``).
 
     Args:
-        num_iterations_per_epoch: None for nnU-Net's 250; fewer makes short test runs possible (the
+        num_iterations_per_epoch: None: nnU-Net's 250, or fewer where :data:`MIN_EPOCHS_IN_BUDGET` epochs
+            of 250 would not fit the budget (:func:`iterations_for_budget`); a number fixes them (the
             validation iterations follow nnU-Net's 250:50 ratio, at least 1).
     """
     command = [
@@ -239,9 +266,11 @@ def predict(
     return _run(command, roots, log_file, "nnU-Net prediction")
 
 
-def _time_budget_trainer(budget_seconds: float):
+def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
     """An ``nnUNetTrainer`` whose epoch count is fitted to ``budget_seconds`` after its first epoch.
 
+    With ``fit_iterations``, steps 2 to ``1 + PROBE_STEPS`` of the first epoch are timed and the
+    iterations per epoch (training and validation) are cut to :func:`iterations_for_budget`.
     The class is named ``nnUNetTrainer``: nnU-Net derives the model folder and the checkpoints'
     ``trainer_name`` from the class name, and prediction then rebuilds a plain nnUNetTrainer.
     """
@@ -249,15 +278,22 @@ def _time_budget_trainer(budget_seconds: float):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     class nnUNetTrainerTimeBudget(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming
+        steps_done = 0
+
         def run_training(self) -> None:
             self.on_train_start()
             start = time.monotonic()
             while self.current_epoch < self.num_epochs:
                 self.on_epoch_start()
                 self.on_train_epoch_start()
-                outputs = [
-                    self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)
-                ]
+                outputs = []
+                while len(outputs) < self.num_iterations_per_epoch:
+                    if len(outputs) == 1:
+                        probe_start = time.monotonic()
+                    outputs.append(self.train_step(next(self.dataloader_train)))
+                    self.steps_done += 1
+                    if fit_iterations and self.steps_done == 1 + PROBE_STEPS:
+                        self._fit_iterations((time.monotonic() - probe_start) / PROBE_STEPS)
                 self.on_train_epoch_end(outputs)
                 with torch.no_grad():
                     self.on_validation_epoch_start()
@@ -273,6 +309,15 @@ def _time_budget_trainer(budget_seconds: float):
                     self.lr_scheduler.max_steps = epochs
                     self.print_to_log_file(f"time budget {budget_seconds:.0f} s -> {epochs} epochs")
             self.on_train_end()
+
+        def _fit_iterations(self, seconds_per_step: float) -> None:
+            iterations = max(self.steps_done, iterations_for_budget(budget_seconds, seconds_per_step))
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = max(1, iterations // 5)
+            self.print_to_log_file(
+                f"time budget {budget_seconds:.0f} s, {seconds_per_step:.2f} s per step -> "
+                f"{iterations} iterations per epoch"
+            )
 
     nnUNetTrainerTimeBudget.__name__ = nnUNetTrainerTimeBudget.__qualname__ = TRAINER_NAME
     return nnUNetTrainerTimeBudget
@@ -292,7 +337,7 @@ def _train_worker(
     plans = load_json(Path(join(nnUNet_preprocessed, dataset_name, "nnUNetPlans.json")))
     dataset_json = load_json(Path(join(nnUNet_preprocessed, dataset_name, "dataset.json")))
     plans["continue_training"] = False  # what nnunetv2's run_training passes to every trainer
-    trainer_class = _time_budget_trainer(budget_minutes * 60.0)
+    trainer_class = _time_budget_trainer(budget_minutes * 60.0, fit_iterations=iterations_per_epoch is None)
     trainer = trainer_class(
         plans=plans,
         configuration=configuration,
@@ -310,7 +355,12 @@ def _train_worker(
         trainer.num_val_iterations_per_epoch = max(1, iterations_per_epoch // 5)
     trainer.run_training()
     save_json(
-        {"epochs": trainer.num_epochs, "budget_minutes": budget_minutes},
+        {
+            "epochs": trainer.num_epochs,
+            "iterations_per_epoch": trainer.num_iterations_per_epoch,
+            "steps": trainer.steps_done,
+            "budget_minutes": budget_minutes,
+        },
         Path(trainer.output_folder) / "budget.json",
     )
 
@@ -329,7 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("configuration")
     worker.add_argument("--budget-minutes", type=float, required=True)
     worker.add_argument("--device", default="cpu")
-    worker.add_argument("--iterations-per-epoch", type=int, help="default: nnU-Net's 250")
+    worker.add_argument(
+        "--iterations-per-epoch", type=int, help="default: nnU-Net's 250, fewer where 10 epochs would not fit"
+    )
     args = parser.parse_args(argv)
     _train_worker(
         args.dataset_id, args.configuration, args.budget_minutes, args.device, args.iterations_per_epoch

@@ -75,6 +75,22 @@ def test_tta_by_default_only_when_every_fold_was_trained_with_mirroring(inferenc
     assert Predictor.from_model_folder(folder, folds=[1], device="cpu", tta=True).tta
 
 
+def test_from_model_folder_reads_each_checkpoint_once(
+    inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.model_folder
+
+    loaded: list[Path] = []
+
+    def counting_load(path: Path) -> dict:
+        loaded.append(Path(path))
+        return load_checkpoint(path)
+
+    monkeypatch.setattr(pipeline.model_folder, "load_checkpoint", counting_load)
+    assert not Predictor.from_model_folder(inference_setup.model_2d, folds=[0, 1], device="cpu").tta
+    assert sorted(path.parent.name for path in loaded) == ["fold_0", "fold_1"]
+
+
 def test_missing_model_folder_fold_and_checkpoint_name_the_path(
     inference_setup: InferenceSetup, tmp_path: Path
 ) -> None:

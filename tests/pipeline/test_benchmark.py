@@ -28,7 +28,7 @@ from pipeline.benchmark import (
     write_report,
 )
 from pipeline.dataset import ACDC_GROUP_REGEX, make_splits
-from pipeline.nnunet_baseline import run_logged
+from pipeline.nnunet_baseline import PROBE_STEPS, iterations_for_budget, run_logged
 from tests.synthetic_data import make_synthetic_dataset
 
 ACDC_LIKE = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 2)]
@@ -123,10 +123,10 @@ def _evaluation(dice: dict[int, float | None], hd95: dict[int, float | None]) ->
     }
 
 
-def _stamps(train_seconds: float, epochs: int) -> dict[str, dict]:
+def _stamps(train_seconds: float, epochs: int, steps: int | None = None) -> dict[str, dict]:
     return {
         "preprocessed": {"seconds": 30.0, "peak_rss_mib": 800.0},
-        "trained": {"seconds": train_seconds, "peak_rss_mib": 2048.0, "epochs": epochs},
+        "trained": {"seconds": train_seconds, "peak_rss_mib": 2048.0, "epochs": epochs, "steps": steps},
         "predicted": {"seconds": 50.0, "peak_rss_mib": 1500.4},
         "evaluated": {"summary": "x"},
     }
@@ -148,7 +148,7 @@ def test_report_tables_from_given_metrics():
         ),
         summarise_run(
             method="nnunet", size="5", train_cases=["p1_f1", "p1_f2"] * 5, num_groups=5,
-            stamps=_stamps(3660.0, 20), evaluation=_evaluation({1: 0.25, 2: None}, {1: 20.0, 2: 8.0}), num_test_cases=2,
+            stamps=_stamps(3660.0, 20, steps=380), evaluation=_evaluation({1: 0.25, 2: None}, {1: 20.0, 2: 8.0}), num_test_cases=2,
         ),
     ]  # fmt: skip
     assert runs[0]["per_class"] == {"RV": {"dice": 0.5, "hd95": 10.0}, "LV": {"dice": 0.75, "hd95": 4.0}}
@@ -161,7 +161,7 @@ def test_report_tables_from_given_metrics():
     assert "| LV (2) | 0.7500 | - | 4.00 | 8.00 |" in lines
     assert "| **mean** | **0.6250** | **0.2500** | **7.00** | **14.00** |" in lines
     assert "| training (min) | 60.0 | 61.0 |" in lines
-    assert "| epochs trained | 12 | 20 |" in lines
+    assert "| epochs trained (optimiser steps) | 12 | 20 (380) |" in lines
     assert "| inference (s / volume) | 25.0 | 25.0 |" in lines
     assert "| peak memory, inference (MiB) | 1500 | 1500 |" in lines
     assert "Data efficiency" not in text  # one size only
@@ -224,6 +224,24 @@ def test_cli_errors_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.parametrize(
+    ("budget_seconds", "seconds_per_step", "expected"),
+    [
+        (3600.0, 16.8, 19),  # ACDC 2d on 2 CPU cores: 3600 / (10 epochs x 16.8 s x 1.1)
+        (3600.0, 0.2, 250),  # a GPU: nnU-Net's own 250 fit
+        (3.0, 0.5, 1),  # never fewer than one
+        (2000.0, 1.0, 181),
+    ],
+)
+def test_iterations_for_budget(budget_seconds: float, seconds_per_step: float, expected: int):
+    assert iterations_for_budget(budget_seconds, seconds_per_step) == expected
+
+
+def test_iterations_for_budget_rejects_non_positive_times():
+    with pytest.raises(ValueError, match="positive"):
+        iterations_for_budget(60.0, 0.0)
+
+
 # ------------------------------------------------------------------------------------- end to end
 def _file_states(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
@@ -236,7 +254,7 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
         "benchmark", "-d", dataset.name, "--raw", str(tmp_path / "raw"), "-o", str(report_dir),
         "--test-cases", "case_004,case_005", "--budget", "0.05", "--device", "cpu", "--no-tta", "-np", "1",
         "--autoprompt-config", "tiny", "--autoprompt-set", "epochs=1", "--autoprompt-set", "iterations_per_epoch=2",
-        "--autoprompt-set", "val_iterations=1", "--nnunet-iterations", "2",
+        "--autoprompt-set", "val_iterations=1",
     ]  # fmt: skip
     assert main(args) == 0
     report = json.loads((report_dir / "report.json").read_text())
@@ -268,7 +286,8 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
                 predicted.GetSize() == reference.GetSize()
                 and predicted.GetSpacing() == reference.GetSpacing()
             )
-    # autoprompt trained on the training cases only; nnU-Net is the real nnUNetTrainer with 2 iterations per epoch
+    # autoprompt trained on the training cases only; nnU-Net is the real nnUNetTrainer, its 250 iterations per
+    # epoch cut after PROBE_STEPS timed steps so that 10 epochs would fit the 3-second budget
     ap_splits = json.loads(
         (work / "autoprompt/train_all/preprocessed" / dataset.name / "splits_final.json").read_text()
     )
@@ -281,7 +300,14 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
         == "nnUNetTrainer"
     )
     debug = json.loads((fold / "debug.json").read_text())
-    assert debug["num_iterations_per_epoch"] == "2" and debug["num_val_iterations_per_epoch"] == "1"
+    assert debug["num_iterations_per_epoch"] == "250"  # nnU-Net's own, recorded at the start
+    budget = json.loads((fold / "budget.json").read_text())
+    # never fewer than the steps already taken; far fewer than 250 (10 epochs of 250 cannot fit 3 s)
+    assert 1 + PROBE_STEPS <= budget["iterations_per_epoch"] < 50
+    assert budget["steps"] == budget["epochs"] * budget["iterations_per_epoch"]
+    assert report["runs"][1]["steps"] == budget["steps"]
+    nnunet_log = next(fold.glob("training_log_*.txt")).read_text()
+    assert f"s per step -> {budget['iterations_per_epoch']} iterations per epoch" in nnunet_log
     assert sorted(
         p.name for p in (work / "nnunet/train_all/nnUNet_raw" / dataset.name / "imagesTr").iterdir()
     ) == [f"case_{i:03d}_0000.nii.gz" for i in range(4)]
@@ -295,5 +321,5 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     assert json.loads((report_dir / "report.json").read_text())["runs"] == report["runs"]
 
     # other settings in the same report folder are refused, not mixed in
-    assert main([*args[:-2], "--nnunet-iterations", "3"]) == 2
-    assert "other settings (nnunet_iterations_per_epoch: 2 -> 3)" in capsys.readouterr().err
+    assert main([*args, "--nnunet-iterations", "3"]) == 2
+    assert "other settings (nnunet_iterations_per_epoch: null -> 3)" in capsys.readouterr().err
