@@ -608,7 +608,7 @@ class _NnUNetSteps:
             **_usage(usage),
             "model_folder": str(folder),
             "epochs": budget["epochs"],
-            "steps": budget.get("steps"),
+            "steps": budget["steps"],
         }
 
     def predict(self) -> dict:

@@ -288,7 +288,7 @@ def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
                 self.on_train_epoch_start()
                 outputs = []
                 while len(outputs) < self.num_iterations_per_epoch:
-                    if len(outputs) == 1:
+                    if fit_iterations and self.steps_done == 1:
                         probe_start = time.monotonic()
                     outputs.append(self.train_step(next(self.dataloader_train)))
                     self.steps_done += 1
@@ -310,10 +310,14 @@ def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
                     self.print_to_log_file(f"time budget {budget_seconds:.0f} s -> {epochs} epochs")
             self.on_train_end()
 
-        def _fit_iterations(self, seconds_per_step: float) -> None:
-            iterations = max(self.steps_done, iterations_for_budget(budget_seconds, seconds_per_step))
+        def set_iterations(self, iterations: int) -> None:
+            """Training iterations per epoch, and validation iterations in nnU-Net's 5:1 ratio (at least 1)."""
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = max(1, iterations // 5)
+
+        def _fit_iterations(self, seconds_per_step: float) -> None:
+            iterations = max(self.steps_done, iterations_for_budget(budget_seconds, seconds_per_step))
+            self.set_iterations(iterations)
             self.print_to_log_file(
                 f"time budget {budget_seconds:.0f} s, {seconds_per_step:.2f} s per step -> "
                 f"{iterations} iterations per epoch"
@@ -351,8 +355,7 @@ def _train_worker(
             f"nnU-Net chose {trainer.output_folder}, expected {expected}; check the nnunetv2 version"
         )
     if iterations_per_epoch is not None:
-        trainer.num_iterations_per_epoch = iterations_per_epoch
-        trainer.num_val_iterations_per_epoch = max(1, iterations_per_epoch // 5)
+        trainer.set_iterations(iterations_per_epoch)
     trainer.run_training()
     save_json(
         {
