@@ -13,6 +13,7 @@ import importlib.util
 import sys
 import warnings
 
+from autoprompt.allocator import retain_freed_memory
 from autoprompt.errors import AutoPromptError
 
 # command name -> module under autoprompt.commands
@@ -86,6 +87,7 @@ def silence_dependency_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     silence_dependency_warnings()
+    retain_freed_memory()
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

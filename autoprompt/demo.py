@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from autoprompt.allocator import retain_freed_memory
 from autoprompt.cli import silence_dependency_warnings
 from autoprompt.errors import AutoPromptError
 from pipeline.files import atomic_path, load_json, save_json
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="trainer preset (default: 2d_frozen; 'tiny' checks the pipeline in ~2 minutes)")
     args = parser.parse_args(argv)
     silence_dependency_warnings()
+    retain_freed_memory()
     try:
         run_demo(
             args.output,

@@ -29,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from autoprompt.allocator import retain_freed_memory  # noqa: E402
 from autoprompt.devices import resolve_device  # noqa: E402
 from autoprompt.modeling.backbone import SamBackbone, load_backbone  # noqa: E402
 from autoprompt.modeling.build import build_autoprompt_sam  # noqa: E402
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON result",
     )
     args = parser.parse_args(argv)
+    retain_freed_memory()  # as the autoprompt command does
 
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone).to(device)

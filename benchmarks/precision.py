@@ -25,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from autoprompt.allocator import retain_freed_memory  # noqa: E402
 from autoprompt.devices import Precision, resolve_device  # noqa: E402
 from autoprompt.interactive import InteractivePredictor, LoadedImage, SliceFrame  # noqa: E402
 from autoprompt.modeling.backbone import load_backbone  # noqa: E402
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder calls per case (default: 3)")
     parser.add_argument("-o", "--output", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # as the autoprompt command does
     device = resolve_device(args.device)
     precisions = [Precision.FP32.value, Precision.BF16.value]
     if device.type == "cuda":

@@ -38,6 +38,7 @@ import uvicorn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from autoprompt.allocator import retain_freed_memory  # noqa: E402
 from autoprompt.modeling.config import ModelConfig  # noqa: E402
 from autoprompt.serve import ServeSettings, create_app  # noqa: E402
 from pipeline.experiment_planning import plan_and_preprocess  # noqa: E402
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--screenshot-dataset", default="acdc", choices=list(DATASETS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_latency.json")
     args = parser.parse_args()
+    retain_freed_memory()  # as the autoprompt command does
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="autoprompt_serve_bench_") as tmp:

@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, ... (passed to train)")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "train_quality.json")
     args = parser.parse_args()
+    from autoprompt.allocator import retain_freed_memory
+
+    retain_freed_memory()  # as the autoprompt command does
 
     rows = []
     for key in args.datasets:

@@ -1,0 +1,45 @@
+"""Keep glibc from handing tensor buffers back to the kernel after every layer.
+
+PyTorch on the CPU allocates and frees buffers of megabytes in every layer. glibc's malloc serves
+blocks above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with fresh ``mmap`` pages
+and unmaps them on ``free``, and trims the heap's top above its trim threshold, so each layer pays
+page faults on new zeroed pages. On 2 cores that was a third of the LiteMedSAM encoder's CPU time
+(9 s system against 18 s user for 8 fp32 slices): 1.7 s per 256x256 slice in fp32 at batch 1 and
+1.2 s in bf16 at batch 4, against 0.8 s and 0.5 s with both thresholds raised to 1 GiB.
+
+The cost: up to 1 GiB of freed memory stays with the process for reuse instead of going back to the
+system. Set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment to keep
+glibc's own choice (or your values): then nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# mallopt(3) parameter numbers (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+THRESHOLD_BYTES = 1 << 30
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def retain_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds to 1 GiB for this process.
+
+    Returns:
+        True when both were set; False on other C libraries (macOS, Windows, musl), when the user
+        set either threshold in the environment, or when glibc refused a value.
+    """
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
+        return False
+    library = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(library).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return all(mallopt(parameter, THRESHOLD_BYTES) == 1 for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
