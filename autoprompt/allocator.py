@@ -15,7 +15,6 @@ glibc's own choice (or your values): then nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -35,10 +34,9 @@ def retain_freed_memory() -> bool:
     """
     if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
         return False
-    library = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(library).mallopt
-    except (OSError, AttributeError, TypeError):
+    try:  # the C library already loaded in this process: no ldconfig search at start-up
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
