@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 
 # mallopt(3) parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -41,3 +42,16 @@ def retain_freed_memory() -> bool:
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return all(mallopt(parameter, THRESHOLD_BYTES) == 1 for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
+
+
+def retained_memory_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``base`` that gives a child process the same 1 GiB thresholds through glibc's variables.
+
+    For children that do not call ``retain_freed_memory`` themselves (nnU-Net's commands, the
+    benchmark's steps), so that every method of a comparison runs under the same allocator. A
+    threshold already in ``base`` is kept, as is everything off Linux.
+    """
+    env = dict(base)
+    if sys.platform.startswith("linux") and not any(name in env for name in USER_SETTINGS):
+        env.update({name: str(THRESHOLD_BYTES) for name in USER_SETTINGS})
+    return env

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_id
 from pipeline import nnunet_baseline
@@ -46,6 +47,12 @@ from pipeline.files import atomic_path, load_json, save_json
 METHODS = ("autoprompt", "nnunet")
 METHOD_TITLES = {"autoprompt": "autoprompt", "nnunet": "nnU-Net"}
 PARTS = ("preprocessed", "trained", "predicted", "evaluated")
+STEP_TITLES = {
+    "preprocessed": "planning and preprocessing",
+    "trained": "training",
+    "predicted": "predicting the test cases",
+    "evaluated": "evaluating",
+}
 NNUNET_CONFIGURATIONS = {"2d": "2d", "3d": "3d_fullres"}
 MAX_EPOCHS = 1000
 """Epoch cap for autoprompt under a budget: nnU-Net's own number of epochs (the budget normally ends earlier)."""
@@ -484,7 +491,8 @@ def _run_part(part: Part, context: _Context, bar: tqdm) -> dict[str, dict]:
         bar.set_description(f"{part.method} train_{part.size}: {name}")
         if not stamp.is_file():
             tqdm.write(
-                f"{METHOD_TITLES[part.method]}, training size {part.size}: {name} (logs in {part.folder / 'logs'})",
+                f"{METHOD_TITLES[part.method]}, training size {part.size}: {STEP_TITLES[name]} "
+                f"(logs in {part.folder / 'logs'})",
                 file=sys.stderr,
             )
             save_json(actions[name](), stamp)
@@ -562,7 +570,7 @@ class _AutoPromptSteps:
         result_file = self.part.folder / "logs" / f"{step}.result.json"
         command = [sys.executable, "-m", "pipeline.benchmark", step, json.dumps(kwargs), str(result_file)]
         usage = nnunet_baseline.run_logged(
-            command, env=dict(os.environ), log_file=self.part.log(step), what=what
+            command, env=retained_memory_environment(os.environ), log_file=self.part.log(step), what=what
         )
         return {**_usage(usage), **load_json(result_file)}
 
@@ -735,6 +743,8 @@ def format_report(report: dict) -> str:
         "- training time is the wall time of the training process (start-up and autoprompt's embedding cache "
         "included); inference is the prediction process's wall time (model loading included) per test volume; "
         "peak memory is the largest resident set of the step's processes",
+        "- on Linux every step of both methods runs with glibc's malloc thresholds at 1 GiB (autoprompt.allocator), "
+        "unless MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ was set",
     ]
     for size in sizes:
         runs = by_size[size]

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
 
@@ -86,10 +87,13 @@ class NnUNetRoots:
     def environment(self) -> dict[str, str]:
         """A copy of this process's environment with nnU-Net's folders set and compilation off.
 
+        glibc's malloc thresholds are raised as for autoprompt's commands
+        (``autoprompt.allocator.retained_memory_environment``), so both run under the same allocator.
+
         ``nnUNet_n_proc_DA`` (data-augmentation workers) keeps nnU-Net's own default (its host table,
         at most the CPU count) unless the caller's environment sets it.
         """
-        env = dict(os.environ)
+        env = retained_memory_environment(os.environ)
         env.update(
             nnUNet_raw=str(self.raw),
             nnUNet_preprocessed=str(self.preprocessed),

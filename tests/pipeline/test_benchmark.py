@@ -317,7 +317,7 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     capsys.readouterr()
     assert main(args) == 0
     assert _file_states(work) == before
-    assert "training size all: trained" not in capsys.readouterr().err
+    assert "training size all: training" not in capsys.readouterr().err
     assert json.loads((report_dir / "report.json").read_text())["runs"] == report["runs"]
 
     # other settings in the same report folder are refused, not mixed in

@@ -50,3 +50,18 @@ def test_a_threshold_set_by_the_user_is_left_alone():
     tuned, faults = churn("tune", MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     assert not tuned
     assert faults > 1000  # glibc kept the user's 1 MiB: every 64 MiB buffer is mapped afresh
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt exists on Linux only")
+def test_a_child_given_the_environment_runs_with_the_raised_thresholds():
+    base = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS}
+    env = allocator.retained_memory_environment(base)
+    assert env["MALLOC_MMAP_THRESHOLD_"] == env["MALLOC_TRIM_THRESHOLD_"] == str(1 << 30)
+    tuned, faults = churn("leave", **{name: env[name] for name in allocator.USER_SETTINGS})
+    assert not tuned  # the child itself changed nothing: glibc read the environment
+    assert faults < churn("leave")[1] / 10
+
+
+def test_the_environment_keeps_a_threshold_the_user_set():
+    env = allocator.retained_memory_environment({"MALLOC_TRIM_THRESHOLD_": "4096", "PATH": "/bin"})
+    assert env == {"MALLOC_TRIM_THRESHOLD_": "4096", "PATH": "/bin"}
