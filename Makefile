@@ -29,3 +29,4 @@ chromium:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoprompt pipeline planners tests benchmarks
+	$(VENV)/bin/ruff format --check autoprompt pipeline planners tests benchmarks

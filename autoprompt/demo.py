@@ -59,7 +59,9 @@ def split_sample(sample: Path, raw_root: Path, *, num_train: int, num_test: int)
     return target
 
 
-def overlay_grid(image_file: Path, reference_file: Path, prediction_file: Path, output: Path, *, rows: int = 3) -> None:
+def overlay_grid(
+    image_file: Path, reference_file: Path, prediction_file: Path, output: Path, *, rows: int = 3
+) -> None:
     """Save a PNG: ``rows`` slices (those with the most reference foreground), columns image | reference | prediction."""
     from autoprompt.serve.render import class_colors, intensity_window, render_slice
     from pipeline.io import read_image
@@ -121,7 +123,12 @@ def run_demo(
     print(format_table(summary))
     first = sorted((raw / "labelsTs").iterdir())[0].name
     case = first[: -len(".nii.gz")]
-    overlay_grid(raw / "imagesTs" / f"{case}_0000.nii.gz", raw / "labelsTs" / first, predictions / first, output / "overlay.png")
+    overlay_grid(
+        raw / "imagesTs" / f"{case}_0000.nii.gz",
+        raw / "labelsTs" / first,
+        predictions / first,
+        output / "overlay.png",
+    )
     _step(f"done: {output / 'summary.json'}, {output / 'overlay.png'}", started)
     return summary
 
@@ -131,14 +138,29 @@ def _step(message: str, started: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autoprompt.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-o", "--output", type=Path, default=Path("demo_output"), help="where everything goes (default: demo_output)")
+    parser = argparse.ArgumentParser(
+        prog="python -m autoprompt.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("demo_output"),
+        help="where everything goes (default: demo_output)",
+    )
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    parser.add_argument("--iterations-per-epoch", type=int, default=25, help="iterations per epoch (default: 25)")
-    parser.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower on a CPU)")
+    parser.add_argument(
+        "--iterations-per-epoch", type=int, default=25, help="iterations per epoch (default: 25)"
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="mirror test-time augmentation (4x slower on a CPU)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--config", help="trainer preset (default: 2d_frozen; 'tiny' checks the pipeline in ~2 minutes)")
+    parser.add_argument(
+        "--config", help="trainer preset (default: 2d_frozen; 'tiny' checks the pipeline in ~2 minutes)"
+    )
     args = parser.parse_args(argv)
     silence_dependency_warnings()
     retain_freed_memory()

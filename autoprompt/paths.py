@@ -58,7 +58,9 @@ def dataset_folder_name(dataset: str | int, search_in: Path) -> str:
             f"no folder {prefix}* in {search_in}; put the dataset there or point --raw/--preprocessed/--results at it"
         )
     if len(matches) > 1:
-        raise AutoPromptError(f"dataset id {text} is ambiguous in {search_in}: {', '.join(matches)}; pass the full name")
+        raise AutoPromptError(
+            f"dataset id {text} is ambiguous in {search_in}: {', '.join(matches)}; pass the full name"
+        )
     return matches[0]
 
 

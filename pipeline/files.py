@@ -21,7 +21,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=".tmp" + suffix, dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name.split('.')[0]}.", suffix=".tmp" + suffix, dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

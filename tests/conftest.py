@@ -16,7 +16,9 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data`` (ACDC and Hippocampus in nnU-Net format); read it, never write into it."""
     if not (SHARED_DATA / "Dataset027_ACDC").is_dir():
-        pytest.fail(f"{SHARED_DATA} is missing: the real-data tests need ../shared/data beside the repository")
+        pytest.fail(
+            f"{SHARED_DATA} is missing: the real-data tests need ../shared/data beside the repository"
+        )
     return SHARED_DATA
 
 

@@ -58,7 +58,9 @@ def make_synthetic_dataset(
         case = f"case_{index:03d}"
         image, label = make_volume(shape, num_classes=num_classes, rng=rng)
         for channel in range(num_channels):
-            channel_image = image if channel == 0 else image * 0.5 + rng.normal(0, 5, size=shape).astype(np.float32)
+            channel_image = (
+                image if channel == 0 else image * 0.5 + rng.normal(0, 5, size=shape).astype(np.float32)
+            )
             _write(channel_image, spacing, folder / "imagesTr" / f"{case}_{channel:04d}{file_ending}")
         _write(label, spacing, folder / "labelsTr" / f"{case}{file_ending}")
     labels = {"background": 0, **{f"class{k}": k for k in range(1, num_classes + 1)}}

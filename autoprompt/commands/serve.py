@@ -24,7 +24,8 @@ state is kept under --data-dir, so a reloaded page (or a restarted server) finds
 are deleted after --job-ttl-hours.
 
 The HTTP API (POST /api/jobs, GET /api/jobs/{id}, .../result, .../overlay.png?slice=K, .../box,
-DELETE /api/jobs/{id}, GET /api/health, GET /api/model) is described at http://HOST:PORT/docs.
+DELETE /api/jobs/{id}, GET /api/health, GET /api/model) is described at http://HOST:PORT/openapi.json
+(OpenAPI 3; open it in any OpenAPI viewer).
 
 The service has no login: keep the default --host 127.0.0.1 (this computer only) unless the network
 it is opened to is trusted.

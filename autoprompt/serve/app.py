@@ -6,7 +6,8 @@ Build it with :func:`create_app` (``autoprompt serve`` runs it with uvicorn; tes
     app = create_app(ServeSettings(model_dir=Path("results/Dataset027_ACDC/autoprompt__2d_frozen__2d"),
                                    data_dir=Path("serve_jobs")))
 
-The API is described on the running app's ``/docs`` page (OpenAPI).
+The API is described at the running app's ``/openapi.json`` (OpenAPI 3). FastAPI's ``/docs`` and
+``/redoc`` pages are off: they load their scripts from a CDN, and the service must work offline.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
         summary="Upload a scan, get its segmentation back.",
         description=f"Model: {engine.folder.path.name} ({engine.folder.plans.dataset_name}). Accepted uploads: {ACCEPTED}.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc fetch their scripts from a CDN: blank pages offline
+        redoc_url=None,
     )
     app.state.engine, app.state.store, app.state.jobs = engine, store, jobs
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

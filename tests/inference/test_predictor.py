@@ -67,7 +67,9 @@ def test_from_model_folder_loads_all_trained_folds_with_one_backbone(inference_s
     assert predictor.postprocessing == {"steps": []}  # no fold has postprocessing.json
 
 
-def test_tta_by_default_only_when_every_fold_was_trained_with_mirroring(inference_setup: InferenceSetup) -> None:
+def test_tta_by_default_only_when_every_fold_was_trained_with_mirroring(
+    inference_setup: InferenceSetup,
+) -> None:
     folder = inference_setup.model_2d  # fold 0 trained with mirror augmentation, fold 1 on cached embeddings
     assert Predictor.from_model_folder(folder, folds=[0], device="cpu").tta
     assert not Predictor.from_model_folder(folder, folds=[1], device="cpu").tta

@@ -99,4 +99,6 @@ def test_fine_tuned_litemedsam_weights_load_with_verify_checkpoint_off(litemedsa
         load_configured_backbone(ModelConfig(checkpoint=str(checkpoint)))
     tuned = load_configured_backbone(ModelConfig(checkpoint=str(checkpoint), verify_checkpoint=False))
     assert tuned.checksum != litemedsam.checksum
-    assert torch.equal(dict(tuned.mask_decoder.state_dict())[first.removeprefix("mask_decoder.")], state[first])
+    assert torch.equal(
+        dict(tuned.mask_decoder.state_dict())[first.removeprefix("mask_decoder.")], state[first]
+    )

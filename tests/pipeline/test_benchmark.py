@@ -18,15 +18,8 @@ import torch
 
 from autoprompt.cli import main
 from autoprompt.errors import AutoPromptError
-from pipeline.benchmark import (
-    ALL,
-    format_report,
-    parse_train_cases,
-    select_cases,
-    summarise_run,
-    training_subsets,
-    write_report,
-)
+from pipeline.benchmark_cases import ALL, parse_train_cases, select_cases, training_subsets
+from pipeline.benchmark_report import format_report, summarise_run, write_report
 from pipeline.dataset import ACDC_GROUP_REGEX, make_splits
 from pipeline.nnunet_baseline import PROBE_STEPS, iterations_for_budget, run_logged
 from tests.synthetic_data import make_synthetic_dataset

@@ -24,7 +24,7 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         "--data-dir",
     ):
         assert option in text
-    assert "--job-ttl-hours" in text and "/docs" in text
+    assert "--job-ttl-hours" in text and "/openapi.json" in text
 
 
 def test_missing_model_folder_is_one_line_and_exit_2(

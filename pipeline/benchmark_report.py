@@ -1,0 +1,227 @@
+"""The benchmark's report: one summary per method and training size, report.md, report.json and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.benchmark_cases import ALL
+from pipeline.files import atomic_path, save_json
+
+METHODS = ("autoprompt", "nnunet")
+METHOD_TITLES = {"autoprompt": "autoprompt", "nnunet": "nnU-Net"}
+
+
+def summarise_run(
+    *,
+    method: str,
+    size: str,
+    train_cases: Sequence[str],
+    num_groups: int,
+    stamps: dict[str, dict],
+    evaluation: dict,
+    num_test_cases: int,
+) -> dict:
+    """One method x training size, for report.json: metrics (Dice, HD95) and costs.
+
+    Args:
+        stamps: the four part stamps (``seconds``, ``peak_rss_mib``; ``epochs`` in "trained").
+        evaluation: the summary of :func:`pipeline.evaluation.evaluate_folders`.
+    """
+    per_class = {
+        name: {metric: evaluation["mean"][str(value)][metric] for metric in ("dice", "hd95")}
+        for name, value in evaluation["labels"].items()
+    }
+    return {
+        "method": method,
+        "train_size": size,
+        "num_train_groups": num_groups,
+        "num_train_cases": len(train_cases),
+        "train_cases": list(train_cases),
+        "per_class": per_class,
+        "mean": {metric: evaluation["foreground_mean"][metric] for metric in ("dice", "hd95")},
+        "preprocessing_minutes": stamps["preprocessed"]["seconds"] / 60.0,
+        "training_minutes": stamps["trained"]["seconds"] / 60.0,
+        "epochs": stamps["trained"].get("epochs"),
+        "steps": stamps["trained"].get("steps"),
+        "inference_seconds_per_volume": stamps["predicted"]["seconds"] / num_test_cases,
+        "peak_rss_mib": {
+            part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
+        },
+    }
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _epochs_cell(run: dict) -> str:
+    if run["epochs"] is None:
+        return "-"
+    return f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
+
+
+def _size_title(runs: list[dict], grouped: bool) -> str:
+    run = runs[0]
+    unit = "groups" if grouped else "cases"
+    count = f"{run['num_train_groups']} training {unit}" + (
+        f" ({run['num_train_cases']} cases)" if grouped else ""
+    )
+    return f"{'all ' if run['train_size'] == ALL else ''}{count}"
+
+
+def format_report(report: dict) -> str:
+    """report.md: settings, then per training size a per-class Dice/HD95 table and a cost table."""
+    settings = report["settings"]
+    grouped = settings["group_regex"] is not None
+    sizes = list(dict.fromkeys(run["train_size"] for run in report["runs"]))
+    by_size = {
+        size: {run["method"]: run for run in report["runs"] if run["train_size"] == size} for size in sizes
+    }
+    titles = [METHOD_TITLES[m] for m in METHODS]
+    preset = Path(settings["autoprompt_config"]).name
+    overrides = (
+        f" with {', '.join(settings['autoprompt_overrides'])}" if settings["autoprompt_overrides"] else ""
+    )
+    lines = [
+        f"# Benchmark on {settings['dataset']}: autoprompt vs nnU-Net v2",
+        "",
+        f"- test cases: {len(settings['test_cases'])} ({settings['case_source']}); never used for training or "
+        "checkpoint selection",
+        f"- training budget: {settings['budget_minutes']:g} min of epochs per method, device {settings['device']}, "
+        "all training cases (fold 'all'), final checkpoint",
+        f"- autoprompt: configuration {settings['configuration']}, preset {preset}{overrides}",
+        f"- nnU-Net v2: configuration {settings['nnunet_configuration']}, nnUNetTrainer"
+        + (
+            f", {settings['nnunet_iterations_per_epoch']} iterations per epoch"
+            if settings["nnunet_iterations_per_epoch"]
+            else ""
+        ),
+        (
+            "- mirroring test-time augmentation: on for nnU-Net; for autoprompt only if it trained with mirror "
+            "augmentation (not on cached embeddings: a network that never saw mirrored anatomy mislabels it)"
+            if settings["tta"]
+            else "- mirroring test-time augmentation: off for both"
+        ),
+        "- metrics: pipeline.evaluation (MONAI) for both; per class the mean over the test cases, "
+        "'mean' = mean over classes; HD95 in mm",
+        "- training time is the wall time of the training process (start-up and autoprompt's embedding cache "
+        "included); inference is the prediction process's wall time (model loading included) per test volume; "
+        "peak memory is the largest resident set of the step's processes",
+        "- on Linux every step of both methods runs with glibc's malloc thresholds at 1 GiB (autoprompt.allocator), "
+        "unless MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ was set",
+    ]
+    for size in sizes:
+        runs = by_size[size]
+        lines += ["", f"## {_size_title(list(runs.values()), grouped)}", ""]
+        lines.append("| class | " + " | ".join(f"{t} Dice" for t in titles) + " | "
+                     + " | ".join(f"{t} HD95" for t in titles) + " |")  # fmt: skip
+        lines.append("|---" * (1 + 2 * len(METHODS)) + "|")
+        for name, value in report["labels"].items():
+            if value == 0:
+                continue
+            dice = [_cell(runs[m]["per_class"][name]["dice"], 4) for m in METHODS]
+            hd95 = [_cell(runs[m]["per_class"][name]["hd95"], 2) for m in METHODS]
+            lines.append(f"| {name} ({value}) | " + " | ".join(dice + hd95) + " |")
+        dice = [_cell(runs[m]["mean"]["dice"], 4) for m in METHODS]
+        hd95 = [_cell(runs[m]["mean"]["hd95"], 2) for m in METHODS]
+        lines.append("| **mean** | " + " | ".join(f"**{v}**" for v in dice + hd95) + " |")
+        lines += ["", "| cost | " + " | ".join(titles) + " |", "|---" * (1 + len(METHODS)) + "|"]
+        costs = [
+            ("preprocessing (min)", lambda r: _cell(r["preprocessing_minutes"], 1)),
+            ("training (min)", lambda r: _cell(r["training_minutes"], 1)),
+            ("epochs trained (optimiser steps)", _epochs_cell),
+            ("inference (s / volume)", lambda r: _cell(r["inference_seconds_per_volume"], 1)),
+            ("peak memory, preprocessing (MiB)", lambda r: _cell(r["peak_rss_mib"]["preprocessed"], 0)),
+            ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),
+            ("peak memory, inference (MiB)", lambda r: _cell(r["peak_rss_mib"]["predicted"], 0)),
+        ]
+        lines += [
+            f"| {label} | " + " | ".join(cell(runs[m]) for m in METHODS) + " |" for label, cell in costs
+        ]
+    if len(sizes) > 1:
+        unit = "groups" if grouped else "cases"
+        lines += [
+            "",
+            "## Data efficiency",
+            "",
+            f"| training {unit} | " + " | ".join(f"{t} Dice" for t in titles) + " |",
+        ]
+        lines.append("|---" * (1 + len(METHODS)) + "|")
+        for size in sizes:
+            runs = by_size[size]
+            count = runs[METHODS[0]]["num_train_groups"]
+            lines.append(
+                f"| {count} | " + " | ".join(_cell(runs[m]["mean"]["dice"], 4) for m in METHODS) + " |"
+            )
+        lines += ["", "![Dice vs training-set size](data_efficiency.png)"]
+    lines += ["", "![Dice per class](dice_by_class.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, report_dir: Path) -> None:
+    """report.json, report.md, dice_by_class.png and (several sizes) data_efficiency.png, each atomically."""
+    save_json(report, report_dir / "report.json")
+    with atomic_path(report_dir / "report.md") as tmp:
+        tmp.write_text(format_report(report))
+    _plot_dice_bars(report, report_dir / "dice_by_class.png")
+    if len({run["train_size"] for run in report["runs"]}) > 1:
+        _plot_data_efficiency(report, report_dir / "data_efficiency.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_dice_bars(report: dict, path: Path) -> None:
+    """Grouped bars: Dice per class and the mean, one bar per method, for the largest training size."""
+    plt = _pyplot()
+    largest = report["runs"][-1]["train_size"]
+    runs = {run["method"]: run for run in report["runs"] if run["train_size"] == largest}
+    names = [name for name, value in report["labels"].items() if value != 0]
+    positions = np.arange(len(names) + 1)
+    width = 0.8 / len(METHODS)
+    figure, axis = plt.subplots(figsize=(1.6 * len(positions) + 2, 4))
+    for index, method in enumerate(METHODS):
+        values = [runs[method]["per_class"][n]["dice"] for n in names] + [runs[method]["mean"]["dice"]]
+        axis.bar(positions + (index - (len(METHODS) - 1) / 2) * width, [v or 0.0 for v in values], width,
+                 label=METHOD_TITLES[method])  # fmt: skip
+    axis.set_xticks(positions, [*names, "mean"])
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("Dice")
+    axis.set_title(
+        f"{report['settings']['dataset']}: test Dice ({_size_title(list(runs.values()), report['settings']['group_regex'] is not None)})"
+    )
+    axis.legend()
+    _save_figure(figure, path)
+
+
+def _plot_data_efficiency(report: dict, path: Path) -> None:
+    """Mean Dice against the number of training groups, one line per method."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        runs = [run for run in report["runs"] if run["method"] == method]
+        axis.plot([r["num_train_groups"] for r in runs], [r["mean"]["dice"] or 0.0 for r in runs], marker="o",
+                  label=METHOD_TITLES[method])  # fmt: skip
+    unit = "groups" if report["settings"]["group_regex"] is not None else "cases"
+    axis.set_xlabel(f"training {unit}")
+    axis.set_ylabel("mean test Dice")
+    axis.set_ylim(0, 1)
+    axis.set_title(f"{report['settings']['dataset']}: data efficiency")
+    axis.legend()
+    _save_figure(figure, path)
+
+
+def _save_figure(figure, path: Path) -> None:
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
+    _pyplot().close(figure)
