@@ -271,23 +271,30 @@ def predict(
 
 
 def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
-    """An ``nnUNetTrainer`` whose epoch count is fitted to ``budget_seconds`` after its first epoch.
+    """An ``nnUNetTrainer`` whose epoch count is fitted to ``budget_seconds`` after every epoch.
+
+    The rule is autoprompt's (:func:`pipeline.training.optim.epochs_in_budget` at the median epoch time,
+    at most nnU-Net's own 1000 epochs); the poly learning-rate schedule ends with the last fitted epoch.
 
     With ``fit_iterations``, steps 2 to ``1 + PROBE_STEPS`` of the first epoch are timed and the
     iterations per epoch (training and validation) are cut to :func:`iterations_for_budget`.
     The class is named ``nnUNetTrainer``: nnU-Net derives the model folder and the checkpoints'
     ``trainer_name`` from the class name, and prediction then rebuilds a plain nnUNetTrainer.
     """
+    import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from pipeline.training.optim import epochs_in_budget
 
     class nnUNetTrainerTimeBudget(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming
         steps_done = 0
 
         def run_training(self) -> None:
             self.on_train_start()
-            start = time.monotonic()
+            cap, epoch_seconds = self.num_epochs, []
             while self.current_epoch < self.num_epochs:
+                epoch_start = time.monotonic()
                 self.on_epoch_start()
                 self.on_train_epoch_start()
                 outputs = []
@@ -307,12 +314,17 @@ def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
                     ]
                     self.on_validation_epoch_end(val)
                 self.on_epoch_end()
-                if self.current_epoch == 1:
-                    epochs = min(self.num_epochs, max(1, int(budget_seconds // (time.monotonic() - start))))
-                    self.num_epochs = epochs
-                    self.lr_scheduler.max_steps = epochs
-                    self.print_to_log_file(f"time budget {budget_seconds:.0f} s -> {epochs} epochs")
+                epoch_seconds.append(time.monotonic() - epoch_start)
+                self._fit_epochs(float(np.median(epoch_seconds)), cap)
             self.on_train_end()
+
+        def _fit_epochs(self, seconds_per_epoch: float, cap: int) -> None:
+            epochs = epochs_in_budget(budget_seconds, seconds_per_epoch, finished=self.current_epoch, cap=cap)
+            if epochs != self.num_epochs:
+                self.num_epochs = self.lr_scheduler.max_steps = epochs
+                self.print_to_log_file(
+                    f"time budget {budget_seconds:.0f} s, {seconds_per_epoch:.1f} s per epoch -> {epochs} epochs"
+                )
 
         def set_iterations(self, iterations: int) -> None:
             """Training iterations per epoch, and validation iterations in nnU-Net's 5:1 ratio (at least 1)."""

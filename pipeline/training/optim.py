@@ -43,3 +43,13 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` stepping once per optimiser step along ``schedule``."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
+
+
+def epochs_in_budget(budget_seconds: float, seconds_per_epoch: float, *, finished: int, cap: int) -> int:
+    """Epochs that fit a wall-clock training budget at ``seconds_per_epoch`` each.
+
+    The rule of both trainers under a budget (autoprompt's and the benchmark's nnU-Net), re-applied after
+    every epoch: never fewer than the ``finished`` ones, never more than ``cap``.
+    ``epochs_in_budget(3600, 150, finished=1, cap=1000) == 24``.
+    """
+    return min(cap, max(finished, int(budget_seconds // seconds_per_epoch)))

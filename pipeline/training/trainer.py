@@ -55,7 +55,7 @@ from pipeline.training.data import (
 )
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
-from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler
+from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler, epochs_in_budget
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
@@ -512,8 +512,9 @@ class Trainer:
         budget = self.config.time_budget_minutes
         if budget is None:
             return
-        fit = int((budget * 60.0) // seconds_per_epoch)
-        planned = min(self.config.epochs, max(epoch + 1, fit))
+        planned = epochs_in_budget(
+            budget * 60.0, seconds_per_epoch, finished=epoch + 1, cap=self.config.epochs
+        )
         if self.dist.world_size > 1:
             shared = [planned]
             torch.distributed.broadcast_object_list(shared, src=0)

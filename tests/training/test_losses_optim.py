@@ -10,7 +10,7 @@ import torch
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from pipeline.training.config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
-from pipeline.training.optim import WarmupPolySchedule
+from pipeline.training.optim import WarmupPolySchedule, epochs_in_budget
 
 K, SIZE = 2, 16
 
@@ -110,6 +110,20 @@ def test_a_shortened_run_decays_to_zero_at_its_new_end() -> None:
     schedule = WarmupPolySchedule(total_steps=100, warmup_steps=5, exponent=0.9)
     schedule.total_steps = 30  # a time budget fits fewer epochs
     assert schedule(30) == 0.0 and 0.0 < schedule(29) < schedule(10)
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_epoch", "finished", "cap", "expected"),
+    [
+        (150.0, 1, 1000, 24),  # 3600 s // 150 s
+        (151.0, 1, 1000, 23),  # a partial epoch does not fit
+        (5000.0, 1, 1000, 1),  # one epoch longer than the budget: keep the one already done
+        (400.0, 12, 1000, 12),  # slower epochs later: never fewer than the finished ones
+        (1.0, 1, 50, 50),  # a fast device stops at the configured epochs
+    ],
+)
+def test_epochs_in_budget(seconds_per_epoch: float, finished: int, cap: int, expected: int) -> None:
+    assert epochs_in_budget(3600.0, seconds_per_epoch, finished=finished, cap=cap) == expected
 
 
 def test_amp_modes() -> None:
