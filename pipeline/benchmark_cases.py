@@ -3,7 +3,6 @@ training subsets for a data-efficiency curve (patients kept together through a g
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -13,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt.errors import AutoPromptError
-from pipeline.dataset import make_splits
-from pipeline.files import load_json
+from pipeline.dataset import make_splits, read_splits
 
 ALL = "all"
 """The training-set size "every case of the pool"."""
@@ -136,16 +134,9 @@ def select_cases(
 
 
 def _fold_zero(path: Path) -> tuple[list[str], list[str]]:
-    fix = 'it must be a list of {"train": [case ids], "val": [case ids]} like nnU-Net\'s splits_final.json'
     if not path.is_file():
         raise AutoPromptError(f"{path}: splits file not found; pass an existing file to --splits")
-    try:
-        splits = load_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AutoPromptError(f"{path}: not valid JSON ({error}); {fix}") from error
-    fold = splits[0] if isinstance(splits, list) and splits else None
-    if not (isinstance(fold, dict) and all(isinstance(fold.get(k), list) for k in ("train", "val"))):
-        raise AutoPromptError(f"{path}: {fix}")
+    fold = read_splits(path, "pass a file shaped like nnU-Net's splits_final.json to --splits")[0]
     return list(fold["train"]), list(fold["val"])
 
 

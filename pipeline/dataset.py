@@ -375,15 +375,27 @@ def load_or_create_splits(
         save_json(splits, path)
         return splits
     fix = "fix it or delete it to have the folds made again"
+    splits = read_splits(path, fix)
+    unknown = sorted({c for fold in splits for c in fold["train"] + fold["val"]} - set(case_ids))
+    if unknown:
+        raise AutoPromptError(f"{path}: names cases that are not in the dataset: {_short(unknown)}; {fix}")
+    return splits
+
+
+def read_splits(path: Path, fix: str) -> list[dict]:
+    """Read a splits file in nnU-Net's ``splits_final.json`` shape: ``[{"train": [...], "val": [...]}, ...]``.
+
+    Raises:
+        AutoPromptError: not JSON, or not that shape; the message names ``path`` and ends with ``fix``.
+    """
     try:
         splits = load_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AutoPromptError(f"{path}: not valid JSON ({error}); {fix}") from error
     if not isinstance(splits, list) or not splits or any(_malformed_fold(fold) for fold in splits):
-        raise AutoPromptError(f'{path}: must be a list of {{"train": [case ids], "val": [case ids]}}; {fix}')
-    unknown = sorted({c for fold in splits for c in fold["train"] + fold["val"]} - set(case_ids))
-    if unknown:
-        raise AutoPromptError(f"{path}: names cases that are not in the dataset: {_short(unknown)}; {fix}")
+        raise AutoPromptError(
+            f'{path}: it must be a list of {{"train": [case ids], "val": [case ids]}}; {fix}'
+        )
     return splits
 
 
