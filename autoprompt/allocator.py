@@ -26,6 +26,11 @@ THRESHOLD_BYTES = 1 << 30
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
+def _thresholds_ours_to_set(env: Mapping[str, str]) -> bool:
+    """True on Linux (glibc) when ``env`` sets neither threshold: the user's choice always wins."""
+    return sys.platform.startswith("linux") and not any(name in env for name in USER_SETTINGS)
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds to 1 GiB for this process.
 
@@ -33,7 +38,7 @@ def retain_freed_memory() -> bool:
         True when both were set; False on other C libraries (macOS, Windows, musl), when the user
         set either threshold in the environment, or when glibc refused a value.
     """
-    if not sys.platform.startswith("linux") or any(name in os.environ for name in USER_SETTINGS):
+    if not _thresholds_ours_to_set(os.environ):
         return False
     try:  # the C library already loaded in this process: no ldconfig search at start-up
         mallopt = ctypes.CDLL(None).mallopt
@@ -52,6 +57,6 @@ def retained_memory_environment(base: Mapping[str, str]) -> dict[str, str]:
     threshold already in ``base`` is kept, as is everything off Linux.
     """
     env = dict(base)
-    if sys.platform.startswith("linux") and not any(name in env for name in USER_SETTINGS):
+    if _thresholds_ours_to_set(env):
         env.update({name: str(THRESHOLD_BYTES) for name in USER_SETTINGS})
     return env
