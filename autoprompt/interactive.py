@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from autoprompt.devices import Precision, autocast, parse_precision, resolve_device
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
+from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
 from pipeline.io import Geometry, image_suffix, read_image, write_image
 
@@ -132,6 +132,11 @@ def check_box(box: Sequence[float], shape: tuple[int, int], *, source: str) -> n
         raise AutoPromptError(
             f"{source}: a box has 4 numbers X1 Y1 X2 Y2, got {values.size}; give --box X1 Y1 X2 Y2"
         )
+    if not np.all(np.isfinite(values)):
+        raise AutoPromptError(
+            f"{source}: box ({', '.join(f'{v:g}' for v in values)}) holds a value that is not a finite number; "
+            "give pixel coordinates X1 Y1 X2 Y2"
+        )
     x1, y1, x2, y2 = values
     if x1 > x2 or y1 > y2:
         raise AutoPromptError(
@@ -157,6 +162,10 @@ def check_points(points: Sequence[Sequence[float]], shape: tuple[int, int], *, s
             f"{source}: points are triples X Y LABEL; give --points X Y LABEL [X Y LABEL ...]"
         )
     height, width = shape
+    if not np.all(np.isfinite(values)):
+        raise AutoPromptError(
+            f"{source}: a point holds a value that is not a finite number; give --points X Y LABEL in pixels"
+        )
     for x, y, label in values:
         if label not in (0, 1):
             raise AutoPromptError(
@@ -461,6 +470,11 @@ def segment_volume(
         raise AutoPromptError(
             f"{loaded.source}: a 3D box has 6 numbers, got {values.size}; give --box3d X1 Y1 Z1 X2 Y2 Z2"
         )
+    if not np.all(np.isfinite(values)):
+        raise AutoPromptError(
+            f"{loaded.source}: 3D box ({', '.join(f'{v:g}' for v in values)}) holds a value that is not a "
+            "finite number; give --box3d X1 Y1 Z1 X2 Y2 Z2 in voxels"
+        )
     x1, y1, z1, x2, y2, z2 = values
     depth = loaded.array.shape[0]
     if not (0 <= z1 <= z2 <= depth - 1) or z1 != int(z1) or z2 != int(z2):
@@ -475,7 +489,7 @@ def segment_volume(
     margin = PROPAGATION_MARGIN / frame.scale
     mask = np.zeros(loaded.array.shape, dtype=np.uint8)
     order = list(propagation_order(int(z1), int(z2)))
-    for z, neighbour in tqdm(order, desc="segmenting slices", unit="slice", disable=None):
+    for z, neighbour in progress(order, desc="segmenting slices", unit="slice"):
         previous = None if neighbour is None else mask[neighbour]
         box = box_from_mask(previous, margin=margin) if previous is not None and previous.any() else box2d
         predictor.set_image(loaded.array[z], intensity_range=clip)
@@ -546,14 +560,14 @@ def embed(
     clip = loaded.intensity_range
     frame = SliceFrame(*slices.shape[1:], input_size=predictor.backbone.model_input_size)
     shape = (len(slices), predictor.backbone.embed_dim, *predictor.backbone.embedding_size)
-    progress = tqdm(total=len(slices), desc="encoding", unit="slice", disable=None)
-    with atomic_path(output) as tmp, progress:
+    bar = progress(total=len(slices), desc="encoding", unit="slice")
+    with atomic_path(output) as tmp, bar:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
         for start in range(0, len(slices), batch_size):
             batch = slices[start : start + batch_size]
             inputs = torch.cat([frame.to_input(pixels, intensity_range=clip) for pixels in batch])
             array[start : start + len(batch)] = predictor.encode(inputs).cpu().numpy().astype(dtype)
-            progress.update(len(batch))
+            bar.update(len(batch))
         array.flush()
         del array
         save_json(

@@ -83,9 +83,9 @@ def run_dataset(
         "preset": preset,
         "device": device,
         "overrides": [*overrides, *extra],
-        "dice": {label: summary["mean"][str(value)]["dice"] for label, value in summary["labels"].items()},
-        "mean_dice": summary["foreground_mean"]["dice"],
-        "validation_cases": len(summary["per_case"]),
+        "dice": {label: summary["mean"][str(value)]["Dice"] for label, value in summary["labels"].items()},
+        "mean_dice": summary["foreground_mean"]["Dice"],
+        "validation_cases": len(summary["metric_per_case"]),
         "epochs": result.epochs,
         "steps": result.steps,
         "minutes": {

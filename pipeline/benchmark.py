@@ -39,6 +39,7 @@ from tqdm import tqdm
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_id
+from autoprompt.progress import progress
 from pipeline import nnunet_baseline
 from pipeline.benchmark_cases import ALL, group_of, select_cases, training_subsets
 from pipeline.benchmark_report import METHOD_TITLES, METHODS, summarise_run, write_report
@@ -170,8 +171,10 @@ def run_benchmark(
     dataset_id(raw.name)  # nnU-Net needs a DatasetXXX_Name folder
     if configuration not in NNUNET_CONFIGURATIONS:
         raise AutoPromptError(f"unknown configuration '{configuration}'; choose 2d or 3d")
-    if budget_minutes <= 0:
-        raise AutoPromptError(f"--budget {budget_minutes}: the training budget must be positive (minutes)")
+    if not budget_minutes > 0 or budget_minutes == float("inf"):  # NaN compares false
+        raise AutoPromptError(
+            f"--budget {budget_minutes}: the training budget must be a positive finite number (minutes)"
+        )
     if nnunet_iterations_per_epoch is not None and nnunet_iterations_per_epoch < 1:
         raise AutoPromptError(
             f"--nnunet-iterations {nnunet_iterations_per_epoch}: pass at least 1 (nnU-Net: 250)"
@@ -229,7 +232,7 @@ def run_benchmark(
         for method in METHODS
     ]
     runs = []
-    with tqdm(total=len(parts) * len(PARTS), desc="benchmark", unit="step", disable=None) as bar:
+    with progress(total=len(parts) * len(PARTS), desc="benchmark", unit="step") as bar:
         for part in parts:
             stamps = _run_part(part, context, bar)
             evaluation = load_json(stamps["evaluated"]["summary"])

@@ -31,7 +31,7 @@ def summarise_run(
         evaluation: the summary of :func:`pipeline.evaluation.evaluate_folders`.
     """
     per_class = {
-        name: {metric: evaluation["mean"][str(value)][metric] for metric in ("dice", "hd95")}
+        name: {metric: _metric(evaluation["mean"][str(value)], metric) for metric in ("dice", "hd95")}
         for name, value in evaluation["labels"].items()
     }
     return {
@@ -41,7 +41,7 @@ def summarise_run(
         "num_train_cases": len(train_cases),
         "train_cases": list(train_cases),
         "per_class": per_class,
-        "mean": {metric: evaluation["foreground_mean"][metric] for metric in ("dice", "hd95")},
+        "mean": {metric: _metric(evaluation["foreground_mean"], metric) for metric in ("dice", "hd95")},
         "preprocessing_minutes": stamps["preprocessed"]["seconds"] / 60.0,
         "training_minutes": stamps["trained"]["seconds"] / 60.0,
         "epochs": stamps["trained"].get("epochs"),
@@ -51,6 +51,12 @@ def summarise_run(
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
         },
     }
+
+
+def _metric(means: dict, metric: str) -> float | None:
+    """``dice``/``hd95`` from summary.json means: nnU-Net's ``Dice``/``HD95``, or the old lower-case keys
+    of summaries written before the change."""
+    return means[{"dice": "Dice", "hd95": "HD95"}[metric]] if metric not in means else means[metric]
 
 
 def _cell(value: float | None, digits: int) -> str:

@@ -19,16 +19,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from nnunetv2.utilities.crossval_split import generate_crossval_split
-from tqdm import tqdm
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.progress import progress
 from pipeline.files import load_json, save_json
-from pipeline.io import SUPPORTED_SUFFIXES, Geometry, read_image
+from pipeline.io import SUPPORTED_SUFFIXES, Geometry, read_image, read_image_info
 
 ACDC_GROUP_REGEX = r"^(patient\d+)_frame\d+$"
 """Group ACDC's ``patientNNN_frameMM`` cases by patient, so both frames of a patient share a fold."""
 
 SPLITS_FILE = "splits_final.json"
+DEFAULT_NUM_FOLDS = 5
+MIN_FOLDS = 2
 _REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _SCHEMA_FIX = (
     'write it as in nnU-Net v2: {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1}, '
@@ -190,6 +192,18 @@ def _check_labels(path: Path, labels: object) -> None:
     valid = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
     if not valid or len(set(values)) != len(values):
         raise AutoPromptError(f"{path}: label values must be distinct non-negative integers, got {values}")
+    # nnU-Net's rule (its LabelManager and dataset check): values 0, 1, 2, ... without gaps, "ignore" last
+    if sorted(values) != list(range(len(values))):
+        renumber = ", ".join(f"{old} -> {new}" for new, old in enumerate(sorted(values)) if old != new)
+        raise AutoPromptError(
+            f"{path}: label values must be consecutive (0, 1, 2, ...; nnU-Net's rule), got {sorted(values)}; "
+            f"renumber {renumber} in dataset.json and in the label maps"
+        )
+    if "ignore" in labels and labels["ignore"] != max(values):
+        raise AutoPromptError(
+            f"{path}: the 'ignore' label must have the highest value (nnU-Net's rule), got {labels['ignore']}; "
+            f"give it {max(values)} and renumber the others"
+        )
 
 
 def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
@@ -207,7 +221,12 @@ def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
         Problem lines; empty when the dataset is fine.
     """
     problems = []
-    if dataset.dataset_json.get("numTraining") != len(dataset.cases):
+    if not dataset.cases:  # numTraining: 0 is refused by the schema: the fix is to add cases
+        problems.append(
+            f"{dataset.folder}: imagesTr/labelsTr hold no cases; add images {{case}}_0000{dataset.file_ending} "
+            f"to imagesTr and labels {{case}}{dataset.file_ending} to labelsTr"
+        )
+    elif dataset.dataset_json.get("numTraining") != len(dataset.cases):
         problems.append(
             f"{dataset.dataset_json_path}: numTraining is {dataset.dataset_json.get('numTraining')} but imagesTr/labelsTr "
             f"hold {len(dataset.cases)} cases; set numTraining to {len(dataset.cases)}"
@@ -225,9 +244,40 @@ def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
     ]
     with _parallel_map(num_processes) as parallel_map:
         results = parallel_map(_verify_case, jobs)
-        for case_problems in tqdm(results, total=len(jobs), desc="verify dataset", unit="case", disable=None):
+        for case_problems in progress(results, total=len(jobs), desc="verify dataset", unit="case"):
             problems += case_problems
-    return problems
+    return problems + mixed_dimension_problems(dataset, _header_dimensions(dataset))
+
+
+def _header_dimensions(dataset: RawDataset) -> dict[str, int]:
+    """Each case's image dimensionality (2 or 3) from its first channel's header; unreadable ones left out
+    (their own check names them)."""
+    dimensions = {}
+    for case_id, files in dataset.cases.items():
+        with contextlib.suppress(AutoPromptError):
+            dimensions[case_id] = read_image_info(files.images[0]).ndim
+    return dimensions
+
+
+def mixed_dimension_problems(dataset: RawDataset, dimensions: dict[str, int]) -> list[str]:
+    """One line per case whose images are 2D in a dataset of mostly 3D images (or the other way round).
+
+    Args:
+        dataset: the raw dataset.
+        dimensions: case id -> 2 or 3.
+    """
+    counts: dict[int, int] = {}
+    for ndim in dimensions.values():
+        counts[ndim] = counts.get(ndim, 0) + 1
+    if len(counts) < 2:
+        return []
+    common = max(counts, key=lambda ndim: (counts[ndim], ndim))
+    return [
+        f"{dataset.cases[case].images[0]}: a {ndim}D image in a dataset of {common}D images; a dataset holds "
+        f"only 2D or only 3D images: convert it or remove case {case}"
+        for case, ndim in sorted(dimensions.items())
+        if ndim != common
+    ]
 
 
 @contextlib.contextmanager
@@ -311,8 +361,76 @@ def _short(values: Sequence) -> str:
     return "[" + ", ".join(map(str, items)) + (", ...]" if len(values) > 10 else "]")
 
 
+def compile_group_regex(group_regex: str) -> re.Pattern:
+    """The compiled ``--group-regex``.
+
+    Raises:
+        AutoPromptError: not a valid regular expression, or one without a group (group 1 names the group).
+    """
+    try:
+        pattern = re.compile(group_regex)
+    except re.error as error:
+        raise AutoPromptError(
+            f"--group-regex {group_regex!r}: not a valid regular expression ({error}); "
+            r"give e.g. '^(patient\d+)_frame\d+$' (group 1 names the group)"
+        ) from None
+    if pattern.groups < 1:
+        raise AutoPromptError(
+            f"--group-regex {group_regex!r}: has no group; put the part that names the group in parentheses, "
+            r"e.g. '^(patient\d+)_frame\d+$'"
+        )
+    return pattern
+
+
+def group_cases(case_ids: Sequence[str], group_regex: str | None = None) -> dict[str, list[str]]:
+    """Cases by group: group 1 of ``group_regex`` (e.g. the ACDC patient), or one group per case without it.
+
+    Returns:
+        Group key -> its sorted case ids, keys sorted.
+
+    Raises:
+        AutoPromptError: a case id does not match ``group_regex``.
+    """
+    if group_regex is None:
+        return {case_id: [case_id] for case_id in sorted(case_ids)}
+    pattern = compile_group_regex(group_regex)
+    groups: dict[str, list[str]] = {}
+    for case_id in sorted(case_ids):
+        match = pattern.match(case_id)
+        if match is None or match.lastindex is None:
+            raise AutoPromptError(
+                f"case {case_id}: does not match the group regex {group_regex!r} (group 1 names the group); "
+                "fix the regex or the case name"
+            )
+        groups.setdefault(match[1], []).append(case_id)
+    return dict(sorted(groups.items()))
+
+
+def check_num_folds(num_folds: int) -> None:
+    """Refuse a fold count below :data:`MIN_FOLDS`.
+
+    Raises:
+        AutoPromptError: ``num_folds`` is not an integer of at least 2.
+    """
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < MIN_FOLDS:
+        raise AutoPromptError(
+            f"{num_folds} folds asked for: cross-validation needs at least {MIN_FOLDS}; pass --folds 2 or more "
+            "(to train on every case, train fold all)"
+        )
+
+
+def folds_made(num_groups: int, num_folds: int = DEFAULT_NUM_FOLDS) -> int:
+    """How many folds :func:`make_splits` makes from ``num_groups`` groups: ``num_folds``, at most one per
+    group (leave-one-group-out), and none for a single group."""
+    return 0 if num_groups < MIN_FOLDS else min(num_folds, num_groups)
+
+
 def make_splits(
-    case_ids: Sequence[str], *, num_folds: int = 5, seed: int = 12345, group_regex: str | None = None
+    case_ids: Sequence[str],
+    *,
+    num_folds: int = DEFAULT_NUM_FOLDS,
+    seed: int = 12345,
+    group_regex: str | None = None,
 ) -> list[dict[str, list[str]]]:
     """Cross-validation folds like nnU-Net's ``splits_final.json``.
 
@@ -320,44 +438,76 @@ def make_splits(
     sorted ids). With it, cases whose ``group_regex`` group 1 is equal (e.g. both frames of an ACDC patient,
     :data:`ACDC_GROUP_REGEX`) fall in the same fold: the same seeded KFold runs on the sorted group keys.
 
+    A small dataset is never refused: with fewer groups than ``num_folds`` every group is a fold of its own
+    (leave-one-group-out), and a single group cannot be split at all, so the result is
+    ``[{"train": [every case], "val": []}]``: no fold, only fold ``all`` (see :func:`read_splits`).
+
     Returns:
-        ``num_folds`` dicts ``{"train": [...], "val": [...]}``, each list sorted; every case is in exactly
-        one ``val``.
+        :func:`folds_made` dicts ``{"train": [...], "val": [...]}``, each list sorted, every case in exactly
+        one ``val`` (or the single no-fold entry above).
 
     Raises:
-        AutoPromptError: a case id does not match ``group_regex``, or there are fewer cases (groups) than folds.
+        AutoPromptError: fewer than 2 folds asked for, or a case id does not match ``group_regex``.
     """
-    case_ids = sorted(case_ids)
-    if group_regex is None:
-        groups = {case_id: [case_id] for case_id in case_ids}
-    else:
-        pattern = re.compile(group_regex)
-        groups = {}
-        for case_id in case_ids:
-            match = pattern.match(case_id)
-            if match is None or match.lastindex is None:
-                raise AutoPromptError(
-                    f"case {case_id}: does not match the group regex {group_regex!r} (group 1 names the group); "
-                    "fix the regex or the case name"
-                )
-            groups.setdefault(match[1], []).append(case_id)
-    if len(groups) < num_folds:
-        raise AutoPromptError(
-            f"cannot make {num_folds} folds from {len(groups)} cases (groups); use fewer folds"
-        )
+    check_num_folds(num_folds)
+    groups = group_cases(case_ids, group_regex)
+    count = folds_made(len(groups), num_folds)
+    if count == 0:
+        return [{"train": sorted(case_ids), "val": []}]
     splits = []
-    for fold in generate_crossval_split(sorted(groups), seed=seed, n_splits=num_folds):
+    for fold in generate_crossval_split(sorted(groups), seed=seed, n_splits=count):
         splits.append(
             {part: sorted(c for key in fold[part] for c in groups[str(key)]) for part in ("train", "val")}
         )
     return splits
 
 
+def splits_note(num_groups: int, num_folds: int = DEFAULT_NUM_FOLDS, *, grouped: bool = False) -> str | None:
+    """The one-line note on a dataset too small for ``num_folds`` folds; None when they can be made.
+
+    Args:
+        num_groups: groups of cases (cases, without a group regex).
+        num_folds: the folds asked for.
+        grouped: whether a group regex formed the groups (the note then says "groups").
+    """
+    count = folds_made(num_groups, num_folds)
+    if count == num_folds:
+        return None
+    unit = "group" if grouped else "case"
+    if count == 0:
+        return (
+            f"note: a single {unit} cannot be cross-validated: {SPLITS_FILE} holds no folds; "
+            "train fold all (every case)"
+        )
+    return (
+        f"note: {num_groups} {unit}s are fewer than {num_folds} folds: made {count} folds, "
+        f"leave-one-{unit}-out"
+    )
+
+
+def fold_indices(splits: Sequence[dict]) -> list[int]:
+    """The folds of ``splits`` that can be trained: entries with training and validation cases.
+
+    An entry without validation cases is not a fold: ``[{"train": [every case], "val": []}]`` is how
+    ``splits_final.json`` says "no folds" (a single group), where only fold ``all`` exists.
+    """
+    return [index for index, fold in enumerate(splits) if fold["train"] and fold["val"]]
+
+
+def describe_folds(folds: Sequence[int]) -> str:
+    """``"0-4"`` for consecutive folds from 0, else ``"0, 2"``; ``"none"`` for no folds."""
+    if not folds:
+        return "none"
+    if list(folds) == list(range(len(folds))) and len(folds) > 1:
+        return f"0-{len(folds) - 1}"
+    return ", ".join(map(str, folds))
+
+
 def load_or_create_splits(
     preprocessed_folder: str | os.PathLike,
     case_ids: Sequence[str],
     *,
-    num_folds: int = 5,
+    num_folds: int = DEFAULT_NUM_FOLDS,
     seed: int = 12345,
     group_regex: str | None = None,
 ) -> list[dict[str, list[str]]]:
@@ -384,6 +534,9 @@ def load_or_create_splits(
 
 def read_splits(path: Path, fix: str) -> list[dict]:
     """Read a splits file in nnU-Net's ``splits_final.json`` shape: ``[{"train": [...], "val": [...]}, ...]``.
+
+    An entry with an empty ``val`` is accepted but is not a fold (:func:`fold_indices`); a dataset of a
+    single group is written as ``[{"train": [every case], "val": []}]``: no folds, only fold ``all``.
 
     Raises:
         AutoPromptError: not JSON, or not that shape; the message names ``path`` and ends with ``fix``.

@@ -5,6 +5,9 @@
 
 Every step is resumable: an existing fingerprint.json (for the same cases) and plans.json (possibly edited
 by hand) are kept unless ``overwrite_plans``; finished cases and an existing splits_final.json are kept.
+
+A small dataset is never refused: with fewer case groups than folds, every group is a fold
+(leave-one-group-out), and a single group gets no folds, only fold ``all`` (a note says so).
 """
 
 from __future__ import annotations
@@ -15,7 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoprompt.errors import AutoPromptError
-from pipeline.dataset import RawDataset, load_or_create_splits, load_raw_dataset, make_splits, verify_dataset
+from autoprompt.paths import dataset_id
+from pipeline.dataset import (
+    DEFAULT_NUM_FOLDS,
+    SPLITS_FILE,
+    RawDataset,
+    check_num_folds,
+    compile_group_regex,
+    fold_indices,
+    folds_made,
+    group_cases,
+    load_or_create_splits,
+    load_raw_dataset,
+    make_splits,
+    splits_note,
+    verify_dataset,
+)
 from pipeline.files import load_json, save_json
 from pipeline.preprocessing import run_preprocessing
 from planners.fingerprint import extract_fingerprint
@@ -52,6 +70,7 @@ def plan_and_preprocess(
     verify: bool = True,
     group_regex: str | None = None,
     seed: int = 12345,
+    num_folds: int | None = None,
     overwrite_plans: bool = False,
 ) -> Path:
     """Verify, fingerprint, plan and preprocess a raw dataset, and make its cross-validation folds.
@@ -69,28 +88,38 @@ def plan_and_preprocess(
         verify: check the dataset first (recommended).
         group_regex: cases whose regex group 1 is equal share a fold (ACDC: ``ACDC_GROUP_REGEX``).
         seed: seed of the folds.
+        num_folds: cross-validation folds (None: 5); with fewer case groups, one fold per group, and none
+            (only fold ``all``) for a single group; a note on stderr says so. An existing
+            splits_final.json is kept whatever this says (a note names the difference).
         overwrite_plans: plan again even if fingerprint.json/plans.json exist (drops hand edits).
 
     Returns:
         The preprocessed dataset folder.
 
     Raises:
-        AutoPromptError: dataset problems, an unknown configuration, a bad group regex, or a plans.json
-            that does not fit the dataset.
+        AutoPromptError: a folder name that breaks nnU-Net's ``DatasetXXX_Name`` rule, dataset problems, an
+            unknown configuration, a bad group regex, fewer than 2 folds asked for, or a plans.json that
+            does not fit the dataset.
     """
     unknown = [name for name in configurations if name not in CONFIGURATIONS]
     if unknown:
         raise AutoPromptError(
             f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGURATIONS)}"
         )
+    folds = DEFAULT_NUM_FOLDS if num_folds is None else num_folds
+    check_num_folds(folds)
+    if group_regex is not None:
+        compile_group_regex(group_regex)  # a broken regex fails before the dataset is read
+    dataset_id(Path(raw_dataset_folder).name)  # nnU-Net's DatasetXXX_Name rule, checked before any work
     raw = (
         check_dataset(raw_dataset_folder, num_processes=num_processes)
         if verify
         else load_raw_dataset(raw_dataset_folder)
     )
     out = Path(preprocessed_root) / raw.name
-    if not (out / "splits_final.json").is_file():
-        make_splits(list(raw.cases), seed=seed, group_regex=group_regex)  # a bad regex fails before any work
+    splits_existed = (out / SPLITS_FILE).is_file()
+    if not splits_existed:  # a bad regex fails before any work
+        make_splits(list(raw.cases), num_folds=folds, seed=seed, group_regex=group_regex)
 
     fingerprint = _fingerprint(
         raw, out / "fingerprint.json", num_processes=num_processes, reuse=not overwrite_plans
@@ -104,8 +133,41 @@ def plan_and_preprocess(
         )
     save_json(raw.dataset_json, out / "dataset.json")
     run_preprocessing(raw, plans, out, num_processes=num_processes, configurations=planned)
-    load_or_create_splits(out, list(raw.cases), seed=seed, group_regex=group_regex)
+    splits = load_or_create_splits(out, list(raw.cases), num_folds=folds, seed=seed, group_regex=group_regex)
+    note = _splits_note(raw, splits, group_regex, folds, existed=splits_existed, asked=num_folds is not None)
+    if note:
+        print(note, file=sys.stderr)
     return out
+
+
+def _splits_note(
+    raw: RawDataset,
+    splits: list[dict],
+    group_regex: str | None,
+    num_folds: int,
+    *,
+    existed: bool,
+    asked: bool,
+) -> str | None:
+    """The one-line note on the folds: fewer groups than ``num_folds`` (when the file was made now), or a kept
+    file that holds another number of folds than ``--folds`` asked for; None when there is nothing to say."""
+    if not existed:
+        return splits_note(
+            len(group_cases(list(raw.cases), group_regex)), num_folds, grouped=bool(group_regex)
+        )
+    if not asked:
+        return None
+    try:
+        expected = folds_made(len(group_cases(list(raw.cases), group_regex)), num_folds)
+    except AutoPromptError:  # the kept file was made without this regex; only the fold count matters here
+        expected = num_folds
+    found = len(fold_indices(splits))
+    if found == expected:
+        return None
+    return (
+        f"note: the existing {raw.name}/{SPLITS_FILE} is kept with {found} folds; delete it and re-run to "
+        f"make {expected}"
+    )
 
 
 def _fingerprint(raw: RawDataset, path: Path, *, num_processes: int, reuse: bool) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ PLANAR_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SUPPORTED_SUFFIXES = VOLUME_SUFFIXES + PLANAR_SUFFIXES
 """File endings :func:`read_image` and :func:`write_image` accept (a DICOM series is a folder)."""
 _UINT8_ONLY = (".png", ".jpg", ".jpeg")
+PLANAR_ONLY_SUFFIXES = _UINT8_ONLY
+"""File endings that hold 2D images only."""
 _FIX_FORMAT = f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder holding one DICOM series"
 
 
@@ -121,10 +124,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     image = _read_sitk(path)
     if image.GetDimension() not in (2, 3):
-        raise AutoPromptError(
-            f"{path}: {image.GetDimension()}D images are not supported; "
-            "save each channel or time point as its own 3D file ({case}_0000, {case}_0001, ...)"
-        )
+        raise _unsupported_dimension(path, image.GetDimension())
     array = sitk.GetArrayFromImage(image)
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
@@ -134,7 +134,116 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
                 "save each channel as its own single-valued file ({case}_0000, {case}_0001, ...)"
             )
         array = rgb2gray(array[..., :3].astype(np.float32)).astype(np.float32)
+    if not all_finite(array):
+        raise _non_finite(path)
     return array, Geometry.of(image)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says, read without its voxels (see :func:`read_image_info`).
+
+    Attributes:
+        geometry: spacing, origin, direction and size, as :func:`read_image` would return them.
+        components: values per voxel (3 or 4 for an RGB(A) picture).
+        itemsize: bytes per value in the file's pixel type.
+    """
+
+    geometry: Geometry
+    components: int
+    itemsize: int
+
+    @property
+    def ndim(self) -> int:
+        return self.geometry.ndim
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.geometry.size, dtype=np.int64))
+
+
+def read_image_info(path: str | os.PathLike) -> ImageInfo:
+    """Read an image's header (or a DICOM series' first and last headers) without reading its voxels.
+
+    Costs are computed from this before anything large is allocated: a small file can promise a huge
+    image (a compressed volume of zeros, or a coarse spacing that resampling multiplies).
+
+    Raises:
+        AutoPromptError: the file is missing, not an image, or its header is unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AutoPromptError(f"{path}: no such file or folder; check the path")
+    if path.is_dir():
+        return _dicom_series_info(path)
+    image_suffix(path)
+    reader = _header(path)
+    if reader.GetDimension() not in (2, 3):
+        raise _unsupported_dimension(path, reader.GetDimension())
+    bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    return ImageInfo(
+        geometry=Geometry.of(reader),
+        components=int(reader.GetNumberOfComponents()),
+        itemsize=int(bits.group(1)) // 8 if bits else 8,
+    )
+
+
+def _header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise _unreadable(path) from error
+    return reader
+
+
+def _dicom_series_info(folder: Path) -> ImageInfo:
+    """The 3D geometry a series folder reads as: the first file's in-plane grid, one slice per file (a single
+    multi-frame file: its frames)."""
+    files = _dicom_series_files(folder)
+    first = _header(Path(files[0]))
+    geometry = Geometry.of(first)
+    spacing = list(geometry.spacing[:2]) + [geometry.spacing[2] if geometry.ndim == 3 else 1.0]
+    if len(files) > 1:
+        last = Geometry.of(_header(Path(files[-1])))
+        distance = float(np.linalg.norm(np.subtract(last.origin[:3], geometry.origin[:3])))
+        spacing[2] = distance / (len(files) - 1) or spacing[2]
+    origin = (list(geometry.origin) + [0.0])[:3]
+    direction = geometry.direction if geometry.ndim == 3 else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    frames = len(files) if len(files) > 1 or geometry.ndim == 2 else geometry.size[2]
+    bits = re.search(r"(\d+)-bit", sitk.GetPixelIDValueAsString(first.GetPixelID()))
+    return ImageInfo(
+        geometry=Geometry(
+            spacing=tuple(spacing),
+            origin=tuple(origin),
+            direction=tuple(direction),
+            size=(geometry.size[0], geometry.size[1], frames),
+        ),
+        components=int(first.GetNumberOfComponents()),
+        itemsize=int(bits.group(1)) // 8 if bits else 8,
+    )
+
+
+def all_finite(array: np.ndarray, *, chunk: int = 1 << 22) -> bool:
+    """Whether a float array holds no NaN or infinity (checked in chunks, never a full-size mask)."""
+    if array.dtype.kind not in "fc":
+        return True
+    flat = array.reshape(-1)
+    return all(np.isfinite(flat[start : start + chunk]).all() for start in range(0, flat.size, chunk))
+
+
+def _unsupported_dimension(path: Path, ndim: int) -> AutoPromptError:
+    return AutoPromptError(
+        f"{path}: {ndim}D images are not supported; "
+        "save each channel or time point as its own 3D file ({case}_0000, {case}_0001, ...)"
+    )
+
+
+def _non_finite(path: Path) -> AutoPromptError:
+    return AutoPromptError(
+        f"{path}: contains NaN or infinite values; replace them, e.g. with the image minimum, and save it again"
+    )
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
@@ -186,36 +295,81 @@ def _read_sitk(path: Path) -> sitk.Image:
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file holds fewer voxel bytes than its header promises.
+    """Raise if a NIfTI file holds fewer voxel bytes than its header promises, or a NaN/infinite value.
 
-    SimpleITK zero-pads a truncated file (an interrupted copy or upload) without a word; this reads the
-    header with nibabel and counts the (decompressed) bytes.
+    SimpleITK zero-pads a truncated file (an interrupted copy or upload) without a word, and ITK's NIfTI
+    reader turns NaN and infinity into 0, so a damaged scan would look like a clean one. This reads the
+    header with nibabel and streams the raw (decompressed) bytes once, counting them and, for a float
+    pixel type, checking every raw value.
     """
     import nibabel
 
     try:
         voxels = nibabel.load(str(path)).dataobj  # an ArrayProxy: the header's offset, shape and type
-        expected = int(voxels.offset) + int(np.prod(voxels.shape)) * np.dtype(voxels.dtype).itemsize
+        dtype = np.dtype(voxels.dtype)
+        offset = int(voxels.offset)
+        data_bytes = int(np.prod(voxels.shape, dtype=np.int64)) * dtype.itemsize
     except Exception as error:  # nibabel's errors for a damaged header are of several types
         raise _unreadable(path) from error
+    finite = _RawValueCheck(dtype, offset, data_bytes)
     if path.name.lower().endswith(".gz"):
         size = 0
         try:
             with gzip.open(path, "rb") as stream:
                 while chunk := stream.read(1 << 22):
+                    finite.feed(chunk)
                     size += len(chunk)
         except (EOFError, OSError, zlib.error):
             size = -1  # the compressed stream ends early or is corrupt
     else:
         size = path.stat().st_size
-    if size < expected:
+        if data_bytes and size >= offset + data_bytes and dtype.kind in "fc":
+            finite.values_ok = all_finite(
+                np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(data_bytes // dtype.itemsize,))
+            )
+    if size < offset + data_bytes:
         raise AutoPromptError(
-            f"{path}: the file is incomplete (truncated or damaged: the header promises {expected} bytes of "
-            "voxels); copy or export it again"
+            f"{path}: the file is incomplete (truncated or damaged: the header promises "
+            f"{offset + data_bytes} bytes of voxels); copy or export it again"
         )
+    if not finite.values_ok:
+        raise _non_finite(path)
+
+
+class _RawValueCheck:
+    """Checks the float values of a NIfTI byte stream fed chunk by chunk (header bytes skipped)."""
+
+    def __init__(self, dtype: np.dtype, offset: int, data_bytes: int) -> None:
+        self.dtype = dtype
+        self.skip = offset
+        self.left = data_bytes if dtype.kind in "fc" else 0
+        self.carry = b""
+        self.values_ok = True
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.left or not self.values_ok:
+            return
+        if self.skip:
+            dropped = min(self.skip, len(chunk))
+            chunk, self.skip = chunk[dropped:], self.skip - dropped
+        data = (self.carry + chunk)[: self.left]
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self.values_ok = bool(np.isfinite(np.frombuffer(data[:usable], dtype=self.dtype)).all())
+        self.carry = data[usable:]
+        self.left -= usable
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(_dicom_series_files(folder))
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise _unreadable(folder) from error
+
+
+def _dicom_series_files(folder: Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, in slice order."""
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on stderr for a folder without DICOM
     try:
@@ -230,12 +384,7 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise AutoPromptError(
             f"{folder}: folder holds {len(series)} DICOM series; put each series in its own folder"
         )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise _unreadable(folder) from error
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
 def _unreadable(path: Path) -> AutoPromptError:

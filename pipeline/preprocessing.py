@@ -23,10 +23,10 @@ import SimpleITK as sitk
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg
-from tqdm import tqdm
 
 from autoprompt.errors import AutoPromptError
-from pipeline.files import atomic_path, save_json
+from autoprompt.progress import progress
+from pipeline.files import atomic_path, npy_complete, save_json
 from pipeline.io import Geometry, read_image
 from planners.plans import ChannelNormalization, Plans
 
@@ -131,6 +131,11 @@ def preprocess_case(
     shape_after_crop = list(data.shape[1:])
     data = data.transpose(0, *(axis + 1 for axis in transpose))
     new_shape = [int(v) for v in compute_new_shape(data.shape[1:], spacing_before, spacing_after)]
+    if min(new_shape) < 1:
+        raise AutoPromptError(
+            f"{image_files[0]}: spacing {_mm(geometry.spacing)} mm resamples to {new_shape} voxels at the plans' "
+            f"{_mm(spacing_after[1:])} mm; fix the spacing in the image header (in mm)"
+        )
     data = np.clip(_resample(data, new_shape, is_seg=False), 0.0, 1.0).astype(np.float32)
     if seg is not None:
         seg = _resample(seg.transpose(transpose)[None], new_shape, is_seg=True)[0].astype(np.int16)
@@ -154,6 +159,10 @@ def preprocess_case(
             if label != 0
         }
     return PreprocessedCase(data=data, seg=seg, properties=properties)
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " x ".join(f"{value:g}" for value in values)
 
 
 def revert_probabilities(probabilities: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
@@ -233,20 +242,24 @@ def run_preprocessing(
 def parallel_map(
     function: Callable[[_Item], _Result], items: Sequence[_Item], *, num_processes: int, desc: str
 ) -> list[_Result]:
-    """``[function(item) for item in items]`` in ``num_processes`` worker processes, with a tqdm bar."""
-    with tqdm(total=len(items), desc=desc, unit="case", disable=None) as bar:
-        if num_processes <= 1 or len(items) <= 1:
+    """``[function(item) for item in items]`` in ``num_processes`` worker processes, with progress
+    (:func:`autoprompt.progress.progress`; the workers are started first, so they fork no progress thread)."""
+    if num_processes <= 1 or len(items) <= 1:
+        with progress(total=len(items), desc=desc, unit="case") as bar:
             results = []
             for item in items:
                 results.append(function(item))
                 bar.update()
             return results
-        with Pool(min(num_processes, len(items)), initializer=_single_threaded) as pool:
-            results = []
-            for result in pool.imap(function, items):
-                results.append(result)
-                bar.update()
-            return results
+    with (
+        Pool(min(num_processes, len(items)), initializer=_single_threaded) as pool,
+        progress(total=len(items), desc=desc, unit="case") as bar,
+    ):
+        results = []
+        for result in pool.imap(function, items):
+            results.append(result)
+            bar.update()
+        return results
 
 
 def _single_threaded() -> None:
@@ -260,7 +273,7 @@ def _is_done(folder: Path, case: str, *, has_label: bool, newer_than: float) -> 
     return (
         properties.is_file()
         and properties.stat().st_mtime >= newer_than
-        and all(p.is_file() for p in outputs)
+        and all(npy_complete(p) for p in outputs)  # a truncated array (a full disk, a bad copy) is redone
     )
 
 

@@ -48,6 +48,7 @@ def extract_fingerprint(dataset: RawDataset, *, num_processes: int = 2, seed: in
     ]
     results = parallel_map(_case_fingerprint, jobs, num_processes=num_processes, desc="fingerprint")
     cases = {case: result["case"] for case, result in zip(case_ids, results, strict=True)}
+    _check_one_dimensionality(dataset, cases)
     intensities = {}
     for channel in range(len(dataset.channel_names)):
         samples = np.concatenate([result["samples"][channel] for result in results])
@@ -70,6 +71,20 @@ def extract_fingerprint(dataset: RawDataset, *, num_processes: int = 2, seed: in
         "foreground_intensity_properties_per_channel": intensities,
         "cases": cases,
     }
+
+
+def _check_one_dimensionality(dataset: RawDataset, cases: dict[str, dict]) -> None:
+    """Refuse a dataset mixing 2D and 3D images (its spacings and shapes have no common median).
+
+    Raises:
+        AutoPromptError: naming a case of the rarer kind and the fix.
+    """
+    from pipeline.dataset import mixed_dimension_problems
+
+    problems = mixed_dimension_problems(dataset, {case: len(c["shape"]) for case, c in cases.items()})
+    if problems:
+        more = f" ({len(problems) - 1} more such case(s))" if len(problems) > 1 else ""
+        raise AutoPromptError(problems[0] + more)
 
 
 def _case_fingerprint(job: tuple) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any]) -> P
     median_shape = [int(np.median(num_slices)), *(int(v) for v in np.median(slice_shapes, axis=0))]
     num_windows = sum(int(n) * _windows_per_slice(hw) for n, hw in zip(num_slices, slice_shapes, strict=True))
     cache_gib = round(num_windows * EMBEDDING_BYTES / 2**30, 2)
-    num_classes = sum(1 for value in dataset_json["labels"].values() if value != 0)
+    num_classes = sum(1 for name, value in dataset_json["labels"].items() if value != 0 and name != "ignore")
 
     def configuration(stack_depth: int) -> ConfigurationPlan:
         return ConfigurationPlan(

@@ -92,8 +92,18 @@ class Plans:
 
     @property
     def num_foreground_classes(self) -> int:
-        """``K``: the number of labels other than background."""
-        return sum(1 for value in self.labels.values() if value != 0)
+        """``K``: the number of labels other than background and ``ignore``."""
+        return len(self.foreground_labels)
+
+    @property
+    def foreground_labels(self) -> dict[str, int]:
+        """``{name: value}`` of the classes a model predicts: all labels but background and ``ignore``."""
+        return {name: value for name, value in self.labels.items() if value != 0 and name != "ignore"}
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The value of nnU-Net's ``ignore`` label (unannotated voxels: no loss, no metric), or None."""
+        return self.labels.get("ignore")
 
     def configuration(self, name: str) -> ConfigurationPlan:
         """The plan of configuration ``name``.

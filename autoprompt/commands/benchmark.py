@@ -121,7 +121,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--raw",
-        help="folder holding DatasetXXX_Name raw datasets (default: AUTOPROMPT_RAW or ./autoprompt_data/raw)",
+        help="folder holding DatasetXXX_Name raw datasets (default: AUTOPROMPT_RAW, else nnUNet_raw, else ./autoprompt_data/raw)",
     )
 
 

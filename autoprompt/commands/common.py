@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import DataRoots, dataset_folder_name, roots_from_environment
 
+if TYPE_CHECKING:
+    from pipeline.inference.case_cost import CaseLimits
+
 
 def add_data_root_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--raw/--preprocessed/--results``: flags win over AUTOPROMPT_* variables over ./autoprompt_data."""
+    """``--raw/--preprocessed/--results``: flags win over AUTOPROMPT_* over nnUNet_* over ./autoprompt_data."""
     group = parser.add_argument_group(
-        "data folders (flag > AUTOPROMPT_RAW/_PREPROCESSED/_RESULTS > ./autoprompt_data)"
+        "data folders (flag > AUTOPROMPT_RAW/_PREPROCESSED/_RESULTS > nnUNet_raw/_preprocessed/_results "
+        "> ./autoprompt_data)"
     )
     group.add_argument("--raw", help="folder holding DatasetXXX_Name raw datasets")
     group.add_argument("--preprocessed", help="folder for plans and preprocessed cases")
@@ -28,10 +34,54 @@ def data_roots(args: argparse.Namespace) -> DataRoots:
     )
 
 
+CONFIGURATIONS = ("2d", "3d")
+FOLD_CHECKPOINTS = ("best", "final", "latest")
+
+
+def configuration_name(text: str) -> str:
+    """An argparse ``type``: ``2d``/``3d``, or nnU-Net's ``3d_fullres`` (full resolution: autoprompt's ``3d``).
+
+    Raises:
+        argparse.ArgumentTypeError: nnU-Net's low-resolution and cascade configurations, or anything else.
+    """
+    value = text.strip()
+    if value in CONFIGURATIONS:
+        return value
+    if value == "3d_fullres":
+        return "3d"
+    if value in ("3d_lowres", "3d_cascade_fullres"):
+        raise argparse.ArgumentTypeError(
+            f"'{value}' has no counterpart in autoprompt (no low-resolution stage, no cascade); use 2d or 3d"
+        )
+    raise argparse.ArgumentTypeError(
+        f"invalid configuration '{value}'; choose 2d or 3d (or nnU-Net's 3d_fullres)"
+    )
+
+
+def fold_checkpoint_name(text: str) -> str:
+    """An argparse ``type``: ``best``/``final``/``latest``, or nnU-Net's ``checkpoint_final.pth`` style names.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, e.g. a weights file (that is segment/embed's --checkpoint).
+    """
+    value = text.strip()
+    name = value.removeprefix("checkpoint_").removesuffix(".pth").removesuffix(".pt")
+    if name in FOLD_CHECKPOINTS:
+        return name
+    raise argparse.ArgumentTypeError(
+        f"'{value}' is not a fold checkpoint; choose best, final or latest (nnU-Net's checkpoint_final.pth works "
+        "too); a backbone weights file belongs to 'autoprompt segment/embed --checkpoint FILE', and a trained "
+        "model already records its backbone"
+    )
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device auto|cpu|cuda``."""
+    """``--device auto|cpu|cuda`` (nnU-Net's ``-device`` too)."""
     parser.add_argument(
-        "--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)"
+        "--device",
+        "-device",
+        default="auto",
+        help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)",
     )
 
 
@@ -81,7 +131,12 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_folder_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """``--model-dir`` or ``-d/-c/--preset/--results``, and ``--checkpoint``; returns the group for more options."""
+    """``--model-dir`` or ``-d/-c/--preset/--results``, and ``-chk/--checkpoint-name``; returns the group for
+    more options.
+
+    The fold checkpoint is ``-chk/--checkpoint-name`` (nnU-Net's ``-chk``): ``--checkpoint`` names a weights
+    file in ``segment``/``embed``, so here it is only a hidden alias that refuses file names with one line.
+    """
     model = parser.add_argument_group("model (-d DATASET, or --model-dir)")
     model.add_argument(
         "-d", "--dataset", help="dataset id (27) or folder name (Dataset027_ACDC) under --results"
@@ -90,8 +145,9 @@ def add_model_folder_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
         "-c",
         "--configuration",
         default="2d",
-        choices=("2d", "3d"),
-        help="configuration trained (default: 2d)",
+        type=configuration_name,
+        choices=CONFIGURATIONS,
+        help="configuration trained (default: 2d; nnU-Net's 3d_fullres means 3d)",
     )
     model.add_argument(
         "--preset",
@@ -100,13 +156,24 @@ def add_model_folder_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
     model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
     model.add_argument(
         "--results",
-        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS or ./autoprompt_data/results)",
+        help="folder holding trained model folders (default: AUTOPROMPT_RESULTS, else nnUNet_results, else "
+        "./autoprompt_data/results)",
     )
     model.add_argument(
-        "--checkpoint",
+        "-chk",
+        "--checkpoint-name",
+        dest="checkpoint",
         default="best",
-        choices=("best", "final", "latest"),
-        help="checkpoint of each fold (default: best)",
+        type=fold_checkpoint_name,
+        metavar="{best,final,latest}",
+        help="checkpoint of each fold (default: best; nnU-Net's checkpoint_final.pth style names work too)",
+    )
+    model.add_argument(  # old spelling; hidden, as segment/embed's --checkpoint is a weights file
+        "--checkpoint",
+        dest="checkpoint",
+        default=argparse.SUPPRESS,
+        type=fold_checkpoint_name,
+        help=argparse.SUPPRESS,
     )
     return model
 
@@ -134,3 +201,62 @@ def model_folder_from_args(args: argparse.Namespace) -> Path:
             f"'autoprompt train {args.dataset} 0 -c {args.configuration} --config {preset}'"
         )
     return folder
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused with argparse's one-line error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number; give e.g. 1.5")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be above 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def add_case_limit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--max-case-memory-gb`` and ``--max-case-windows``: a case over them is refused from its header."""
+    from pipeline.inference.case_cost import DEFAULT_MAX_CASE_MEMORY_GB, DEFAULT_MAX_CASE_WINDOWS
+
+    parser.add_argument(
+        "--max-case-memory-gb",
+        type=positive_float,
+        default=DEFAULT_MAX_CASE_MEMORY_GB,
+        metavar="GB",
+        help="refuse a case whose prediction needs more memory than this, estimated from its header and the "
+        f"plans before it is read (default: {DEFAULT_MAX_CASE_MEMORY_GB:g}, fits a 24 GB machine)",
+    )
+    parser.add_argument(
+        "--max-case-windows",
+        type=positive_int,
+        default=DEFAULT_MAX_CASE_WINDOWS,
+        metavar="N",
+        help="refuse a case that makes more network windows than this (slices x in-plane windows after "
+        f"resampling, x4 with --tta); bounds a case's time (default: {DEFAULT_MAX_CASE_WINDOWS})",
+    )
+
+
+def case_limits_from_args(args: argparse.Namespace) -> CaseLimits:
+    """The :class:`~pipeline.inference.case_cost.CaseLimits` of ``add_case_limit_arguments``'s flags."""
+    from pipeline.inference.case_cost import CaseLimits
+
+    return CaseLimits(max_memory_gb=args.max_case_memory_gb, max_windows=args.max_case_windows)

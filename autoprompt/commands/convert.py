@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             "-o",
             "--output",
             metavar="RAW",
-            help="raw data folder to write the dataset into (default: AUTOPROMPT_RAW, else ./autoprompt_data/raw)",
+            help="raw data folder to write the dataset into (default: AUTOPROMPT_RAW, else nnUNet_raw, else ./autoprompt_data/raw)",
         )
 
 

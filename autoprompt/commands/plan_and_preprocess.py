@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.commands.common import add_data_root_arguments, data_roots
+from autoprompt.commands.common import CONFIGURATIONS, add_data_root_arguments, configuration_name, data_roots
 from autoprompt.paths import dataset_folder_name, dataset_id
 from planners.plans import Plans
 
@@ -19,7 +19,8 @@ Prepare a raw dataset (nnU-Net v2 format: dataset.json, imagesTr/, labelsTr/) fo
                        normalisation to [0, 1], "2d" and "3d" (stacks of neighbouring slices)
                        configurations, batch size, whether to cache encoder embeddings
   4. preprocessed cases  PREPROCESSED/DatasetXXX_Name/<data_identifier>/{case}.npy, _seg.npy, .json
-  5. splits_final.json   5 cross-validation folds
+  5. splits_final.json   5 cross-validation folds (--folds N); fewer case groups than folds: one fold per
+                         group (leave-one-group-out); a single group: no folds, train fold 'all'
 
 Re-running resumes: finished cases are skipped. plans.json may be edited by hand (e.g. target_spacing,
 batch_size, stack_depth, normalization bounds); the next run keeps the edit and preprocesses again the
@@ -29,6 +30,7 @@ examples:
   autoprompt plan-and-preprocess -d 4
   autoprompt plan-and-preprocess -d 27 --group-regex '^(patient\\d+)_frame\\d+$'   # both ACDC frames of a patient share a fold
   autoprompt plan-and-preprocess -d Dataset027_ACDC --verify-only
+  autoprompt plan-and-preprocess -d 27 --folds 3                                   # 3 folds instead of 5
   autoprompt plan-and-preprocess -d 27 -c 2d -np 4 --raw data/raw --preprocessed data/preprocessed
 """
 
@@ -41,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--configurations",
         nargs="+",
-        choices=("2d", "3d"),
+        type=configuration_name,
+        choices=CONFIGURATIONS,
         default=["2d", "3d"],
         help="configurations to preprocess; they share one preprocessing (default: 2d 3d)",
     )
@@ -51,6 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="check the dataset before planning (default: on; --no-verify skips it)",
+    )
+    parser.add_argument(
+        "--verify_dataset_integrity",
+        dest="verify",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="nnU-Net's flag; checking is the default here",
     )
     parser.add_argument("--verify-only", action="store_true", help="only check the dataset, write nothing")
     parser.add_argument(
@@ -62,7 +72,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=12345, help="seed of the cross-validation folds (default: 12345)"
     )
     parser.add_argument(
+        "--folds",
+        type=int,
+        metavar="N",
+        help="number of cross-validation folds, at least 2 (default: 5); with fewer case groups every group "
+        "is a fold (leave-one-group-out), and a single group gets none (train fold 'all')",
+    )
+    parser.add_argument(
         "--overwrite-plans",
+        "--clean",
         action="store_true",
         help="plan again even if fingerprint.json/plans.json exist (drops edits to plans.json)",
     )
@@ -87,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         verify=args.verify,
         group_regex=args.group_regex,
         seed=args.seed,
+        num_folds=args.folds,
         overwrite_plans=args.overwrite_plans,
     )
     print("\n".join(summary_lines(Plans.load(folder / "plans.json"), folder)))
@@ -112,7 +131,25 @@ def summary_lines(plans: Plans, folder: Path) -> list[str]:
         lines.append(
             f"  channel {index} ({plans.channel_names[str(index)]}): {norm.scheme}, {what} {norm.lower:g}..{norm.upper:g} -> 0..1"
         )
+    from pipeline.dataset import describe_folds
+
+    folds = _folds(folder)
+    if folds:
+        lines.append(f"  folds: {describe_folds(folds)} (splits_final.json) and all (every case)")
+    else:
+        lines.append("  folds: none in splits_final.json (a single case group), only all (every case)")
     lines.append(
-        f"next: autoprompt train {dataset_id(plans.dataset_name)} 0 -c 2d   (edit {folder}/plans.json to change a plan)"
+        f"next: autoprompt train {dataset_id(plans.dataset_name)} {folds[0] if folds else 'all'} -c 2d   "
+        f"(edit {folder}/plans.json to change a plan)"
     )
     return lines
+
+
+def _folds(folder: Path) -> list[int]:
+    """The trainable folds of ``folder/splits_final.json`` (none when the file is missing)."""
+    from pipeline.dataset import SPLITS_FILE, fold_indices, read_splits
+
+    path = folder / SPLITS_FILE
+    if not path.is_file():
+        return []
+    return fold_indices(read_splits(path, "fix it or delete it to have the folds made again"))

@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from autoprompt.commands.common import (
+    add_case_limit_arguments,
     add_device_argument,
     add_model_folder_arguments,
     add_tta_argument,
+    case_limits_from_args,
     model_folder_from_args,
 )
 
@@ -28,12 +30,15 @@ The model folder is RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration
 examples:
   autoprompt predict -i imagesTs -o preds -d 27 -c 2d
   autoprompt predict -i scan.nii.gz -o preds -d 27 -f 0 --no-tta
+  autoprompt predict -i imagesTs -o preds -d 27 -f all      # the model trained on every case (no postprocessing)
   autoprompt predict -i dicom/series1 -o preds --model-dir results/Dataset027_ACDC/autoprompt__2d_frozen__2d
   autoprompt predict -i imagesTs -o preds -d 27 --part-id 0 --num-parts 2   # and --part-id 1 elsewhere
+  autoprompt predict -i imagesTs -o preds -d 27 -c 2d -f 0 -chk checkpoint_final.pth --disable_tta   # nnU-Net's flags
 
 Existing label maps are kept (skipped) unless --overwrite. A bad case (unreadable, wrong number of
-channels, 4D, empty) stops the run with exit status 2; with --continue-on-error the other cases still run
-and the exit status is 1 if any failed.
+channels, 4D, empty, NaN values, or over --max-case-memory-gb/--max-case-windows, which are estimated
+from its header before it is read) stops the run with exit status 2; with --continue-on-error the other
+cases still run and the exit status is 1 if any failed.
 """
 
 
@@ -56,12 +61,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("prediction")
     add_tta_argument(run)
     run.add_argument(
+        "--disable_tta",
+        dest="tta",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="nnU-Net's name for --no-tta",
+    )
+    run.add_argument(
         "--no-postprocessing",
         action="store_true",
         help="skip the keep-largest-component postprocessing chosen in training",
     )
     run.add_argument(
         "--save-probabilities",
+        "--save_probabilities",
         action="store_true",
         help="also write {case}.npz with float16 probabilities (K+1 x Z x Y x X)",
     )
@@ -79,19 +92,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     work = parser.add_argument_group("many cases")
     work.add_argument(
         "--part-id",
+        "-part_id",
         type=int,
         default=0,
         help="this run's part of the sorted cases: cases[part_id::num_parts] (default: 0)",
     )
     work.add_argument(
-        "--num-parts", type=int, default=1, help="number of runs sharing the cases (default: 1)"
+        "--num-parts",
+        "-num_parts",
+        type=int,
+        default=1,
+        help="number of runs sharing the cases (default: 1)",
     )
     work.add_argument("--overwrite", action="store_true", help="predict cases whose label map already exists")
     work.add_argument(
+        "--continue_prediction",
+        dest="overwrite",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="nnU-Net's flag: keep finished label maps (the default here; undoes --overwrite)",
+    )
+    work.add_argument(
         "--continue-on-error",
         action="store_true",
-        help="record a bad case and go on; exit status 1 if any failed",
+        help="record a bad case (printed when it fails) and go on; exit status 1 if any failed",
     )
+    add_case_limit_arguments(work)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,9 +140,10 @@ def run(args: argparse.Namespace) -> int:
         num_parts=args.num_parts,
         overwrite=args.overwrite,
         continue_on_error=args.continue_on_error,
+        limits=case_limits_from_args(args),
     )
-    for case_id, reason in summary.failed.items():
-        print(f"failed {case_id}: {reason}", file=sys.stderr)
+    for note in summary.notes:
+        print(note, file=sys.stderr)
     if summary.ignored:
         names = ", ".join(path.name for path in summary.ignored[:5])
         more = f" and {len(summary.ignored) - 5} more" if len(summary.ignored) > 5 else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from autoprompt.commands.common import add_backbone_arguments
@@ -80,6 +81,10 @@ def _points(values: list[float] | None) -> list[tuple[float, float, int]] | None
     if len(values) % 3:
         raise AutoPromptError(
             f"--points takes triples X Y LABEL, got {len(values)} numbers; e.g. --points 100 120 1"
+        )
+    if not all(math.isfinite(value) for value in values):
+        raise AutoPromptError(
+            f"--points {' '.join(f'{v:g}' for v in values)}: not all finite numbers; give X Y LABEL in pixels"
         )
     return [(values[i], values[i + 1], int(values[i + 2])) for i in range(0, len(values), 3)]
 

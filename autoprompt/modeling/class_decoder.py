@@ -10,10 +10,14 @@ Decisions:
   segmentation loss also shapes the coarse masks, besides their own auxiliary loss.
 - The class token joins the sparse prompt tokens after the two box-corner tokens.
 - The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
-  so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed.
+  so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed. With a
+  presence floor ``f`` the suppression is at most ``log f``: presence learnt from a few patients can
+  tip uncertain pixels, but cannot erase a mask the decoder is confident of.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +70,23 @@ def decode_classes(
     return logits.reshape(n, k, output_size, output_size)
 
 
-def combine_logits(class_logits: torch.Tensor, presence_logits: torch.Tensor) -> torch.Tensor:
+def combine_logits(
+    class_logits: torch.Tensor, presence_logits: torch.Tensor, *, presence_floor: float = 0.0
+) -> torch.Tensor:
     """Background + presence-suppressed class logits for a softmax over labels.
 
     Args:
         class_logits: ``... x K x H x W`` per-class mask logits.
         presence_logits: ``... x K``.
+        presence_floor: in [0, 1); the suppression is at most ``log(presence_floor)`` (0: unbounded).
 
     Returns:
         ``... x (K+1) x H x W``: channel 0 is the background (logit 0), channel k is
-        ``class_logits[k] + logsigmoid(presence_logits[k])``.
+        ``class_logits[k] + max(logsigmoid(presence_logits[k]), log(presence_floor))``.
     """
-    suppressed = class_logits + F.logsigmoid(presence_logits)[..., None, None]
+    gate = F.logsigmoid(presence_logits)
+    if presence_floor > 0:
+        gate = gate.clamp(min=math.log(presence_floor))
+    suppressed = class_logits + gate[..., None, None]
     background = torch.zeros_like(suppressed[..., :1, :, :])
     return torch.cat([background, suppressed], dim=-3)

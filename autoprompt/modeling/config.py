@@ -52,6 +52,11 @@ class ModelConfig:
         unet_features: channels per resolution stage of the ``coarse_unet`` (each stage halves the size).
         box_source: where the boxes given to SAM come from: ``head`` (the regressed boxes) or
             ``coarse_mask`` (the bounding box of the coarse mask above 0.5).
+        head_dropout: dropout in the prompt generator's heads (channel dropout on the trunk's features,
+            dropout on the pooled class features); 0 switches it off.
+        presence_floor: the least probability a class's presence may give it: a class is suppressed by at
+            most ``log(presence_floor)`` (:func:`autoprompt.modeling.class_decoder.combine_logits`), so a
+            confident SAM mask survives an over-confident "absent"; 0 lets presence suppress without bound.
     """
 
     backbone: str = "litemedsam"
@@ -68,6 +73,8 @@ class ModelConfig:
     head_channels: int = 64
     unet_features: tuple[int, ...] = (16, 32, 64, 128, 256)
     box_source: BoxSource = "head"
+    head_dropout: float = 0.0
+    presence_floor: float = 0.0
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -87,6 +94,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.adapter_dim = {self.adapter_dim} must be a positive bottleneck width, e.g. 32"
             )
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"model.head_dropout = {self.head_dropout} must be in [0, 1), e.g. 0.1")
+        if not 0.0 <= self.presence_floor < 1.0:
+            raise ValueError(f"model.presence_floor = {self.presence_floor} must be in [0, 1), e.g. 0.05")
         if self.head_channels < 1:
             raise ValueError(f"model.head_channels = {self.head_channels} must be positive, e.g. 64")
         if len(self.unet_features) < 2 or any(f < 1 for f in self.unet_features):

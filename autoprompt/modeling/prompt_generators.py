@@ -83,11 +83,15 @@ class PromptHeads(nn.Module):
         num_classes: K.
         token_dim: E, SAM's prompt token width (256).
         window_size: S, size of the coarse masks returned.
+        dropout: dropout on the pooled class features (0: none).
     """
 
-    def __init__(self, channels: int, *, num_classes: int, token_dim: int, window_size: int) -> None:
+    def __init__(
+        self, channels: int, *, num_classes: int, token_dim: int, window_size: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.window_size = window_size
+        self.dropout = nn.Dropout(dropout)
         self.coarse = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.attention = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.class_embedding = nn.Parameter(torch.randn(num_classes, channels) * 0.02)
@@ -106,7 +110,7 @@ class PromptHeads(nn.Module):
             coarse = F.interpolate(coarse, size=(self.window_size,) * 2, mode="bilinear", align_corners=False)
         weights = self.attention(features).flatten(2).softmax(dim=-1)  # N x K x hw
         pooled = torch.einsum("nkp,ncp->nkc", weights, features.flatten(2))  # N x K x W
-        hidden = self.mlp(pooled + self.class_embedding)
+        hidden = self.mlp(self.dropout(pooled) + self.class_embedding)
         return Prompts(
             presence_logits=self.presence(hidden).squeeze(-1),
             coarse_logits=coarse,
@@ -123,11 +127,14 @@ class EncoderHeadGenerator(nn.Module):
         channels: trunk and head width.
         num_classes: K.
         window_size: S (256).
+        dropout: channel dropout on the trunk's features and dropout in the heads (0: none).
     """
 
     needs_images = False
 
-    def __init__(self, *, embed_dim: int, channels: int, num_classes: int, window_size: int) -> None:
+    def __init__(
+        self, *, embed_dim: int, channels: int, num_classes: int, window_size: int, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         groups = _group_count(channels)
         self.trunk = nn.Sequential(
@@ -138,13 +145,14 @@ class EncoderHeadGenerator(nn.Module):
             nn.GroupNorm(groups, channels),
             nn.GELU(),
         )
+        self.feature_dropout = nn.Dropout2d(dropout)
         self.heads = PromptHeads(
-            channels, num_classes=num_classes, token_dim=embed_dim, window_size=window_size
+            channels, num_classes=num_classes, token_dim=embed_dim, window_size=window_size, dropout=dropout
         )
 
     def forward(self, *, embeddings: torch.Tensor, images: torch.Tensor | None = None) -> Prompts:
         """``embeddings`` ``N x 256 x 64 x 64`` -> :class:`Prompts`; ``images`` is not used."""
-        return self.heads(self.trunk(embeddings))
+        return self.heads(self.feature_dropout(self.trunk(embeddings)))
 
 
 class CoarseUNetGenerator(nn.Module):

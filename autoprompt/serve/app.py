@@ -17,11 +17,12 @@ import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -34,14 +35,23 @@ from autoprompt.serve.settings import ServeSettings
 from autoprompt.serve.uploads import (
     ACCEPTED,
     UNPACKED_ZIP_FACTOR,
+    ReceivedUpload,
     UploadKind,
+    UploadRejected,
     check_zip,
     receive_upload,
+    unpack_zip,
 )
 from autoprompt.serve.worker import JobQueue, output_name, scan_stem
+from pipeline.inference.case_cost import CaseTooLarge
 from pipeline.io import Geometry, write_image
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+QUEUE_RETRY_AFTER_S = 60
+"""``Retry-After`` of a 503 for a full queue."""
+RESULT_BYTES_PER_VOXEL = 6
+"""Disk a job's results take per scan voxel: the viewer's image.npy (4 bytes for float32 scans) and labels.npy,
+and the label map."""
 _PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 _UPLOAD_BODY = {
     "requestBody": {
@@ -76,7 +86,9 @@ class BoxRequest(BaseModel):
     """A box drawn on one slice, in that slice's pixels (x = column, y = row)."""
 
     slice: int = Field(0, ge=0, description="slice index (axis 0 of the volume; 0 for a 2D image)")
-    box: list[float] = Field(min_length=4, max_length=4, description="[x_min, y_min, x_max, y_max]")
+    box: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        min_length=4, max_length=4, description="[x_min, y_min, x_max, y_max], finite numbers"
+    )
 
 
 class BoxResult(BaseModel):
@@ -130,8 +142,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         AutoPromptError: the model folder is unusable (see :class:`~autoprompt.serve.engine.Engine`).
     """
     engine = Engine(settings)
-    store = JobStore(settings.data_dir)
+    store = _job_store(settings.data_dir)
     jobs = JobQueue(store, engine, workers=settings.workers)
+    receiving = [0]  # uploads being received now (they count against max_queued_jobs)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -155,6 +168,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(AutoPromptError)
     async def _user_error(request: Request, error: AutoPromptError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=getattr(error, "status_code", 400))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        """422 with one line; FastAPI's own answer echoes the input and cannot even encode a NaN in it."""
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"] if part not in ("body", "query", "path"))
+            problems.append(f"{where}: {item['msg'][:1].lower()}{item['msg'][1:]}")
+        return JSONResponse({"detail": "; ".join(dict.fromkeys(problems))}, status_code=422)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -181,34 +203,54 @@ def create_app(settings: ServeSettings) -> FastAPI:
             400: {"description": "no file, empty file, damaged zip or a zip member outside the zip"},
             413: {"description": "larger than --max-upload-mb"},
             415: {"description": "not a supported scan (decided by content)"},
+            422: {
+                "description": "over --max-case-memory-gb or --max-case-windows (estimated from the header)"
+            },
+            503: {"description": "the queue is full or the jobs' disk bound is reached; see Retry-After"},
         },
     )
     async def create_job(request: Request) -> dict[str, Any]:
         """Upload a scan (multipart field ``file``); it is queued and segmented in the background.
 
-        The body is streamed to disk and refused with 413 as soon as it passes the size limit.
+        Refused with 503 (and ``Retry-After``) before the body is read when --max-queued-jobs uploads
+        wait or the job folders use --max-jobs-disk-gb. The body is streamed to disk and refused with 413
+        as soon as it passes the size limit; a scan whose header promises a case over the cost limits
+        gets 422.
         """
-        folder = store.incoming_folder()
-        upload = await receive_upload(
-            request.stream(),
-            request.headers.get("content-type", ""),
-            request.headers.get("content-length"),
-            folder,
-            max_bytes=settings.max_upload_bytes,
-        )
-        try:
-            if upload.kind is UploadKind.DICOM_ZIP:
-                await run_in_threadpool(
-                    check_zip,
-                    upload.path,
-                    max_unpacked_bytes=UNPACKED_ZIP_FACTOR * settings.max_upload_bytes,
-                    name=upload.filename,
-                )
-            job = await run_in_threadpool(
-                store.create, upload=upload.path, filename=upload.filename, kind=upload.kind.value
+        if jobs.waiting + receiving[0] >= settings.max_queued_jobs:
+            raise HTTPException(
+                503,
+                f"the queue is full ({settings.max_queued_jobs} jobs waiting); upload again in a minute",
+                headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)},
             )
+        receiving[0] += 1
+        try:
+            await _check_disk(store, settings, settings.max_upload_bytes, receiving=receiving[0])
+            folder = store.incoming_folder()
+            upload = await receive_upload(
+                request.stream(),
+                request.headers.get("content-type", ""),
+                request.headers.get("content-length"),
+                folder,
+                max_bytes=settings.max_upload_bytes,
+            )
+            try:
+                if upload.kind is UploadKind.DICOM_ZIP:
+                    await run_in_threadpool(
+                        check_zip,
+                        upload.path,
+                        max_unpacked_bytes=UNPACKED_ZIP_FACTOR * settings.max_upload_bytes,
+                        name=upload.filename,
+                    )
+                voxels = await run_in_threadpool(_check_cost, engine, upload)
+                await _check_disk(store, settings, voxels * RESULT_BYTES_PER_VOXEL)  # the upload is counted
+                job = await run_in_threadpool(
+                    store.create, upload=upload.path, filename=upload.filename, kind=upload.kind.value
+                )
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            receiving[0] -= 1
         jobs.submit(job.id)
         return job.to_dict()
 
@@ -253,10 +295,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
     def box_segment(job_id: str, request: BoxRequest) -> dict[str, Any]:
         """Box mode: segment the object inside a box on one slice with the pretrained promptable SAM.
 
-        The result replaces the job's previous box; see ``box.png`` and ``box/result``.
+        The result replaces the job's previous box; see ``box.png`` and ``box/result``. A job deleted
+        meanwhile stays deleted (404): the box's files are written aside and moved in only if it exists.
         """
         job, folder = _done(store, job_id)
-        image = np.load(folder / "result" / "image.npy", mmap_mode="r")
+        try:
+            image = np.load(folder / "result" / "image.npy", mmap_mode="r")
+        except FileNotFoundError:  # deleted since _done looked
+            _job(store, job_id)
+            raise
         index = _slice_index(request.slice, image.shape[0])
         window = None if job.result["eight_bit"] else tuple(job.result["window"])
         mask = engine.segment_box(
@@ -274,11 +321,15 @@ def create_app(settings: ServeSettings) -> FastAPI:
         volume = np.zeros(image.shape, dtype=np.uint8)
         volume[index] = mask
         geometry = Geometry.from_dict(job.result["geometry"])
-        write_image(
-            volume[0] if job.result["ndim"] == 2 else volume, geometry, folder / "result" / _box_file(job)
-        )
-        np.save(folder / "result" / "box_mask.npy", mask.astype(np.uint8))
-        store.update(job_id, result={**job.result, "box": box})
+        staging = store.staging_folder()
+        try:
+            write_image(volume[0] if job.result["ndim"] == 2 else volume, geometry, staging / _box_file(job))
+            np.save(staging / "box_mask.npy", mask.astype(np.uint8))
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if store.commit(job_id, staging, result={**job.result, "box": box}) is None:
+            _job(store, job_id)  # 404: deleted while the box was segmented; its files were discarded
         return box
 
     @app.get("/api/jobs/{job_id}/box.png", tags=["box mode"], response_class=Response, responses=_PNG)
@@ -323,9 +374,61 @@ def _job(store: JobStore, job_id: str) -> Job:
 
 def _done(store: JobStore, job_id: str) -> tuple[Job, Path]:
     job = _job(store, job_id)
+    if job.state is JobState.FAILED:
+        raise HTTPException(409, f"the job failed ({job.error}); it has no result, upload a corrected scan")
     if job.state is not JobState.DONE:
         raise HTTPException(409, f"the job is {job.state.value}, not done; wait for its result")
     return job, store.folder(job_id)
+
+
+def _job_store(data_dir: Path) -> JobStore:
+    """The job store under ``data_dir``.
+
+    Raises:
+        AutoPromptError: ``data_dir`` (or a folder on its path) is a file, or cannot be created.
+    """
+    try:
+        return JobStore(data_dir)
+    except OSError as error:
+        raise AutoPromptError(
+            f"{data_dir}: cannot hold the service's jobs ({error.strerror or error}: {error.filename}); "
+            "give --data-dir a folder that can be created and written"
+        ) from error
+
+
+def _check_cost(engine: Engine, upload: ReceivedUpload) -> int:
+    """Refuse (422) a scan over the case limits, from its header; returns its voxel count (0 if unknown).
+
+    A header that cannot be read here is left to the job, which fails with its one-line reason.
+    """
+    scan = upload.path
+    if upload.kind is UploadKind.DICOM_ZIP:
+        scan = unpack_zip(upload.path, upload.path.parent / "series")
+    try:
+        cost = engine.check_case(scan)
+    except CaseTooLarge as error:
+        message = str(error).replace(str(scan), upload.filename)
+        raise UploadRejected(422, message) from None
+    except AutoPromptError:
+        return 0
+    return int(np.prod(cost.input_shape))
+
+
+async def _check_disk(store: JobStore, settings: ServeSettings, adding: int, *, receiving: int = 1) -> None:
+    """Refuse (503) an upload that could take the job folders past ``--max-jobs-disk-gb``.
+
+    Args:
+        adding: bytes this upload may add (the upload limit before it is received, then its results).
+        receiving: uploads being received now, each of which may add as much.
+    """
+    used = await run_in_threadpool(store.disk_usage)
+    if used + receiving * adding > settings.max_jobs_disk_bytes:
+        raise HTTPException(
+            503,
+            f"the jobs use {used / 2**30:.1f} of {settings.max_jobs_disk_gb:g} GB of disk; upload again after "
+            "finished jobs expire, or delete yours (DELETE /api/jobs/{id})",
+            headers={"Retry-After": str(int(min(settings.cleanup_interval_s, 3600)))},
+        )
 
 
 def _last_box(job: Job) -> dict[str, Any]:

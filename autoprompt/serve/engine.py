@@ -13,6 +13,7 @@ import numpy as np
 from autoprompt.errors import AutoPromptError
 from autoprompt.serve.render import class_colors
 from autoprompt.serve.settings import ServeSettings
+from pipeline.inference.case_cost import CaseCost, CaseLimits, check_case
 from pipeline.model_folder import ModelFolder, parse_fold
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class Engine:
         self._load_lock = threading.Lock()
         self._box_lock = threading.Lock()
         self.load_error: str | None = None
+        self.limits = CaseLimits(
+            max_memory_gb=settings.max_case_memory_gb, max_windows=settings.max_case_windows
+        )
+        self._tta: bool | None = settings.tta
 
     @property
     def backbone_name(self) -> str:
@@ -95,6 +100,10 @@ class Engine:
             "channels": list(self.folder.plans.channel_names.values()),
             "classes": [vars(info) for info in self.classes],
             "max_upload_mb": self.settings.max_upload_mb,
+            "max_case_memory_gb": self.limits.max_memory_gb,
+            "max_case_windows": self.limits.max_windows,
+            "max_queued_jobs": self.settings.max_queued_jobs,
+            "max_jobs_disk_gb": self.settings.max_jobs_disk_gb,
             "loaded": self.loaded,
             "load_error": self.load_error,
         }
@@ -120,8 +129,32 @@ class Engine:
             return self._predictor
 
     def predict(self, image_file: Path) -> Prediction:
-        """Segment one single-channel image file or DICOM series folder."""
-        return self.predictor().predict_case([image_file])
+        """Segment one single-channel image file or DICOM series folder (refused over :attr:`limits`)."""
+        predictor = self.predictor()
+        predictor.limits = self.limits
+        return predictor.predict_case([image_file])
+
+    def check_case(self, image_file: Path) -> CaseCost:
+        """The cost of predicting ``image_file``, from its header; refused over :attr:`limits`.
+
+        Raises:
+            CaseTooLarge: over the limits (HTTP 422).
+            AutoPromptError: an unreadable header or a 4D image.
+        """
+        return check_case(
+            [image_file], self.folder.plans, self.folder.configuration, tta=self.tta, limits=self.limits
+        )
+
+    @property
+    def tta(self) -> bool:
+        """Whether predictions use mirroring TTA: the setting, else what the folds were trained with."""
+        if self._predictor is not None:
+            return self._predictor.tta
+        if self._tta is None:
+            self._tta = all(
+                self.folder.mirror_augmented(fold, self.settings.checkpoint) for fold in self.folds
+            )
+        return self._tta
 
     def segment_box(
         self, key: tuple, pixels: np.ndarray, box: list[float], *, intensity_range: tuple[float, float] | None

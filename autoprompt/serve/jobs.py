@@ -6,6 +6,7 @@ Keeping the state on disk lets a job outlive a page reload and a server restart.
 Layout::
 
     DATA_DIR/incoming/<token>/scan.<ext>      an upload being received (removed if refused)
+    DATA_DIR/incoming/<token>/...             a job's work being written (moved into the job by commit)
     DATA_DIR/jobs/<id>/job.json               the state (all a failed job keeps)
     DATA_DIR/jobs/<id>/upload/scan.<ext>      the input while the job waits or runs
     DATA_DIR/jobs/<id>/result/...             label map, preview arrays, box-mode results
@@ -13,6 +14,8 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import secrets
 import shutil
@@ -88,8 +91,9 @@ def is_job_id(text: str) -> bool:
 class JobStore:
     """Job folders under ``root``; every change of ``job.json`` goes through one lock.
 
-    A deleted job's folder is never re-created by a worker that finishes late: :meth:`update`
-    writes only while the folder still exists.
+    A deleted job's folder is never re-created by work that finishes late: :meth:`update` writes only
+    while the job exists, and results are written outside the job (:meth:`staging_folder`) and moved
+    in by :meth:`commit`, under the same lock as :meth:`delete`, or discarded.
     """
 
     def __init__(self, root: Path) -> None:
@@ -109,6 +113,39 @@ class JobStore:
     def incoming_folder(self) -> Path:
         """A fresh, not yet existing folder for an upload being received."""
         return self.incoming_dir / secrets.token_urlsafe(_ID_BYTES)
+
+    def staging_folder(self) -> Path:
+        """A fresh, not yet existing folder for a job's results being written (see :meth:`commit`)."""
+        return self.incoming_folder()
+
+    def commit(self, job_id: str, staging: Path, *, into: str = "result", **changes: Any) -> Job | None:
+        """Move the files of ``staging`` into the job's ``into`` folder and change its fields, atomically
+        with respect to :meth:`delete`; ``staging`` is removed either way.
+
+        Returns:
+            The updated job, or None (and nothing written) if the job was deleted meanwhile.
+        """
+        try:
+            with self._lock:
+                job = self.get(job_id)
+                if job is None:
+                    return None
+                target = self.folder(job_id) / into
+                target.mkdir(exist_ok=True)
+                for path in sorted(staging.iterdir()) if staging.is_dir() else ():
+                    os.replace(path, target / path.name)
+                return self._update(job, changes)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def disk_usage(self) -> int:
+        """Bytes of every file under the data folder (jobs, uploads being received, staged results)."""
+        total = 0
+        for folder, _, files in os.walk(self.root):
+            for name in files:
+                with contextlib.suppress(OSError):  # a file removed while counting
+                    total += os.lstat(os.path.join(folder, name)).st_size
+        return total
 
     def create(self, *, upload: Path, filename: str, kind: str) -> Job:
         """Make a queued job from a received upload (moved into the job's ``upload/`` folder)."""
@@ -137,11 +174,13 @@ class JobStore:
         """Change fields of a job and store it; None (and nothing written) if the job was deleted."""
         with self._lock:
             job = self.get(job_id)
-            if job is None:
-                return None
-            job = replace(job, **changes, updated=time.time())
-            save_json(job.to_dict(), self.folder(job_id) / "job.json")
-            return job
+            return None if job is None else self._update(job, changes)
+
+    def _update(self, job: Job, changes: dict[str, Any]) -> Job:
+        """Store ``job`` with ``changes`` (the caller holds the lock and has seen the job exist)."""
+        job = replace(job, **changes, updated=time.time())
+        save_json(job.to_dict(), self.folder(job.id) / "job.json")
+        return job
 
     def fail(self, job_id: str, message: str) -> Job | None:
         """Mark a job failed with ``message`` and remove everything of it but its state."""
@@ -184,9 +223,11 @@ class JobStore:
             and self.delete(job.id)
         ]
         for folder in self.incoming_dir.iterdir():
-            if now - folder.stat().st_mtime > max_age_s:
-                shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # an upload or staged result just moved away
+                if now - folder.stat().st_mtime > max_age_s:
+                    shutil.rmtree(folder, ignore_errors=True)
         for folder in self.jobs_dir.iterdir():  # a crash between mkdir and job.json leaves a bare folder
-            if not (folder / "job.json").exists() and now - folder.stat().st_mtime > max_age_s:
-                shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                if not (folder / "job.json").exists() and now - folder.stat().st_mtime > max_age_s:
+                    shutil.rmtree(folder, ignore_errors=True)
         return removed

@@ -64,16 +64,22 @@ def class_measures(labels: np.ndarray, geometry: Geometry, engine: Engine) -> li
 
 
 def run_job(store: JobStore, engine: Engine, job_id: str) -> None:
-    """Segment one queued job's upload and store its results (or its error)."""
+    """Segment one queued job's upload and store its results (or its error).
+
+    Everything is written in a staging folder outside the job and moved in by
+    :meth:`JobStore.commit`, so a job deleted while it runs is never re-created: its results are discarded.
+    """
     folder = store.folder(job_id)
     job = store.update(job_id, state=JobState.RUNNING, progress=0.05, stage="reading the scan")
     if job is None:  # deleted while queued
         return
     kind = UploadKind(job.kind)
     upload = folder / "upload" / f"scan{kind.value}"
+    staging = store.staging_folder()
     started = time.perf_counter()
     try:
-        scan = unpack_zip(upload, folder / "upload" / "series") if kind is UploadKind.DICOM_ZIP else upload
+        scan = unpack_zip(upload, staging / "series") if kind is UploadKind.DICOM_ZIP else upload
+        engine.check_case(scan)  # from the header, before the voxels are read
         image, geometry = read_image(scan)
         store.update(job_id, progress=0.15, stage="segmenting")
         prediction = engine.predict(scan)
@@ -82,20 +88,24 @@ def run_job(store: JobStore, engine: Engine, job_id: str) -> None:
                 f"prediction shape {prediction.labels.shape} differs from the scan's {image.shape}"
             )
         store.update(job_id, progress=0.9, stage="writing the result")
-        result = _write_result(
-            folder / "result", image, geometry, prediction.labels, job.filename, kind, engine
-        )
+        shutil.rmtree(staging / "series", ignore_errors=True)
+        result = _write_result(staging, image, geometry, prediction.labels, job.filename, kind, engine)
         result["seconds"] = round(time.perf_counter() - started, 2)
-    except AutoPromptError as error:
-        store.fail(job_id, re.sub(re.escape(str(folder)) + r"[^\s:;,]*", job.filename, str(error)))
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if store.get(job_id) is None:  # deleted while running: nothing to report, nothing to keep
+            return
+        if isinstance(error, AutoPromptError):
+            message = str(error)
+            for path in (staging, folder):
+                message = re.sub(re.escape(str(path)) + r"[^\s:;,]*", job.filename, message)
+            store.fail(job_id, message)
+        else:  # a bug, not the user's doing: keep the traceback in the server log
+            LOGGER.exception("job %s failed", job_id)
+            store.fail(job_id, f"internal error ({type(error).__name__}: {error}); see the server log")
         return
-    except Exception as error:  # a bug, not the user's doing: keep the traceback in the server log
-        LOGGER.exception("job %s failed", job_id)
-        store.fail(job_id, f"internal error ({type(error).__name__}: {error}); see the server log")
-        return
-    shutil.rmtree(folder / "upload", ignore_errors=True)
-    if store.update(job_id, state=JobState.DONE, progress=1.0, stage="done", result=result) is None:
-        shutil.rmtree(folder, ignore_errors=True)  # deleted while running
+    if store.commit(job_id, staging, state=JobState.DONE, progress=1.0, stage="done", result=result):
+        shutil.rmtree(folder / "upload", ignore_errors=True)
 
 
 def _write_result(
@@ -184,6 +194,8 @@ class JobQueue:
                 self.running += 1
             try:
                 run_job(self.store, self.engine, job_id)
+            except Exception:  # e.g. a full disk under job.json: the worker must outlive any one job
+                LOGGER.exception("job %s could not be run", job_id)
             finally:
                 with self._count_lock:
                     self.running -= 1

@@ -7,9 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from autoprompt.errors import AutoPromptError
+from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
 
 
@@ -61,7 +60,7 @@ def copy_files(jobs: list[CopyJob], output: Path, *, desc: str) -> None:
             f"{stale[0]}: {output} already holds files this conversion would not write; remove {output} or pass "
             "another --dataset-id"
         )
-    for job in tqdm(jobs, desc=f"copying {desc}", unit="file", disable=None):
+    for job in progress(jobs, desc=f"copying {desc}", unit="file"):
         if job.target.is_file() and job.target.stat().st_size == job.source.stat().st_size:
             continue
         with atomic_path(job.target) as tmp:

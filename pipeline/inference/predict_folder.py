@@ -14,19 +14,21 @@ a finished case: those are skipped unless ``overwrite``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from autoprompt.errors import AutoPromptError
-from pipeline.files import atomic_path
+from autoprompt.progress import progress as progress_bar
+from pipeline.files import atomic_path, check_output_folder
+from pipeline.inference.case_cost import CaseLimits
 from pipeline.inference.inputs import CaseInput, find_cases, split_cases
 from pipeline.inference.predictor import ALL_TRAINED, Predictor
-from pipeline.io import SUPPORTED_SUFFIXES, write_image
+from pipeline.io import PLANAR_ONLY_SUFFIXES, SUPPORTED_SUFFIXES, read_image_info, write_image
 
 
 @dataclass
@@ -39,6 +41,7 @@ class PredictSummary:
         skipped: case ids whose label map already existed.
         failed: case id -> the one-line reason (only with ``continue_on_error``).
         ignored: input files that are not images.
+        notes: one-line notes on how the model was used (e.g. no postprocessing for fold ``all``).
         seconds: wall time of the run.
     """
 
@@ -47,6 +50,7 @@ class PredictSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     ignored: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -80,6 +84,7 @@ def predict(
     overwrite: bool = False,
     continue_on_error: bool = False,
     progress: bool = True,
+    limits: CaseLimits | None = None,
 ) -> PredictSummary:
     """Predict every case of ``input_path`` into ``output_folder``.
 
@@ -88,14 +93,16 @@ def predict(
         input_path: a folder of images (``{case}_0000.nii.gz`` ..., or plain names for single-channel
             models; DICOM series sub-folders), one image file, or a DICOM series folder.
         output_folder: created if needed; must not be the input folder.
-        folds: fold numbers, or ``"all-trained"`` (every fold with the checkpoint); probabilities are averaged.
+        folds: fold numbers and/or ``"all"`` (the fold trained on every case), or ``"all-trained"`` (every
+            fold with the checkpoint); probabilities are averaged.
         checkpoint: "best", "final" or "latest".
         device: "auto", "cpu", "cuda" or "cuda:N".
         tta: mirroring test-time augmentation (4x the encoder work); None: on when every fold was trained
             with mirror augmentation, off for models trained on cached embeddings (they never saw mirrored
             anatomy, and mirroring them mislabels left/right-like classes).
         precision: "fp32", "bf16" or "fp16" (CUDA only).
-        use_postprocessing: apply the keep-largest-component steps all used folds agree on.
+        use_postprocessing: apply the keep-largest-component steps all used folds agree on (none when a
+            fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
         output_suffix: label map file type (e.g. ".nii.gz"); default: the input's (".nii.gz" for DICOM).
         part_id: this run's part of the sorted case list, ``cases[part_id::num_parts]`` (nnU-Net's rule).
@@ -103,7 +110,9 @@ def predict(
         overwrite: predict cases whose label map exists (otherwise they are skipped).
         continue_on_error: a bad case is recorded in ``failed`` and the others still run (otherwise the
             first bad case raises).
-        progress: show a tqdm bar.
+        progress: show a tqdm bar. With ``continue_on_error`` each failure is written to stderr as it happens.
+        limits: the most one case may cost, estimated from its header before it is read
+            (:mod:`pipeline.inference.case_cost`); None: :class:`CaseLimits`' defaults.
 
     Raises:
         AutoPromptError: missing or incompatible model folder, fold or checkpoint; a bad input path;
@@ -120,6 +129,7 @@ def predict(
         )
     if input_path.is_dir() and output.exists() and output.resolve() == input_path.resolve():
         raise AutoPromptError(f"{output}: the output folder is the input folder; choose another -o")
+    check_output_folder(output, option="-o")
     channel_names = ModelFolder(model_folder).plans.channel_names
     search = find_cases(input_path, channel_names=channel_names)
     cases = split_cases(search.cases, part_id=part_id, num_parts=num_parts)
@@ -140,7 +150,9 @@ def predict(
             precision=precision,
             use_postprocessing=use_postprocessing,
         )
-        bar = tqdm(todo, desc="predict", unit="case", disable=None if progress else True)
+        summary.notes += predictor.notes
+        predictor.limits = limits or CaseLimits()
+        bar = progress_bar(todo, desc="predict", unit="case", enabled=progress)
         for case in bar:
             bar.set_postfix_str(case.case_id)
             try:
@@ -155,7 +167,7 @@ def predict(
                 if not continue_on_error:
                     raise
                 summary.failed[case.case_id] = str(error)
-                bar.write(f"failed: {error}")
+                bar.write(f"failed {case.case_id}: {error}", file=sys.stderr)  # once; the command adds none
             else:
                 summary.done.append(case.case_id)
     summary.seconds = time.monotonic() - start
@@ -173,6 +185,11 @@ def _predict_case(
     """Predict one case; the label map and probabilities appear together (probabilities renamed first)."""
     if case.problem:
         raise AutoPromptError(case.problem)
+    suffix = output_suffix or case.output_suffix
+    if suffix in PLANAR_ONLY_SUFFIXES and read_image_info(case.files[0]).ndim == 3:
+        raise AutoPromptError(
+            f"{case.files[0]}: is a 3D image and {suffix} holds 2D images only; give --output-format .nii.gz"
+        )
     prediction = predictor.predict_case(case.files, return_probabilities=save_probabilities)
     with atomic_path(output / case.output_name(output_suffix)) as labels_tmp:
         write_image(prediction.labels, prediction.geometry, labels_tmp)

@@ -27,6 +27,7 @@ import torch
 
 from autoprompt.devices import autocast, parse_precision, resolve_device
 from autoprompt.errors import AutoPromptError
+from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
 from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE, sliding_window_predict
@@ -41,6 +42,18 @@ ALL_TRAINED = "all-trained"
 CPU_BATCH_SIZE = 4
 """Windows per network call on the CPU: batching barely speeds a CPU up, and each LiteMedSAM window
 needs ~230 MiB of encoder activations (8 windows: ~1.8 GiB more peak memory)."""
+
+
+def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
+    """The note for an ensemble with folds that have no ``postprocessing.json``: no postprocessing applies."""
+    names = ", ".join(map(str, folds))
+    has = "has" if len(folds) == 1 else "have"
+    why = (
+        "fold all has no held-out cases to choose it on"
+        if "all" in folds
+        else "it is chosen by the final validation at the end of training"
+    )
+    return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
 
 
 @dataclass
@@ -72,6 +85,12 @@ class Predictor:
         batch_size: windows (2d) or stacks (3d) per network call; None: the plans' batch size on a GPU,
             :data:`CPU_BATCH_SIZE` on the CPU.
         step_size: overlap of in-plane windows on slices larger than the window (0.5: half a window).
+
+    Attributes:
+        notes: one-line notes for the user on how the models are used (set by :meth:`from_model_folder`,
+            e.g. that no postprocessing applies because a fold has no ``postprocessing.json``).
+        limits: the most one case may cost (:mod:`pipeline.inference.case_cost`); :meth:`predict_case`
+            refuses a larger case from its header, before reading it. None: no limit.
     """
 
     def __init__(
@@ -101,8 +120,10 @@ class Predictor:
             self.plan.batch_size if self.device.type == "cuda" else CPU_BATCH_SIZE
         )
         self.step_size = step_size
+        self.notes: list[str] = []
+        self.limits: CaseLimits | None = CaseLimits()
         self.num_outputs = plans.num_foreground_classes + 1
-        self.label_values = np.array(sorted(plans.labels.values()))
+        self.label_values = np.array([0, *sorted(plans.foreground_labels.values())])  # never "ignore"
         depths = {model.stack_depth for model in self.models}
         if depths != {self.plan.stack_depth}:
             raise ValueError(
@@ -135,7 +156,8 @@ class Predictor:
             tta: mirroring test-time augmentation; None: on when every fold was trained with mirror
                 augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise.
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
-                ``fold_K/postprocessing.json``; a fold without one vetoes every step).
+                ``fold_K/postprocessing.json``; a fold without one vetoes every step, and ``notes`` says so:
+                fold ``all`` never has one, as it has no held-out cases to choose on).
 
         Raises:
             AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
@@ -163,11 +185,14 @@ class Predictor:
         if tta is None:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
         rules = None
+        without_rules: list[int | str] = []
         if use_postprocessing:
-            rules = combine_fold_rules(
-                [load_postprocessing(model_folder.fold_dir(fold) / "postprocessing.json") for fold in folds]
-            )
-        return cls(
+            fold_rules = [
+                load_postprocessing(model_folder.fold_dir(fold) / "postprocessing.json") for fold in folds
+            ]
+            rules = combine_fold_rules(fold_rules)
+            without_rules = [fold for fold, found in zip(folds, fold_rules, strict=True) if found is None]
+        predictor = cls(
             models,
             model_folder.plans,
             model_folder.configuration,
@@ -176,6 +201,9 @@ class Predictor:
             precision=precision,
             postprocessing=rules,
         )
+        if without_rules:
+            predictor.notes.append(missing_postprocessing_note(without_rules))
+        return predictor
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax probabilities of a preprocessed case.
@@ -214,11 +242,21 @@ class Predictor:
             The label map (postprocessed) in the input's geometry, and optionally the probabilities.
 
         Raises:
-            AutoPromptError: an unreadable, 4D or empty (one value) image, or the wrong number of channels.
+            AutoPromptError: an unreadable, 4D, empty (one value) or non-finite image, the wrong number of
+                channels, or a case over :attr:`limits` (:class:`~pipeline.inference.case_cost.CaseTooLarge`).
         """
         from pipeline.preprocessing import geometry_of, preprocess_case, read_case, revert_probabilities
 
         image_files = [Path(file) for file in image_files]
+        if self.limits is not None:
+            check_case(
+                image_files,
+                self.plans,
+                self.configuration,
+                tta=self.tta,
+                limits=self.limits,
+                step_size=self.step_size,
+            )
         for channel, file in zip(read_case(image_files)[0], image_files, strict=True):
             check_image_content(channel, file)
         case = preprocess_case(image_files, self.plans, self.configuration)

@@ -38,9 +38,13 @@ def checkpoint_path(fold_dir: Path, name: str) -> Path:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint atomically (temporary file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    """Write a checkpoint atomically (temporary file, then rename).
+
+    Written through a Python file object, so a full disk raises ``OSError`` (ENOSPC) rather than
+    torch's opaque ``RuntimeError`` ("unexpected pos").
+    """
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

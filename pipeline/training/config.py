@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,21 +44,42 @@ class LossConfig:
 
 @dataclass
 class AugmentationConfig:
-    """On/off switches and ranges of the batchgenerators augmentations (nnU-Net's defaults).
+    """nnU-Net's 2D augmentations (batchgenerators), with intensity ranges rescaled for [0, 1] images.
 
-    With cached frozen-encoder embeddings the image never reaches the encoder during training, so
-    none of these can change what the network sees; only the random sampling (case, slice, window,
-    foreground oversampling) varies then. See :mod:`pipeline.training.data`.
+    Used in two places: on the fly for every training sample when the encoder runs every step (no
+    cache), and to draw the random augmented views of the embedding cache
+    (:mod:`pipeline.training.augmented_views`), where ``ViewConfig.p_spatial`` replaces ``p_spatial``.
+    nnU-Net's noise variance (0, 0.1) is for z-scored images; images in [0, 1] have a standard deviation
+    of about 0.2, hence a variance 25 times smaller.
     """
 
-    rotation_degrees: float = 15.0  # in-plane rotation in [-r, r]; 0 switches it off
-    scale_range: tuple[float, float] = (0.85, 1.25)  # (1, 1) switches it off
+    rotation_degrees: float = 180.0  # in-plane rotation in [-r, r] (nnU-Net 2d); 0 switches it off
+    scale_range: tuple[float, float] = (0.7, 1.4)  # (1, 1) switches it off
     p_spatial: float = 0.2  # per-sample probability of rotation and of scaling
-    noise_variance: float = 0.01  # Gaussian noise variance drawn from [0, v] (images in [0, 1]); 0 -> off
+    elastic: bool = False  # elastic deformation (nnU-Net: off)
+    noise_variance: float = 0.004  # Gaussian noise variance drawn from [0, v] (images in [0, 1]); 0 -> off
+    blur_sigma: tuple[float, float] = (0.5, 1.0)  # Gaussian blur; (0, 0) switches it off
     brightness_range: tuple[float, float] = (0.75, 1.25)  # multiplicative brightness
     contrast_range: tuple[float, float] = (0.75, 1.25)
+    low_resolution_range: tuple[float, float] = (0.5, 1.0)  # simulated low resolution; (1, 1) -> off
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True  # random flips of the in-plane axes
+
+
+@dataclass
+class ViewConfig:
+    """Augmented views of the training slices in the embedding cache (frozen encoder).
+
+    View 0 is the slice itself, view 1 its mirror image (left-right), views 2.. random views drawn with
+    :class:`AugmentationConfig` (spatial transform with probability ``p_spatial``); each training
+    sample draws one view. ``count`` None chooses ``clamp(budget_gib / cache size of one view, 1,
+    max_count)`` from the training cases, so small datasets get many views and large ones few.
+    """
+
+    count: int | None = None  # views per training slice, identity included; None -> from the budget
+    budget_gib: float = 4.0  # fp16 embeddings of all views of the training cases at most this size
+    max_count: int = 16
+    p_spatial: float = 1.0  # probability of rotation and of scaling in a random view
 
 
 @dataclass
@@ -79,7 +101,10 @@ class TrainerConfig:
         seed: seeds torch, numpy, random and every sampling generator.
         oversample_foreground: fraction of samples centred on a random foreground class.
         loss: auxiliary loss weights.
-        augmentation: augmentation switches.
+        augmentation: augmentation switches and ranges.
+        views: augmented views cached with a frozen encoder (:class:`ViewConfig`).
+        prompt_teacher_forcing: probability that a training sample gives SAM's prompt encoder boxes from
+            its ground truth (jittered, as MedSAM trains) instead of the generated ones.
         cache_embeddings: None -> use the embedding cache when the encoder is frozen and the plans
             allow it; True/False forces it (True with a trainable encoder is an error).
         cache_slice_stride: cache (and train on) only every k-th slice of each case (2d only). The
@@ -116,6 +141,8 @@ class TrainerConfig:
     oversample_foreground: float = 0.33
     loss: LossConfig = field(default_factory=LossConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    prompt_teacher_forcing: float = 0.0
     cache_embeddings: bool | None = None
     cache_slice_stride: int = 1
     encoder_precision: str = "auto"
@@ -126,6 +153,12 @@ class TrainerConfig:
     validation_tta: bool | None = None
 
     def __post_init__(self) -> None:
+        not_finite = _non_finite_settings(self.to_dict())
+        if not_finite:
+            raise AutoPromptError(
+                f"trainer config: {', '.join(not_finite)} must be finite numbers (NaN or infinity given); "
+                "fix the YAML file or the --set override"
+            )
         checks = {
             "epochs": self.epochs >= 1,
             "iterations_per_epoch": self.iterations_per_epoch >= 1,
@@ -139,17 +172,41 @@ class TrainerConfig:
             "time_budget_minutes": self.time_budget_minutes is None or self.time_budget_minutes > 0,
             "encoder_precision": self.encoder_precision in ("auto", "fp32", "bf16"),
             "amp": self.amp in AMP_MODES,
+            "prompt_teacher_forcing": 0.0 <= self.prompt_teacher_forcing <= 1.0,
+            "views.count": self.views.count is None or self.views.count >= 1,
+            "views.budget_gib": self.views.budget_gib >= 0,
+            "views.max_count": self.views.max_count >= 1,
+            "views.p_spatial": 0.0 <= self.views.p_spatial <= 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise AutoPromptError(
                 f"trainer config: invalid value for {', '.join(bad)} "
-                f"({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}); fix the YAML file or the --set override"
+                f"({', '.join(f'{n}={_dotted(self, n)!r}' for n in bad)}); fix the YAML file or the --set override"
             )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML/JSON-friendly dict (tuples become lists, enums their values)."""
         return _plain(dataclasses.asdict(self))
+
+
+def _non_finite_settings(values: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the float settings in ``values`` (a plain dict) that are NaN or infinite."""
+    if isinstance(values, dict):
+        return [
+            name for key, item in values.items() for name in _non_finite_settings(item, f"{prefix}{key}.")
+        ]
+    if isinstance(values, list):
+        return [name for item in values for name in _non_finite_settings(item, prefix)][:1]
+    if isinstance(values, float) and not math.isfinite(values):
+        return [prefix.rstrip(".")]
+    return []
+
+
+def _dotted(obj: Any, name: str) -> Any:
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def preset_path(path_or_preset: str | Path) -> Path:

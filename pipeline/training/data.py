@@ -16,23 +16,25 @@ was interrupted and resumed, and whichever worker process makes it.
 Two modes:
 
 * **free windows** (the encoder trains, or no cache): any window position inside the padded slice;
-  batchgenerators augmentations (nnU-Net's defaults, switches in
-  :class:`pipeline.training.config.AugmentationConfig`): in-plane rotation and scaling
-  (``SpatialTransform``, p = 0.2 each), Gaussian noise (p = 0.1), multiplicative brightness (p = 0.15),
-  contrast (p = 0.15), gamma (p = 0.3), mirroring of both in-plane axes; the same spatial transform for
-  all slices of a stack; images clipped back to [0, 1] (the backbone's input range).
+  nnU-Net's 2D augmentations on the fly (:func:`build_augmentation`, ranges in
+  :class:`pipeline.training.config.AugmentationConfig`): rotation, scaling, optional elastic
+  deformation, noise, blur, brightness, contrast, simulated low resolution, gamma, mirroring; the same
+  spatial transform for all slices of a stack; images clipped back to [0, 1] (the backbone's input range).
 * **fixed windows** (cached frozen-encoder embeddings): only the window positions inference uses
   (:func:`pipeline.inference.sliding_window.window_slicers`), because only their embeddings exist. A
-  cached embedding cannot follow a rotated, scaled, mirrored, noisier, brighter or gamma-changed image,
-  so **no augmentation applies with the cache**: what still varies between batches is the sampling
-  (case, slice, window and foreground oversampling). Validation windows always use this mode.
+  cached embedding cannot follow an image augmented afterwards, so augmentation happens before encoding:
+  with augmented views (:mod:`pipeline.training.augmented_views`) each training sample draws one of the
+  cached views of its window (the window itself, its mirror image, random views), image, label map and
+  embedding together. Validation windows always use this mode, and only view 0.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,13 +44,18 @@ from batchgenerators.transforms.color_transforms import (
     ContrastAugmentationTransform,
     GammaTransform,
 )
-from batchgenerators.transforms.noise_transforms import GaussianNoiseTransform
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
-from tqdm import tqdm
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.progress import progress
+from pipeline.files import load_npy
 from pipeline.inference.sliding_window import stack_indices, window_slicers
 from pipeline.training.config import AugmentationConfig
+
+if TYPE_CHECKING:
+    from pipeline.training.augmented_views import CaseViews, ViewCache
 
 MAX_LOCATIONS_PER_CLASS = 10_000  # nnU-Net samples at most this many voxels per class and case
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -85,7 +92,7 @@ def load_training_cases(
         AutoPromptError: a case's files are missing (preprocessing did not finish).
     """
     cases = []
-    for index, case in enumerate(tqdm(case_ids, desc=desc, unit="case", disable=None)):
+    for index, case in enumerate(progress(case_ids, desc=desc, unit="case")):
         data_file, seg_file = folder / f"{case}.npy", folder / f"{case}_seg.npy"
         for path in (data_file, seg_file):
             if not path.is_file():
@@ -93,8 +100,8 @@ def load_training_cases(
                     f"{path}: preprocessed case missing; run 'autoprompt plan-and-preprocess' for this dataset "
                     "(it resumes where it stopped) or remove the case from splits_final.json"
                 )
-        data = np.load(data_file, mmap_mode="r")
-        seg = np.load(seg_file, mmap_mode="r")
+        data = load_npy(data_file)  # AutoPromptError for a truncated file
+        seg = load_npy(seg_file)
         if data.ndim != 4 or seg.shape != data.shape[1:]:
             raise AutoPromptError(
                 f"{data_file}: shape {data.shape} does not match its labels {seg.shape}; re-run plan-and-preprocess"
@@ -272,35 +279,56 @@ class WindowSampler:
         return WindowSpec(case_index, s, top, left)
 
 
-def build_augmentation(config: AugmentationConfig, window: Sequence[int]) -> Compose:
-    """nnU-Net's 2D augmentation pipeline (batchgenerators) for ``B x (D*C) x h x w`` batches."""
+def build_augmentation(
+    config: AugmentationConfig, window: Sequence[int], *, p_spatial: float | None = None
+) -> Compose:
+    """nnU-Net's 2D augmentation pipeline (batchgenerators) for ``B x (D*C) x H x W`` batches.
+
+    The spatial transform returns the centre ``window`` of its input, so an input larger than the window
+    (context around it) fills the corners of a rotated or zoomed-out window with real image.
+
+    Args:
+        config: ranges and switches.
+        window: ``(h, w)`` of the output.
+        p_spatial: per-sample probability of rotation and of scaling; None -> ``config.p_spatial``.
+    """
     angle = np.deg2rad(config.rotation_degrees)
     do_scale = tuple(config.scale_range) != (1.0, 1.0)
-    transforms = []
-    if angle > 0 or do_scale:
-        transforms.append(
-            SpatialTransform(
-                tuple(window),
-                patch_center_dist_from_border=None,
-                do_elastic_deform=False,
-                do_rotation=angle > 0,
-                angle_x=(-angle, angle),
-                do_scale=do_scale,
-                scale=tuple(config.scale_range),
-                border_mode_data="constant",
-                border_cval_data=0,
-                order_data=3,
-                border_mode_seg="constant",
-                border_cval_seg=0,
-                order_seg=0,
-                random_crop=False,
-                p_rot_per_sample=config.p_spatial,
-                p_scale_per_sample=config.p_spatial,
-                p_el_per_sample=0,
-            )
+    p_spatial = config.p_spatial if p_spatial is None else p_spatial
+    transforms = [
+        SpatialTransform(
+            tuple(window),
+            patch_center_dist_from_border=None,
+            do_elastic_deform=config.elastic,
+            alpha=(0.0, 200.0),
+            sigma=(9.0, 13.0),
+            do_rotation=angle > 0,
+            angle_x=(-angle, angle),
+            do_scale=do_scale,
+            scale=tuple(config.scale_range),
+            border_mode_data="constant",
+            border_cval_data=0,
+            order_data=3,
+            border_mode_seg="constant",
+            border_cval_seg=0,
+            order_seg=0,
+            random_crop=False,
+            p_el_per_sample=p_spatial if config.elastic else 0,
+            p_rot_per_sample=p_spatial,
+            p_scale_per_sample=p_spatial,
         )
+    ]
     if config.noise_variance > 0:
         transforms.append(GaussianNoiseTransform(noise_variance=(0, config.noise_variance), p_per_sample=0.1))
+    if max(config.blur_sigma) > 0:
+        transforms.append(
+            GaussianBlurTransform(
+                tuple(config.blur_sigma),
+                different_sigma_per_channel=True,
+                p_per_sample=0.2,
+                p_per_channel=0.5,
+            )
+        )
     if tuple(config.brightness_range) != (1.0, 1.0):
         transforms.append(
             BrightnessMultiplicativeTransform(
@@ -311,13 +339,40 @@ def build_augmentation(config: AugmentationConfig, window: Sequence[int]) -> Com
         transforms.append(
             ContrastAugmentationTransform(tuple(config.contrast_range), per_channel=False, p_per_sample=0.15)
         )
-    if tuple(config.gamma_range) != (1.0, 1.0):
+    if tuple(config.low_resolution_range) != (1.0, 1.0):
         transforms.append(
-            GammaTransform(tuple(config.gamma_range), per_channel=False, retain_stats=True, p_per_sample=0.3)
+            SimulateLowResolutionTransform(
+                zoom_range=tuple(config.low_resolution_range),
+                per_channel=False,
+                order_downsample=0,
+                order_upsample=3,
+                p_per_sample=0.25,
+            )
         )
+    if tuple(config.gamma_range) != (1.0, 1.0):
+        for invert, probability in ((True, 0.1), (False, 0.3)):  # nnU-Net: inverted gamma, then gamma
+            transforms.append(
+                GammaTransform(
+                    tuple(config.gamma_range),
+                    invert_image=invert,
+                    per_channel=False,
+                    retain_stats=True,
+                    p_per_sample=probability,
+                )
+            )
     if config.mirror:
         transforms.append(MirrorTransform(axes=(0, 1)))
     return Compose(transforms)
+
+
+def run_seeded(augmentation: Compose, seed: int, **batch: np.ndarray) -> dict[str, np.ndarray]:
+    """Apply a batchgenerators pipeline reproducibly.
+
+    batchgenerators draws from numpy's and Python's global generators; both are seeded with ``seed``.
+    """
+    np.random.seed(seed)
+    random.seed(seed)
+    return augmentation(**batch)
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -333,6 +388,8 @@ class BatchDataset(torch.utils.data.Dataset):
         embedding_files: per case the ``S' x W x 256 x 64 x 64`` cache file (fixed-window mode; ``S'``
             the sampler's cached slices); opened
             memory-mapped on first use in the process that makes the batches.
+        views: augmented views of the cases (a ``pipeline.training.augmented_views.ViewCache`` built for
+            them, with ``embedding_files``); each sample then draws one of its ``count`` views.
     """
 
     def __init__(
@@ -347,9 +404,12 @@ class BatchDataset(torch.utils.data.Dataset):
         length: int,
         augmentation: Compose | None = None,
         embedding_files: Sequence[Path] | None = None,
+        views: ViewCache | None = None,
     ) -> None:
         if embedding_files is not None and not sampler.fixed:
             raise ValueError("cached embeddings need a fixed-window sampler")
+        if views is not None and embedding_files is None:
+            raise ValueError("augmented views come with the embedding cache: give embedding_files too")
         self.sampler = sampler
         self.batch_size = batch_size
         self.stack_depth = stack_depth
@@ -360,6 +420,8 @@ class BatchDataset(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.embedding_files = None if embedding_files is None else list(embedding_files)
         self._embeddings: list[np.ndarray] | None = None
+        self.views = views if views is not None and views.count > 1 else None
+        self._views: list[CaseViews] | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -369,17 +431,27 @@ class BatchDataset(torch.utils.data.Dataset):
         specs = self.sampler.sample(rng, self.batch_size)
         if self.embedding_files is not None and self._embeddings is None:
             self._embeddings = [np.load(path, mmap_mode="r") for path in self.embedding_files]
+        if self.views is not None and self._views is None:
+            self._views = [self.views.open(case.name) for case in self.sampler.cases]
         images, targets, embeddings = [], [], []
         for spec in specs:
             case = self.sampler.cases[spec.case]
             stack = stack_indices(case.num_slices, self.stack_depth)[spec.slice].numpy()
-            data = np.asarray(case.data[:, stack])  # C x D x H x W
-            images.append(crop_window(data, spec.top, spec.left, self.sampler.window).transpose(1, 0, 2, 3))
-            targets.append(crop_window(np.asarray(case.seg[stack]), spec.top, spec.left, self.sampler.window))
+            view = int(rng.integers(self.views.count)) if self._views is not None else 0
             if self._embeddings is not None:
                 rows = np.searchsorted(
                     self.sampler.slices[spec.case], stack
                 )  # slice -> row of the cache file
+            if view > 0:
+                case_views = self._views[spec.case]
+                images.append(np.asarray(case_views.images[view - 1, rows, spec.window_index]))
+                targets.append(np.asarray(case_views.labels[view - 1, rows, spec.window_index]))
+                embeddings.append(np.asarray(case_views.embeddings[view - 1, rows, spec.window_index]))
+                continue
+            data = np.asarray(case.data[:, stack])  # C x D x H x W
+            images.append(crop_window(data, spec.top, spec.left, self.sampler.window).transpose(1, 0, 2, 3))
+            targets.append(crop_window(np.asarray(case.seg[stack]), spec.top, spec.left, self.sampler.window))
+            if self._embeddings is not None:
                 embeddings.append(np.asarray(self._embeddings[spec.case][rows, spec.window_index]))
         image_batch = np.stack(images).astype(np.float32)  # B x D x C x h x w
         target_batch = np.stack(targets).astype(np.int16)  # B x D x h x w
@@ -403,12 +475,15 @@ class BatchDataset(torch.utils.data.Dataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Apply the pipeline to ``B x D x C x h x w`` images and ``B x D x h x w`` labels.
 
-        batchgenerators draws from numpy's global generator; it is seeded from this batch's generator
-        so the augmentation is as reproducible as the sampling.
+        It is seeded from this batch's generator, so the augmentation is as reproducible as the sampling.
         """
         b, d, c, h, w = images.shape
-        np.random.seed(int(rng.integers(2**32)))
-        out = self.augmentation(data=images.reshape(b, d * c, h, w), seg=targets.astype(np.float32))
+        out = run_seeded(
+            self.augmentation,
+            int(rng.integers(2**32)),
+            data=images.reshape(b, d * c, h, w),
+            seg=targets.astype(np.float32),
+        )
         augmented = np.clip(out["data"], 0.0, 1.0).astype(np.float32).reshape(b, d, c, h, w)
         return augmented, np.rint(out["seg"]).astype(np.int16)
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from autoprompt.devices import Precision, autocast
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
 from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE
 from pipeline.training.data import TrainingCase, cached_slices, crop_window, fixed_windows
@@ -128,9 +129,7 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         save_json({"key": self.key, **self.parts}, self.folder / "cache.json")
         windows_total = sum(int(np.prod(self.expected_shape(case)[:2])) for case in todo)
-        with tqdm(
-            total=windows_total, desc=f"embedding cache {self.key}", unit="window", disable=None
-        ) as bar:
+        with progress(total=windows_total, desc=f"embedding cache {self.key}", unit="window") as bar:
             for case in todo:
                 self._build_case(model, case, device=device, batch_size=batch_size, bar=bar)
         return len(todo)

@@ -11,6 +11,11 @@
   against the ground-truth boxes (``boxes_from_masks``), for the classes present in a window only;
 * ``presence``: binary cross-entropy of the presence logits against "class present in the window".
 
+nnU-Net's ignore label (dataset.json's ``"ignore"``, its highest value, so ``K + 1`` in the target):
+its voxels are left out of the cross-entropy and of both Dice terms, and a window that holds any gets no
+box or presence term (what is under the unannotated part is unknown). Without ignore voxels the loss
+is exactly the unmasked one.
+
 Every term is returned separately for logging.
 """
 
@@ -56,7 +61,7 @@ class AutoPromptLoss(nn.Module):
 
         Args:
             output: the model output; leading dims ``L`` = ``(B,)`` or ``(B, D)``.
-            target: ``L x h x w`` int64 labels in ``0..K``.
+            target: ``L x h x w`` int64 labels in ``0..K``; ``K + 1`` (the ignore label) is masked out.
 
         Returns:
             ``{"total", "ce_dice", "coarse", "box", "presence"}`` scalar tensors.
@@ -64,6 +69,9 @@ class AutoPromptLoss(nn.Module):
         k = self.num_classes
         logits = output.logits.reshape(-1, k + 1, *output.logits.shape[-2:]).float()
         labels = target.reshape(-1, *target.shape[-2:])
+        valid = labels <= k  # N x h x w; False on the ignore label
+        if not bool(valid.all()):
+            return self._masked(output, labels, valid)
         one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # N x K x h x w
         present = one_hot.flatten(2).any(dim=2)  # N x K
 
@@ -90,6 +98,9 @@ class AutoPromptLoss(nn.Module):
             "box": box,
             "presence": F.binary_cross_entropy_with_logits(presence_logits, present.float()),
         }
+        return self._with_total(terms)
+
+    def _with_total(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms["total"] = (
             terms["ce_dice"]
             + self.weights.coarse * terms["coarse"]
@@ -97,3 +108,61 @@ class AutoPromptLoss(nn.Module):
             + self.weights.presence * terms["presence"]
         )
         return terms
+
+    def _masked(
+        self, output: AutoPromptOutput, labels: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The terms with the ignore label's voxels (``~valid``, ``N x h x w``) left out."""
+        k = self.num_classes
+        logits = output.logits.reshape(-1, k + 1, *output.logits.shape[-2:]).float()
+        mask = valid[:, None].float()  # N x 1 x h x w
+        known = torch.where(valid, labels, 0)
+        one_hot = torch.stack([known == c for c in range(1, k + 1)], dim=1)  # N x K x h x w
+        # cross-entropy + batch Dice without background, over the annotated voxels (as DiceCELoss)
+        cross_entropy = (F.cross_entropy(logits, known, reduction="none") * valid).sum() / valid.sum().clamp(
+            min=1
+        )
+        dice = _masked_dice(logits.softmax(dim=1)[:, 1:], one_hot.float(), mask)
+
+        coarse_logits = output.coarse_logits.reshape(-1, k, *output.coarse_logits.shape[-2:]).float()
+        coarse_target, coarse_mask = one_hot.float(), mask
+        if coarse_target.shape[-2:] != coarse_logits.shape[-2:]:
+            coarse_target = F.interpolate(coarse_target, size=coarse_logits.shape[-2:], mode="nearest")
+            coarse_mask = F.interpolate(mask, size=coarse_logits.shape[-2:], mode="nearest")
+        bce = F.binary_cross_entropy_with_logits(coarse_logits, coarse_target, reduction="none") * coarse_mask
+        coarse = _masked_dice(coarse_logits.sigmoid(), coarse_target, coarse_mask) + bce.sum() / (
+            coarse_mask.sum() * k
+        ).clamp(min=1)
+
+        # windows with ignore voxels: which classes they hold, and where, is unknown
+        complete = valid.flatten(1).all(dim=1)  # N
+        present = one_hot.flatten(2).any(dim=2)  # N x K
+        boxes = output.boxes.reshape(-1, k, 4).float()
+        presence_logits = output.presence_logits.reshape(-1, k).float()
+        scored = present & complete[:, None]
+        if scored.any():
+            target_boxes = boxes_from_masks(one_hot)[scored].to(boxes.dtype)
+            predicted = boxes[scored]
+            box = F.l1_loss(predicted, target_boxes) + generalized_box_iou_loss(
+                predicted, target_boxes, reduction="mean"
+            )
+        else:
+            box = boxes.sum() * 0.0
+        if complete.any():
+            presence = F.binary_cross_entropy_with_logits(
+                presence_logits[complete], present[complete].float()
+            )
+        else:
+            presence = presence_logits.sum() * 0.0
+        terms = {"ce_dice": cross_entropy + dice, "coarse": coarse, "box": box, "presence": presence}
+        return self._with_total(terms)
+
+
+def _masked_dice(probabilities: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MONAI's batch Dice loss (smooth 1e-5, mean over channels) of ``N x C x h x w`` probabilities against
+    a one-hot target, counting only voxels where ``mask`` (``N x 1 x h x w``) is 1."""
+    probabilities, target = probabilities * mask, target * mask
+    axes = (0, 2, 3)
+    intersection = (probabilities * target).sum(dim=axes)
+    denominator = probabilities.sum(dim=axes) + target.sum(dim=axes)
+    return (1.0 - (2.0 * intersection + 1e-5) / (denominator + 1e-5)).mean()

@@ -9,6 +9,9 @@ result.validation        # fold_0/validation/summary.json content
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +20,9 @@ import torch
 from autoprompt.devices import resolve_device
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_folder_name
-from pipeline.model_folder import ModelFolder, model_folder_path, parse_fold
+from pipeline.files import atomic_path
+from pipeline.model_folder import REQUIRED_FILES, ModelFolder, model_folder_path, parse_fold
+from pipeline.training.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.training.config import DEFAULT_PRESETS, load_trainer_config, preset_name, preset_path
 from pipeline.training.trainer import DistributedContext, Trainer, TrainingResult
 
@@ -102,20 +107,24 @@ def train(
         torch_device = device if isinstance(device, torch.device) else resolve_device(device)
 
     folder_path = model_folder_path(results, name, preset_name(preset_path(config)), configuration)
-    if dist.is_main:
-        model_folder = ModelFolder.create(
-            folder_path,
-            plans_file=dataset_dir / "plans.json",
-            dataset_json_file=dataset_dir / "dataset.json",
-            fingerprint_file=dataset_dir / "fingerprint.json",
-            trainer_config=trainer_config,
-            configuration=configuration,
-        )
-    if dist.world_size > 1:
-        torch.distributed.barrier()
-        model_folder = ModelFolder(folder_path) if not dist.is_main else model_folder
-    raw_labels = Path(raw) / name / "labelsTr" if raw is not None else None
+    fold_dir = folder_path / f"fold_{fold}"
+    if resume and _asks_for_epochs(epochs, overrides):
+        _check_resumed_epochs(fold_dir, trainer_config.epochs)
+    guard = _ModelFolderGuard(folder_path, fold_dir) if dist.is_main else None
     try:
+        if dist.is_main:
+            model_folder = ModelFolder.create(
+                folder_path,
+                plans_file=dataset_dir / "plans.json",
+                dataset_json_file=dataset_dir / "dataset.json",
+                fingerprint_file=dataset_dir / "fingerprint.json",
+                trainer_config=trainer_config,
+                configuration=configuration,
+            )
+        if dist.world_size > 1:
+            torch.distributed.barrier()
+            model_folder = ModelFolder(folder_path) if not dist.is_main else model_folder
+        raw_labels = Path(raw) / name / "labelsTr" if raw is not None else None
         return Trainer(
             model_folder=model_folder,
             fold=fold,
@@ -126,6 +135,102 @@ def train(
             raw_labels_folder=raw_labels if raw_labels is not None and raw_labels.is_dir() else None,
             distributed=dist,
         ).run()
+    except BaseException as error:
+        trained = guard is not None and guard.trained()
+        if guard is not None and not trained:
+            guard.restore()  # a run that failed before its first checkpoint leaves the folder as it was
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:
+            where = error.filename or folder_path
+            again = "run the same command with --resume" if trained else "run the same command again"
+            raise AutoPromptError(
+                f"{where}: cannot write ({error.strerror}); free disk space or make {results} writable, then {again}"
+            ) from error
+        raise
     finally:
         if dist.world_size > 1:
             torch.distributed.destroy_process_group()
+
+
+_WRITE_ERRORS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.ENOTDIR,
+    errno.EEXIST,
+}
+"""OSErrors of a results folder that cannot be written (read-only, full, or a file where a folder belongs)."""
+
+
+def _asks_for_epochs(epochs: int | None, overrides: Sequence[str]) -> bool:
+    return epochs is not None or any(item.split("=", 1)[0].strip() == "epochs" for item in overrides)
+
+
+def _check_resumed_epochs(fold_dir: Path, epochs: int) -> None:
+    """Refuse ``--resume`` with an ``--epochs`` other than the run's: the saved plan would win silently.
+
+    Raises:
+        AutoPromptError: naming the checkpoint, both numbers and the fix.
+    """
+    latest = checkpoint_path(fold_dir, "latest")
+    if not latest.is_file():
+        return
+    saved = load_checkpoint(latest)["metadata"].get("trainer_config", {}).get("epochs")
+    if saved is not None and saved != epochs:
+        raise AutoPromptError(
+            f"{latest}: this run was planned for {saved} epochs and --resume continues that plan, so --epochs "
+            f"{epochs} would be ignored; resume without --epochs, or delete {fold_dir} to train {epochs} epochs "
+            "from the start"
+        )
+
+
+class _ModelFolderGuard:
+    """What a model folder held before a training run, to put it back if the run fails before its first
+    checkpoint (a wrong fold, a bad setting, a full disk): no rewritten trainer_config.yaml, no empty skeleton.
+
+    Args:
+        folder: the model folder.
+        fold_dir: the fold's folder in it.
+    """
+
+    def __init__(self, folder: Path, fold_dir: Path) -> None:
+        self.folder = folder
+        self.fold_dir = fold_dir
+        self.files = {
+            name: (folder / name).read_bytes() if (folder / name).is_file() else None
+            for name in REQUIRED_FILES
+        }
+        self.new_folders = []  # folders this run may create, innermost first
+        path = fold_dir
+        while not path.exists() and path != path.parent:
+            self.new_folders.append(path)
+            path = path.parent
+        self.latest = self._latest_stamp()
+
+    def _latest_stamp(self) -> int | None:
+        latest = checkpoint_path(self.fold_dir, "latest")
+        return latest.stat().st_mtime_ns if latest.is_file() else None
+
+    def trained(self) -> bool:
+        """Whether the run wrote a checkpoint (it can be resumed; nothing is put back then)."""
+        return self._latest_stamp() != self.latest
+
+    def restore(self) -> None:
+        """Put the model folder's files back and remove the folders the run created (best effort)."""
+        other_folds = any(self.folder.glob("fold_*/checkpoint_*.pt"))  # e.g. trained at the same time
+        with contextlib.suppress(OSError):
+            for name, content in self.files.items():
+                path = self.folder / name
+                if content is None:
+                    if not other_folds:
+                        path.unlink(missing_ok=True)
+                elif not path.is_file() or path.read_bytes() != content:
+                    with atomic_path(path) as tmp:
+                        tmp.write_bytes(content)
+        for path in self.new_folders:
+            if path == self.fold_dir:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only when empty

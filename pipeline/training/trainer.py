@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.build import load_configured_backbone
-from pipeline.files import load_json
+from autoprompt.progress import progress
 from pipeline.model_folder import ModelFolder
+from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts, windows_per_view
 from pipeline.training.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -57,6 +57,7 @@ from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
 from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler, epochs_in_budget
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
+from pipeline.training.teacher_prompts import jittered_truth_boxes
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
@@ -141,6 +142,14 @@ def resolve_encoder_precision(name: str) -> Precision:
     return Precision(name)
 
 
+def describe_views(count: int) -> str:
+    """``"3 views per training window (the window, its mirror image, 1 random view)"``."""
+    if count == 1:
+        return "1 view per training window (the window itself: no augmentation)"
+    parts = ["the window", "its mirror image"] + ([f"{count - 2} random view(s)"] if count > 2 else [])
+    return f"{count} views per training window ({', '.join(parts)})"
+
+
 class Trainer:
     """Trains one fold of a model folder.
 
@@ -180,7 +189,7 @@ class Trainer:
         self.plans = model_folder.plans
         self.plan = self.plans.configuration(config.configuration)
         self.class_names = [
-            name for name, value in sorted(self.plans.labels.items(), key=lambda kv: kv[1]) if value != 0
+            name for name, _ in sorted(self.plans.foreground_labels.items(), key=lambda kv: kv[1])
         ]
         self.batch_size = max(1, (config.batch_size or self.plan.batch_size) // self.dist.world_size)
         self.amp_dtype = amp_dtype(config.amp, device)
@@ -211,7 +220,13 @@ class Trainer:
         self._check_existing_run()
         seed_everything(self.config.seed)
         train_ids, val_ids = self._split()
-        labels = sorted(v for v in self.plans.labels.values() if v != 0)
+        if self.dist.is_main:  # the log exists from the start, before the (long) embedding cache
+            self.log(
+                f"training fold {self.fold} of {self.plans.dataset_name} ({self.config.configuration}) starts: "
+                f"{len(train_ids)} training / {len(val_ids)} validation cases; loading cases, model"
+                + (", embedding cache" if self.config.cache_embeddings is not False else "")
+            )
+        labels = sorted(self.plans.foreground_labels.values())  # never the ignore label
         folder = self.preprocessed_dataset / self.plan.data_identifier
         self.train_cases = load_training_cases(folder, train_ids, labels=labels, seed=self.config.seed)
         self.val_cases = load_training_cases(
@@ -222,6 +237,7 @@ class Trainer:
         backbone = load_configured_backbone(model_config)
         self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
         self.cache = self._prepare_cache()
+        self.views = self._prepare_views()
         window = self.plan.window_size
         fixed = self.cache is not None
         stride = self.cache.slice_stride if fixed else 1
@@ -273,19 +289,32 @@ class Trainer:
             raise AutoPromptError(
                 f"{splits_file}: no folds; run 'autoprompt plan-and-preprocess' for this dataset first"
             )
-        splits = load_json(splits_file)
+        # fold "all" trains every case the file names; an entry with an empty "val" is not a fold, and
+        # [{"train": [every case], "val": []}] (a dataset of a single case group) means "only fold all"
+        from pipeline.dataset import describe_folds, fold_indices, read_splits
+
+        splits = read_splits(splits_file, "fix it, or delete it and plan the dataset again")
         if self.fold == "all":
             cases = sorted({case for split in splits for case in split["train"] + split["val"]})
             return cases, cases
-        if not 0 <= int(self.fold) < len(splits):
+        folds = fold_indices(splits)
+        fold = int(self.fold)
+        if not folds:
             raise AutoPromptError(
-                f"{splits_file}: has {len(splits)} folds, there is no fold {self.fold}; choose 0-{len(splits) - 1} or all"
+                f"{splits_file}: has no cross-validation folds (one case group cannot be split), there is no "
+                f"fold {fold}; train fold all: 'autoprompt train {self.plans.dataset_name} all'"
             )
-        split = splits[int(self.fold)]
-        if not split["train"] or not split["val"]:
+        if fold not in folds:
+            problem = (
+                f"fold {fold} has no training or no validation cases"
+                if 0 <= fold < len(splits)
+                else f"there is no fold {fold}"
+            )
             raise AutoPromptError(
-                f"{splits_file}: fold {self.fold} has no training or no validation cases; fix the file"
+                f"{splits_file}: has folds {describe_folds(folds)}, {problem}; choose "
+                f"{describe_folds(folds)} or all"
             )
+        split = splits[fold]
         return list(split["train"]), list(split["val"])
 
     def _prepare_cache(self) -> EmbeddingCache | None:
@@ -329,6 +358,34 @@ class Trainer:
         self._barrier()
         return cache
 
+    def _prepare_views(self) -> ViewCache | None:
+        """Build (or reuse) the augmented views of the training cases next to the embedding cache."""
+        if self.cache is None:
+            return None
+        training_windows = windows_per_view(self.train_cases, self.cache)
+        count = choose_view_count(self.config.views, training_windows)
+        parts = view_key_parts(
+            self.cache,
+            count=count,
+            augmentation=self.config.augmentation,
+            p_spatial=self.config.views.p_spatial,
+            seed=self.config.seed,
+        )
+        views = ViewCache(self.cache, parts)
+        if self.dist.is_main and count > 1:
+            started = time.perf_counter()
+            built = views.build(
+                self.model, self.train_cases, device=self.device, batch_size=encoder_batch_size(self.device)
+            )
+            seconds = time.perf_counter() - started
+            self.timings["cache"] += seconds
+            if built:
+                self.log(
+                    f"augmented views {views.folder}: {count - 1} view(s) of {built} case(s) in {seconds:.0f} s"
+                )
+        self._barrier()
+        return views
+
     def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.dist.world_size == 1:
             return model
@@ -346,7 +403,7 @@ class Trainer:
             f"model: {counts['trainable']:,} trainable of {counts['total']:,} parameters; "
             + (
                 f"frozen-encoder embeddings cached in {self.cache.folder} ({self.cache.precision.value}); "
-                "no augmentation with cached embeddings"
+                + describe_views(self.views.count)
                 if self.cache is not None
                 else "encoder run every step, batchgenerators augmentation"
             )
@@ -376,18 +433,31 @@ class Trainer:
             length=length,
             augmentation=self.augmentation if augment else None,
             embedding_files=None if self.cache is None else [self.cache.path(c.name) for c in sampler.cases],
+            views=self.views if augment else None,
         )
 
     def _forward(
-        self, model: torch.nn.Module, batch: Batch
+        self, model: torch.nn.Module, batch: Batch, *, teacher: bool = False
     ) -> tuple[AutoPromptOutput, dict[str, torch.Tensor]]:
+        """Model output and loss terms; ``teacher`` gives some samples ground-truth boxes (training)."""
+        boxes, mask = self._teacher_boxes(batch.target) if teacher else (None, None)
         with torch.autocast(
             device_type=self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            output = model(batch.images, embeddings=batch.embeddings)
+            output = model(batch.images, embeddings=batch.embeddings, teacher_boxes=boxes, teacher_mask=mask)
         return output, self.loss(output, batch.target)
+
+    def _teacher_boxes(self, target: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Ground-truth prompts for a ``prompt_teacher_forcing`` share of the samples, seeded by step."""
+        probability = self.config.prompt_teacher_forcing
+        if probability <= 0:
+            return None, None
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        return jittered_truth_boxes(
+            target, self.plans.num_foreground_classes, probability=probability, generator=generator
+        )
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of optimiser steps; returns the mean of every loss term and the time."""
@@ -404,13 +474,13 @@ class Trainer:
             dataset, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda"
         )
         sums = dict.fromkeys(("total", *LOSS_TERMS), 0.0)
-        bar = tqdm(
+        bar = progress(
             loader,
             total=len(dataset),
             desc=f"epoch {epoch + 1}/{self.planned_epochs}",
             unit="it",
             leave=False,
-            disable=None if self.dist.is_main else True,
+            enabled=self.dist.is_main,
         )
         for index, batch in enumerate(bar):
             if epoch == self.start_epoch and index == 1:
@@ -418,7 +488,7 @@ class Trainer:
             if epoch == self.start_epoch and index == 1 + BUDGET_PROBE_STEPS:
                 self._estimate_epoch_time(epoch, (time.perf_counter() - probe_started) / BUDGET_PROBE_STEPS)
             batch = batch.to(self.device)
-            _, terms = self._forward(self.train_model, batch)
+            _, terms = self._forward(self.train_model, batch, teacher=True)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
             if self.config.grad_clip > 0:
@@ -467,6 +537,7 @@ class Trainer:
                 predicted = output.logits.argmax(dim=-3)
                 for c in range(1, k + 1):
                     pred_c, true_c = predicted == c, batch.target == c
+                    pred_c &= batch.target <= k  # the ignore label's voxels count for nothing
                     tp[c - 1] += float((pred_c & true_c).sum())
                     fp[c - 1] += float((pred_c & ~true_c).sum())
                     fn[c - 1] += float((~pred_c & true_c).sum())
@@ -539,7 +610,12 @@ class Trainer:
             if self.config.final_validation and self.fold != "all":
                 summary = self._final_validation()
             elif self.fold == "all":
-                self.log("fold 'all' has no held-out cases: final validation skipped")
+                self.log(
+                    "fold 'all' has no held-out cases: final validation and postprocessing choice skipped "
+                    "(predicting with fold all applies no postprocessing)"
+                )
+            else:
+                self.log("final_validation=false: final validation and postprocessing choice skipped")
         self._barrier()
         return TrainingResult(
             model_folder=self.model_folder.path,
@@ -577,15 +653,15 @@ class Trainer:
         )
         dice = summary["mean"]
         per_class = "  ".join(
-            f"{name} {dice[str(value)]['dice']:.4f}"
-            if dice[str(value)]["dice"] is not None
+            f"{name} {dice[str(value)]['Dice']:.4f}"
+            if dice[str(value)]["Dice"] is not None
             else f"{name} n/a"
             for name, value in summary["labels"].items()
         )
         self.timings["validation"] = time.perf_counter() - started
         self.log(
             f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, {precision}, "
-            f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['dice']:.4f}; "
+            f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['Dice']:.4f}; "
             f"postprocessing steps {summary['postprocessing']}"
         )
         return summary
@@ -611,14 +687,23 @@ class Trainer:
                 "dataset": self.plans.dataset_name,
                 "trainer_config": self.config.to_dict(),
                 "mirror_augmented": self.mirror_augmented,
+                "views": self._views_record(),
             },
         }
 
+    def _views_record(self) -> dict | None:
+        """The augmented views in a checkpoint's metadata (None without views: no cache, or 1 view)."""
+        if self.views is None or self.views.count < 2:
+            return None
+        return {"count": self.views.count, "key": self.views.key}
+
     @property
     def mirror_augmented(self) -> bool:
-        """True when training mirrored its inputs: only then does mirroring TTA help (cached embeddings get
-        no augmentation, and a network that never saw mirrored anatomy mislabels it, e.g. left/right)."""
-        return self.cache is None and self.config.augmentation.mirror
+        """True when training mirrored its inputs: only then does mirroring TTA help (a network that never
+        saw mirrored anatomy mislabels it, e.g. left/right). With the cache, view 1 is the mirror image."""
+        if self.cache is None:
+            return self.config.augmentation.mirror
+        return self.views is not None and self.views.count > 1
 
     def _load_latest(self) -> None:
         path = checkpoint_path(self.fold_dir, "latest")
@@ -630,6 +715,13 @@ class Trainer:
             raise AutoPromptError(
                 f"{path}: was trained on another backbone (checksum {state['metadata']['backbone_checksum'][:12]}...); "
                 "resume with the same backbone or delete the fold to start again"
+            )
+        saved_views = state["metadata"].get("views")
+        views = self._views_record()
+        if saved_views != views:
+            raise AutoPromptError(
+                f"{path}: was trained with other augmented views ({saved_views}); resume with the same "
+                "settings (views, augmentation, seed) or delete the fold to start again"
             )
         if state["metadata"]["trainer_config"]["model"] != self.config.model.to_dict():
             raise AutoPromptError(

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from autoprompt.progress import progress
 from pipeline.evaluation import evaluate_folders
 from pipeline.files import load_json, save_json
 from pipeline.inference.postprocessing import determine_postprocessing
@@ -69,13 +69,13 @@ def validate_fold(
         [model], plans, configuration, device=device, tta=tta, precision=precision, batch_size=batch_size
     )
     suffix = plans.file_ending
-    foreground = {name: value for name, value in plans.labels.items() if value != 0}
+    foreground = plans.foreground_labels  # the ignore label is neither scored nor postprocessed
     use_raw = raw_labels_folder is not None and all(
         (raw_labels_folder / f"{c}{suffix}").is_file() for c in case_ids
     )
     predictions, references = [], []
     with tempfile.TemporaryDirectory(prefix="autoprompt_references_") as reference_dir:
-        for case in tqdm(case_ids, desc="final validation", unit="case", disable=None):
+        for case in progress(case_ids, desc="final validation", unit="case"):
             data = np.load(preprocessed_folder / f"{case}.npy")
             properties = load_json(preprocessed_folder / f"{case}.json")
             probabilities = revert_probabilities(predictor.predict_preprocessed(data), properties)
@@ -90,14 +90,22 @@ def validate_fold(
                 seg = np.load(preprocessed_folder / f"{case}_seg.npy")
                 reference = revert_segmentation(seg, properties)
                 write_image(reference, geometry, reference_file)
+            reference = reference.astype(labels.dtype, copy=False)
+            if plans.ignore_label is not None:  # postprocessing is chosen on annotated voxels only
+                unannotated = reference == plans.ignore_label
+                reference, labels = np.where(unannotated, 0, reference), np.where(unannotated, 0, labels)
             predictions.append(labels)
-            references.append(reference.astype(labels.dtype, copy=False))
+            references.append(reference)
         summary = evaluate_folders(
-            reference_dir, output, labels=foreground, output_json=output / "summary.json"
+            reference_dir,
+            output,
+            labels=foreground,
+            output_json=output / "summary.json",
+            ignore_label=plans.ignore_label,
         )
     rules = determine_postprocessing(predictions, references, labels=sorted(foreground.values()))
     save_json(rules, fold_dir / "postprocessing.json")
-    for entry in summary["per_case"]:  # the temporary reference folder is gone: name the real source
+    for entry in summary["metric_per_case"]:  # the temporary reference folder is gone: name the real source
         case = entry["case"]
         source = raw_labels_folder / f"{case}{suffix}" if use_raw else preprocessed_folder / f"{case}_seg.npy"
         entry["reference_file"] = str(source)

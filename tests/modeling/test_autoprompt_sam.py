@@ -281,3 +281,17 @@ def test_backbone_name_must_match_the_config(tiny_backbone):
         build_autoprompt_sam(
             tiny_config(backbone="litemedsam"), num_classes=1, in_channels=1, backbone=tiny_backbone
         )
+
+
+def test_teacher_boxes_replace_the_generated_boxes_only_where_asked(tiny_backbone, tiny_slices):
+    _, embeddings = tiny_slices
+    model = _build(tiny_backbone, classes=2).eval()
+    _randomise_trainable(model)
+    emb = embeddings[:2]
+    truth = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]).expand(2, 2, 4)
+    with torch.inference_mode():
+        plain = model(embeddings=emb)
+        forced = model(embeddings=emb, teacher_boxes=truth, teacher_mask=torch.tensor([True, False]))
+    assert not torch.allclose(forced.class_mask_logits[0], plain.class_mask_logits[0])
+    torch.testing.assert_close(forced.class_mask_logits[1], plain.class_mask_logits[1])
+    torch.testing.assert_close(forced.boxes, plain.boxes)  # the generated boxes are still returned

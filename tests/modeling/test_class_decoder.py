@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import torch
 
 from autoprompt.modeling.class_decoder import combine_logits, decode_classes
@@ -56,3 +58,13 @@ def test_batched_decoding_equals_decoding_each_slice_and_class_alone(tiny_backbo
     assert batched.shape == (n, k, 256, 256)
     assert torch.allclose(batched[1, 2], alone[0, 0], atol=1e-5)
     assert not torch.allclose(batched[1, 2], batched[0, 2], atol=1e-3)  # slices are not mixed up
+
+
+def test_a_presence_floor_bounds_the_suppression_by_hand():
+    class_logits = torch.tensor([4.0, -1.0]).view(1, 2, 1, 1)
+    presence = torch.tensor([[-30.0, 5.0]])  # class 1 judged surely absent
+    logits = combine_logits(class_logits, presence, presence_floor=0.05)
+    expected = [0.0, 4.0 + math.log(0.05), -1.0 + torch.nn.functional.logsigmoid(torch.tensor(5.0)).item()]
+    assert torch.allclose(logits.flatten(), torch.tensor(expected))
+    assert int(logits.argmax(dim=-3)) == 1  # a confident mask survives an over-confident "absent"
+    assert int(combine_logits(class_logits, presence).argmax(dim=-3)) == 0  # without the floor it is erased

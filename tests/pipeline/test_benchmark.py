@@ -106,13 +106,13 @@ def test_training_subsets_count_patients_and_are_nested():
 # ------------------------------------------------------------------------------------------- report
 def _evaluation(dice: dict[int, float | None], hd95: dict[int, float | None]) -> dict:
     mean = {
-        str(k): {"dice": dice[k], "iou": None, "hd95": hd95[k], "asd": None, "num_cases": 2} for k in dice
+        str(k): {"Dice": dice[k], "IoU": None, "HD95": hd95[k], "ASD": None, "num_cases": 2} for k in dice
     }
     present = [v for v in dice.values() if v is not None]
     return {
         "labels": {"RV": 1, "LV": 2},
         "mean": mean,
-        "foreground_mean": {"dice": sum(present) / len(present), "hd95": float(np.mean(list(hd95.values())))},
+        "foreground_mean": {"Dice": sum(present) / len(present), "HD95": float(np.mean(list(hd95.values())))},
     }
 
 

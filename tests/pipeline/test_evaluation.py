@@ -43,10 +43,10 @@ def _slabs_3d() -> tuple[np.ndarray, np.ndarray]:
 def test_shifted_slabs_3d_anisotropic() -> None:
     reference, prediction = _slabs_3d()
     metrics = evaluate_case(reference, prediction, labels=[1], spacing=(3.0, 0.5, 0.7))[1]
-    assert metrics["dice"] == pytest.approx(0.5)
-    assert metrics["iou"] == pytest.approx(1 / 3)
-    assert metrics["hd95"] == pytest.approx(3.0)
-    assert metrics["asd"] == pytest.approx(1.5)
+    assert metrics["Dice"] == pytest.approx(0.5)
+    assert metrics["IoU"] == pytest.approx(1 / 3)
+    assert metrics["HD95"] == pytest.approx(3.0)
+    assert metrics["ASD"] == pytest.approx(1.5)
     assert (metrics["n_ref"], metrics["n_pred"]) == (32, 32)
 
 
@@ -57,10 +57,10 @@ def test_shifted_bars_2d_use_row_spacing() -> None:
     reference[2:4, 2:8] = 2
     prediction[3:5, 2:8] = 2
     metrics = evaluate_case(reference, prediction, labels=[2], spacing=(2.0, 0.5))[2]
-    assert metrics["dice"] == pytest.approx(0.5)
-    assert metrics["iou"] == pytest.approx(1 / 3)
-    assert metrics["hd95"] == pytest.approx(2.0)
-    assert metrics["asd"] == pytest.approx(1.0)
+    assert metrics["Dice"] == pytest.approx(0.5)
+    assert metrics["IoU"] == pytest.approx(1 / 3)
+    assert metrics["HD95"] == pytest.approx(2.0)
+    assert metrics["ASD"] == pytest.approx(1.0)
 
 
 def test_disjoint_cubes_hd95_and_asd() -> None:
@@ -71,17 +71,17 @@ def test_disjoint_cubes_hd95_and_asd() -> None:
     reference[2:4, 1:3, 1:3] = 1
     prediction[5:7, 1:3, 1:3] = 1
     metrics = evaluate_case(reference, prediction, labels=[1], spacing=(4.0, 1.0, 1.0))[1]
-    assert metrics["dice"] == 0.0
-    assert metrics["iou"] == 0.0
-    assert metrics["hd95"] == pytest.approx(12.0)
-    assert metrics["asd"] == pytest.approx(10.0)
+    assert metrics["Dice"] == 0.0
+    assert metrics["IoU"] == 0.0
+    assert metrics["HD95"] == pytest.approx(12.0)
+    assert metrics["ASD"] == pytest.approx(10.0)
 
 
 def test_identical_maps_and_background_never_evaluated() -> None:
     reference, _ = _slabs_3d()
     metrics = evaluate_case(reference, reference.copy(), labels=[0, 1], spacing=None)
     assert list(metrics) == [1]
-    assert (metrics[1]["dice"], metrics[1]["iou"], metrics[1]["hd95"], metrics[1]["asd"]) == (
+    assert (metrics[1]["Dice"], metrics[1]["IoU"], metrics[1]["HD95"], metrics[1]["ASD"]) == (
         1.0,
         1.0,
         0.0,
@@ -98,17 +98,17 @@ def test_edge_cases_absent_in_both_and_in_one() -> None:
     prediction[2, 5:7, 5:9] = 2  # class 2 only in the prediction (hallucinated)
     metrics = evaluate_case(reference, prediction, labels=[1, 2, 3], spacing=spacing)
     for label in (1, 2):
-        assert metrics[label]["dice"] == 0.0
-        assert metrics[label]["iou"] == 0.0
-        assert metrics[label]["hd95"] == pytest.approx(diagonal)
-        assert metrics[label]["asd"] == pytest.approx(diagonal)
+        assert metrics[label]["Dice"] == 0.0
+        assert metrics[label]["IoU"] == 0.0
+        assert metrics[label]["HD95"] == pytest.approx(diagonal)
+        assert metrics[label]["ASD"] == pytest.approx(diagonal)
     assert (metrics[1]["n_ref"], metrics[1]["n_pred"], metrics[2]["n_ref"], metrics[2]["n_pred"]) == (
         4,
         0,
         0,
         8,
     )
-    assert all(math.isnan(metrics[3][m]) for m in ("dice", "iou", "hd95", "asd"))
+    assert all(math.isnan(metrics[3][m]) for m in ("Dice", "IoU", "HD95", "ASD"))
 
 
 def test_evaluate_case_rejects_bad_shapes_and_spacing() -> None:
@@ -147,17 +147,17 @@ def test_evaluate_folders_summary_json_and_csv(folders: tuple[Path, Path], tmp_p
     )
     assert json.loads(out.read_text()) == summary
     assert summary["labels"] == {"RV": 1, "LV": 2}
-    by_case = {case["case"]: case["metrics"] for case in summary["per_case"]}
-    assert by_case["a"]["1"]["hd95"] == pytest.approx(3.0)  # spacing taken from the file, z axis
-    assert by_case["a"]["2"]["dice"] is None and by_case["a"]["2"]["hd95"] is None
-    assert by_case["b"]["2"]["dice"] == 0.0
+    by_case = {case["case"]: case["metrics"] for case in summary["metric_per_case"]}
+    assert by_case["a"]["1"]["HD95"] == pytest.approx(3.0)  # spacing taken from the file, z axis
+    assert by_case["a"]["2"]["Dice"] is None and by_case["a"]["2"]["HD95"] is None
+    assert by_case["b"]["2"]["Dice"] == 0.0
     diagonal = math.sqrt((8 * 0.7) ** 2 + (8 * 0.5) ** 2 + (6 * 3.0) ** 2)
-    assert by_case["b"]["2"]["hd95"] == pytest.approx(diagonal)
-    assert summary["mean"]["1"]["dice"] == pytest.approx(0.75)
+    assert by_case["b"]["2"]["HD95"] == pytest.approx(diagonal)
+    assert summary["mean"]["1"]["Dice"] == pytest.approx(0.75)
     assert summary["mean"]["1"]["num_cases"] == 2
-    assert summary["mean"]["2"]["dice"] == 0.0 and summary["mean"]["2"]["num_cases"] == 1  # "a" left out
-    assert summary["foreground_mean"]["dice"] == pytest.approx(0.375)
-    assert summary["foreground_mean"]["hd95"] == pytest.approx((1.5 + diagonal) / 2)
+    assert summary["mean"]["2"]["Dice"] == 0.0 and summary["mean"]["2"]["num_cases"] == 1  # "a" left out
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(0.375)
+    assert summary["foreground_mean"]["HD95"] == pytest.approx((1.5 + diagonal) / 2)
 
     with out.with_suffix(".csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -167,19 +167,21 @@ def test_evaluate_folders_summary_json_and_csv(folders: tuple[Path, Path], tmp_p
         ("b", "1", "RV"),
         ("b", "2", "LV"),
     ]
-    assert rows[1]["dice"] == "" and rows[1]["n_ref"] == "0"
-    assert float(rows[0]["dice"]) == pytest.approx(0.5)
+    assert rows[1]["Dice"] == "" and rows[1]["n_ref"] == "0"
+    assert float(rows[0]["Dice"]) == pytest.approx(0.5)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
 def test_default_labels_are_those_found_in_references(folders: tuple[Path, Path]) -> None:
     ref, pred = folders
-    extra = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "a.nii.gz")))
-    extra[0, 0, 0] = 7  # a label no reference holds is not evaluated
-    _write(extra, pred / "a.nii.gz", SPACING_XYZ)
     summary = evaluate_folders(ref, pred, labels=None, num_processes=1)
     assert summary["labels"] == {"1": 1, "2": 2}
-    assert summary["per_case"][0]["metrics"]["2"]["dice"] is None  # absent from both in case "a"
+    assert summary["metric_per_case"][0]["metrics"]["2"]["Dice"] is None  # absent from both in case "a"
+    extra = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / "a.nii.gz")))
+    extra[0, 0, 0] = 7  # a label no reference holds is refused, not silently dropped
+    _write(extra, pred / "a.nii.gz", SPACING_XYZ)
+    with pytest.raises(AutoPromptError, match=r"a\.nii\.gz: holds label value\(s\) 7, in no reference"):
+        evaluate_folders(ref, pred, labels=None, num_processes=1)
 
 
 def test_parallel_equals_sequential_and_api_export(folders: tuple[Path, Path]) -> None:
@@ -198,8 +200,8 @@ def test_2d_png_folders(tmp_path: Path) -> None:
     _write(reference, tmp_path / "ref" / "x.png", (0.5, 2.0))
     _write(prediction, tmp_path / "pred" / "x.png", (0.5, 2.0))
     summary = evaluate_folders(tmp_path / "ref", tmp_path / "pred", labels=[1], num_processes=1)
-    assert summary["mean"]["1"]["dice"] == pytest.approx(0.5)
-    assert summary["mean"]["1"]["hd95"] == pytest.approx(2.0)
+    assert summary["mean"]["1"]["Dice"] == pytest.approx(0.5)
+    assert summary["mean"]["1"]["HD95"] == pytest.approx(2.0)
 
 
 def test_cli_end_to_end_with_dataset_labels(folders: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -217,8 +219,8 @@ def test_cli_end_to_end_with_dataset_labels(folders: tuple[Path, Path], tmp_path
     assert summary["labels"] == {"RV": 1, "LV": 2}
     assert (pred / "summary.csv").is_file()
     # a second run still sees two cases (the summary files are not label maps)
-    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--labels", "1", "-np", "1"]) == 0
-    assert json.loads((pred / "summary.json").read_text())["labels"] == {"1": 1}
+    assert main(["evaluate", "-r", str(ref), "-p", str(pred), "--labels", "1", "2", "-np", "1"]) == 0
+    assert json.loads((pred / "summary.json").read_text())["labels"] == {"1": 1, "2": 2}
 
 
 def _assert_cli_error(args: list[str], capsys, *fragments: str) -> None:
@@ -316,9 +318,9 @@ def test_real_acdc_labels_with_dataset_json(shared_data: Path, tmp_path: Path, c
     summary = json.loads((tmp_path / "summary.json").read_text())
     first = sitk.ReadImage(str(labels[0]))
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(first.GetSize(), first.GetSpacing(), strict=True)))
-    missed = summary["per_case"][0]["metrics"]["2"]
-    assert missed["dice"] == 0.0 and missed["hd95"] == pytest.approx(diagonal, rel=1e-6)
-    assert summary["mean"]["2"]["dice"] == pytest.approx(0.5)
+    missed = summary["metric_per_case"][0]["metrics"]["2"]
+    assert missed["Dice"] == 0.0 and missed["HD95"] == pytest.approx(diagonal, rel=1e-6)
+    assert summary["mean"]["2"]["Dice"] == pytest.approx(0.5)
     for label in ("1", "3"):
-        assert summary["mean"][label]["dice"] == pytest.approx(1.0)
-        assert summary["mean"][label]["hd95"] == pytest.approx(0.0)
+        assert summary["mean"][label]["Dice"] == pytest.approx(1.0)
+        assert summary["mean"][label]["HD95"] == pytest.approx(0.0)

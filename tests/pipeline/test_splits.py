@@ -49,9 +49,12 @@ def test_group_regex_that_misses_a_case_names_it() -> None:
         make_splits(["patient001_frame01", "case_003"], num_folds=2, group_regex=ACDC_GROUP_REGEX)
 
 
-def test_more_folds_than_cases_is_refused() -> None:
-    with pytest.raises(AutoPromptError, match="cannot make 5 folds from 3 cases"):
-        make_splits(CASES[:3])
+def test_fewer_cases_than_folds_leave_one_case_out() -> None:
+    splits = make_splits(CASES[:3])  # never refused: one fold per case (more in test_small_datasets.py)
+    assert len(splits) == 3 and all(len(fold["val"]) == 1 for fold in splits)
+    _assert_partition(splits, CASES[:3])
+    with pytest.raises(AutoPromptError, match="cross-validation needs at least 2"):
+        make_splits(CASES, num_folds=1)
 
 
 @pytest.mark.slow

@@ -42,14 +42,14 @@ def test_training_writes_a_complete_model_folder(trained: TrainingResult, planne
     assert trained.model_folder.name == "autoprompt__tiny__2d"
     assert trained.epochs == 2 and trained.steps == 6
     history = trained.history
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert set(history[0]["train_terms"]) == {"ce_dice", "coarse", "box", "presence"}
 
     for name in ("best", "final", "latest"):
         state = load_checkpoint(fold_dir / f"checkpoint_{name}.pt")
         assert state["metadata"]["backbone"] == "tiny"
-        assert state["metadata"]["mirror_augmented"] is False  # cached embeddings: no augmentation, no TTA
+        assert state["metadata"]["mirror_augmented"] is True  # view 1 of the cached views is the mirror image
+        assert state["metadata"]["views"]["count"] == 3  # configs/tiny.yaml
         assert not any(key.startswith("backbone.image_encoder.") for key in state["model"])  # trainable only
     assert load_checkpoint(fold_dir / "checkpoint_final.pt")["epoch"] == 2
 
@@ -64,7 +64,7 @@ def test_training_writes_a_complete_model_folder(trained: TrainingResult, planne
 
     split = load_json(planned.folder / "splits_final.json")[0]
     summary = load_json(fold_dir / "validation" / "summary.json")
-    assert sorted(case["case"] for case in summary["per_case"]) == sorted(split["val"])
+    assert sorted(case["case"] for case in summary["metric_per_case"]) == sorted(split["val"])
     assert set(summary["mean"]) == {"1", "2"}
     assert summary["reference_source"] == "raw labelsTr"
     for case in split["val"]:

@@ -1,0 +1,171 @@
+"""Why do classes vanish on unseen cases? Per-term diagnostics of a trained fold on its validation cases.
+
+For every validation window (the fixed inference windows, cached embeddings of view 0) and every class
+present in it (at least ``--min-pixels`` ground-truth pixels), the terms of the prompt generator and the
+decoder are scored against the ground truth:
+
+- ``presence``: sigmoid of the presence logit (1 = "present");
+- ``box_iou``: IoU of the regressed box with the ground-truth box;
+- ``coarse_dice``: Dice of the coarse mask (logit > 0);
+- ``decoder_dice``: Dice of SAM's mask for the class (logit > 0) before presence;
+- ``teacher_dice``: the same with the ground-truth box given to SAM instead of the generated one;
+- ``final_dice``: Dice of the final label map (argmax) for the class.
+
+A window's class is "lost" when its final Dice is below 0.1; each lost one is attributed to the first
+failing term in the chain presence (< 0.5) -> box (IoU < 0.3) -> coarse mask (Dice < 0.1) -> decoder.
+Writes JSON (means per class, the lost windows and their causes)::
+
+    python benchmarks/few_label_diagnostics.py MODEL_FOLDER --fold 0 --preprocessed PRE/Dataset227_ACDCcv -o diag.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autoprompt.modeling.prompt_generators import boxes_from_masks  # noqa: E402
+from pipeline.files import load_json, save_json  # noqa: E402
+from pipeline.model_folder import ModelFolder  # noqa: E402
+from pipeline.training.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.training.data import crop_window, fixed_windows, load_training_cases  # noqa: E402
+from pipeline.training.embedding_cache import EmbeddingCache  # noqa: E402
+
+TERMS = ("presence", "box_iou", "coarse_dice", "decoder_dice", "teacher_dice", "final_dice")
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    total = int(a.sum() + b.sum())
+    return 2 * int((a & b).sum()) / total if total else 1.0
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    x0, y0 = torch.maximum(a[:2], b[:2])
+    x1, y1 = torch.minimum(a[2:], b[2:])
+    inter = float((x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0))
+    area = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / area if area > 0 else 0.0
+
+
+def cause(record: dict) -> str:
+    if record["presence"] < 0.5:
+        return "presence"
+    if record["box_iou"] < 0.3:
+        return "box"
+    if record["coarse_dice"] < 0.1:
+        return "coarse_mask"
+    return "decoder"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model_folder")
+    parser.add_argument("--fold", default="0")
+    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--preprocessed", required=True, help="PREPROCESSED/DatasetXXX_Name of the training")
+    parser.add_argument("--min-pixels", type=int, default=50)
+    parser.add_argument(
+        "--presence-floor", type=float, help="evaluate with this presence floor instead of the trained one"
+    )
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args()
+
+    folder = ModelFolder(args.model_folder)
+    fold = int(args.fold) if args.fold.isdigit() else args.fold
+    model = folder.load_model(fold, checkpoint=args.checkpoint, device="cpu")
+    if args.presence_floor is not None:
+        model.presence_floor = args.presence_floor
+    state = load_checkpoint(folder.fold_dir(fold) / f"checkpoint_{args.checkpoint}.pt")
+    preprocessed = Path(args.preprocessed)
+    splits = load_json(preprocessed / "splits_final.json")
+    val_ids = splits[int(fold)]["val"]
+    plan = folder.plans.configuration(folder.configuration)
+    k = folder.plans.num_foreground_classes
+    names = [n for n, v in sorted(folder.plans.labels.items(), key=lambda kv: kv[1]) if v]
+    cases = load_training_cases(preprocessed / plan.data_identifier, val_ids, labels=range(1, k + 1), seed=0)
+    cache_dirs = [p.parent for p in (preprocessed / "embeddings").glob("*/cache.json")]
+    parts = next(
+        load_json(d / "cache.json")
+        for d in cache_dirs
+        if load_json(d / "cache.json")["backbone_checksum"] == state["metadata"]["backbone_checksum"]
+    )
+    parts.pop("key")
+    cache = EmbeddingCache(preprocessed, parts)
+    window = tuple(plan.window_size)
+    records: list[dict] = []
+    for case in cases:
+        embeddings = np.load(cache.path(case.name), mmap_mode="r")
+        windows = fixed_windows(case.data.shape[-2:], window)
+        for s in range(case.num_slices):
+            labels = torch.from_numpy(
+                np.stack(
+                    [crop_window(np.asarray(case.seg[s]), *corner, window) for corner in windows]
+                ).astype(np.int64)
+            )
+            one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # W x K x h x w
+            if not one_hot.flatten(2).sum(-1).ge(args.min_pixels).any():
+                continue
+            emb = torch.from_numpy(np.asarray(embeddings[s]).astype(np.float32))
+            truth_boxes = boxes_from_masks(one_hot)
+            with torch.inference_mode():
+                out = model(embeddings=emb)
+                teacher = model(
+                    embeddings=emb,
+                    teacher_boxes=truth_boxes,
+                    teacher_mask=torch.ones(len(windows), dtype=torch.bool),
+                )
+            final = out.logits.argmax(dim=1)
+            for w in range(len(windows)):
+                for c in range(k):
+                    if int(one_hot[w, c].sum()) < args.min_pixels:
+                        continue
+                    truth = one_hot[w, c]
+                    record = {
+                        "case": case.name,
+                        "slice": s,
+                        "window": w,
+                        "class": names[c],
+                        "pixels": int(truth.sum()),
+                        "presence": float(torch.sigmoid(out.presence_logits[w, c])),
+                        "box_iou": box_iou(out.boxes[w, c], truth_boxes[w, c]),
+                        "coarse_dice": dice(out.coarse_logits[w, c] > 0, truth),
+                        "decoder_dice": dice(out.class_mask_logits[w, c] > 0, truth),
+                        "teacher_dice": dice(teacher.class_mask_logits[w, c] > 0, truth),
+                        "final_dice": dice(final[w] == c + 1, truth),
+                    }
+                    records.append(record)
+    summary: dict = {
+        "model_folder": str(folder.path),
+        "fold": fold,
+        "presence_floor": model.presence_floor,
+        "windows": len(records),
+        "classes": {},
+    }
+    for name in names:
+        mine = [r for r in records if r["class"] == name]
+        lost = [r for r in mine if r["final_dice"] < 0.1]
+        summary["classes"][name] = {
+            "windows": len(mine),
+            **{term: float(np.mean([r[term] for r in mine])) if mine else None for term in TERMS},
+            "lost": len(lost),
+            "lost_causes": {
+                c: sum(cause(r) == c for r in lost) for c in ("presence", "box", "coarse_mask", "decoder")
+            },
+            "lost_with_teacher_box_ok": sum(r["teacher_dice"] >= 0.5 for r in lost),
+        }
+    summary["lost_windows"] = [r for r in records if r["final_dice"] < 0.1]
+    save_json(summary, args.output)
+    print(json.dumps(summary["classes"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Augmented views of the embedding cache: aligned image/label pairs, the view count, reuse and rebuilds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoprompt.modeling.backbone import SamBackbone, load_backbone
+from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.config import ModelConfig
+from pipeline.training.augmented_views import (
+    BYTES_PER_EMBEDDING,
+    ViewCache,
+    choose_view_count,
+    render_view,
+    view_key_parts,
+)
+from pipeline.training.config import AugmentationConfig, ViewConfig
+from pipeline.training.data import BatchDataset, TrainingCase, WindowSampler, build_augmentation, crop_window
+from pipeline.training.embedding_cache import EmbeddingCache
+
+GEOMETRY_ONLY = AugmentationConfig(
+    noise_variance=0.0,
+    blur_sigma=(0.0, 0.0),
+    brightness_range=(1.0, 1.0),
+    contrast_range=(1.0, 1.0),
+    low_resolution_range=(1.0, 1.0),
+    gamma_range=(1.0, 1.0),
+)
+
+
+def ellipse_case(name: str = "case", *, slices: int = 2, size: int = 48) -> TrainingCase:
+    """An off-centre bright ellipse (0.9, label 1) with a small bright square (label 2) on a 0.1 background."""
+    rows, cols = np.mgrid[:size, :size]
+    ellipse = ((rows - 0.4 * size) / (0.25 * size)) ** 2 + ((cols - 0.6 * size) / (0.15 * size)) ** 2 <= 1
+    seg = np.zeros((slices, size, size), dtype=np.int16)
+    seg[:, ellipse] = 1
+    seg[:, size - 12 : size - 6, 4:10] = 2
+    data = np.where(seg > 0, 0.9, 0.1).astype(np.float32)[None]
+    locations = {label: np.argwhere(seg == label) for label in (1, 2)}
+    return TrainingCase(name=name, data=data, seg=seg, locations=locations)
+
+
+@pytest.mark.parametrize("view", [2, 3, 4, 5, 6, 7])
+def test_a_random_view_warps_image_and_labels_together(view: int) -> None:
+    case = ellipse_case()
+    window = (32, 32)
+    augmentation = build_augmentation(GEOMETRY_ONLY, window, p_spatial=1.0)
+    image, labels = render_view(
+        case.data, case.seg, top=8, left=8, window=window, view=view, augmentation=augmentation, seed=view
+    )
+    assert image.shape == (2, 1, *window) and labels.shape == (2, *window) and labels.dtype == np.int16
+    assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 1).any()
+    bright = image[:, 0] > 0.5
+    agreement = (bright == (labels > 0)).mean()
+    assert agreement > 0.97  # only interpolated edge pixels may disagree
+    identity = crop_window(case.seg, 8, 8, window)
+    assert not np.array_equal(labels, identity)  # the view is transformed, not the window itself
+    np.testing.assert_array_equal(labels[0], labels[1])  # one transform for every slice of the case
+
+
+def test_the_mirror_view_is_the_window_reversed_left_right() -> None:
+    case = ellipse_case()
+    window = (32, 32)
+    image, labels = render_view(
+        case.data, case.seg, top=4, left=12, window=window, view=1, augmentation=None, seed=0
+    )
+    np.testing.assert_array_equal(labels, crop_window(case.seg, 4, 12, window)[..., ::-1])
+    np.testing.assert_array_equal(image[:, 0], crop_window(case.data[0], 4, 12, window)[..., ::-1])
+
+
+@pytest.mark.parametrize(
+    ("config", "windows", "expected"),
+    [
+        (ViewConfig(budget_gib=1.0, max_count=16), 10, 16),  # few slices: as many views as allowed
+        (ViewConfig(budget_gib=1.0, max_count=16), 100, 5),  # 1 GiB / (100 x 2 MiB) = 5
+        (ViewConfig(budget_gib=1.0, max_count=16), 10_000, 1),  # many slices: the slices themselves
+        (ViewConfig(count=4), 10_000, 4),  # set in the preset
+    ],
+)
+def test_the_view_count_follows_the_training_slices_and_the_budget(
+    config: ViewConfig, windows: int, expected: int
+) -> None:
+    assert BYTES_PER_EMBEDDING == 2 * 2**20
+    assert choose_view_count(config, windows) == expected
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone() -> SamBackbone:
+    return load_backbone("tiny")
+
+
+def view_cache(folder: Path, *, count: int, augmentation: AugmentationConfig) -> ViewCache:
+    base = EmbeddingCache(
+        folder,
+        {"backbone_checksum": "tiny", "window_size": [256, 256], "precision": "fp32", "plans": "test"},
+    )
+    parts = view_key_parts(base, count=count, augmentation=augmentation, p_spatial=1.0, seed=7)
+    return ViewCache(base, parts)
+
+
+def test_views_are_reused_and_rebuilt_when_their_settings_change(
+    tmp_path: Path, tiny_backbone: SamBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_autoprompt_sam(
+        ModelConfig(backbone="tiny", head_channels=16, adapter_dim=8),
+        num_classes=2,
+        in_channels=1,
+        backbone=tiny_backbone,
+    )
+    case = ellipse_case(size=200)
+    views = view_cache(tmp_path, count=3, augmentation=GEOMETRY_ONLY)
+    assert views.build(model, [case], device=torch.device("cpu"), batch_size=2) == 1
+    stored = views.open(case.name)
+    assert stored.embeddings.shape == (2, 2, 1, 256, 64, 64)  # views 1-2, 2 slices, 1 window
+    assert stored.images.shape == (2, 2, 1, 1, 256, 256) and stored.labels.shape == (2, 2, 1, 256, 256)
+    with torch.inference_mode():
+        expected = model.encode(torch.from_numpy(stored.images[1, 0].astype(np.float32)))
+    np.testing.assert_allclose(
+        stored.embeddings[1, 0].astype(np.float32), expected.numpy(), atol=2e-2, rtol=1e-2
+    )
+
+    state = np.random.get_state()[1].copy()
+    assert views.build(model, [case], device=torch.device("cpu"), batch_size=2) == 0  # reused
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+    rotated_less = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "rotation_degrees": 10.0})
+    changed = view_cache(tmp_path, count=3, augmentation=rotated_less)
+    assert changed.key != views.key and not changed.is_complete(case)
+    assert changed.build(model, [case], device=torch.device("cpu"), batch_size=2) == 1
+    assert view_cache(tmp_path, count=4, augmentation=GEOMETRY_ONLY).key != views.key
+
+    np.save(views.paths(case.name)[0], np.zeros(3, dtype=np.float16))  # a damaged file is rebuilt
+    assert not views.is_complete(case)
+
+    # training batches draw among the views: some samples are mirrored or warped windows with their labels
+    sampler = WindowSampler([case], window=(256, 256), oversample_foreground=0.0, fixed=True)
+    dataset = BatchDataset(
+        sampler,
+        batch_size=16,
+        stack_depth=1,
+        seed=0,
+        stream=0,
+        epoch=0,
+        length=1,
+        embedding_files=[tmp_path / "base.npy"],
+        views=changed,
+    )
+    np.save(tmp_path / "base.npy", np.zeros((2, 1, 256, 64, 64), dtype=np.float16))
+    batch = dataset[0]
+    identity = torch.from_numpy(crop_window(case.seg, 0, 0, (256, 256))[0].astype(np.int64))
+    drawn = [bool(torch.equal(target, identity)) for target in batch.target]
+    assert any(drawn) and not all(drawn)
+    for image, target in zip(batch.images, batch.target, strict=True):
+        assert ((image[0] > 0.5) == (target > 0)).float().mean() > 0.97
