@@ -36,7 +36,9 @@ def _normalise(name: str) -> str:
 
 def test_every_third_party_import_is_declared() -> None:
     # pyproject.toml's [project] dependencies list (tomllib needs Python 3.11)
-    block = re.search(r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.M | re.S)[1]
+    block = re.search(
+        r"^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"), re.M | re.S
+    )[1]
     declared = {
         _normalise(re.split(r"[<>=!~\[; ]", item, maxsplit=1)[0]) for item in re.findall(r'"([^"]+)"', block)
     }
