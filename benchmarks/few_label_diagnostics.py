@@ -77,6 +77,11 @@ def main() -> None:
         "--presence-floor", type=float, help="evaluate with this presence floor instead of the trained one"
     )
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument(
+        "--box-source",
+        choices=("head", "coarse_mask"),
+        help="evaluate with this box source instead of the trained one",
+    )
     args = parser.parse_args()
 
     folder = ModelFolder(args.model_folder)
@@ -84,6 +89,8 @@ def main() -> None:
     model = folder.load_model(fold, checkpoint=args.checkpoint, device="cpu")
     if args.presence_floor is not None:
         model.presence_floor = args.presence_floor
+    if args.box_source is not None:
+        model.box_source = args.box_source
     state = load_checkpoint(folder.fold_dir(fold) / f"checkpoint_{args.checkpoint}.pt")
     preprocessed = Path(args.preprocessed)
     splits = load_json(preprocessed / "splits_final.json")
@@ -147,6 +154,7 @@ def main() -> None:
         "model_folder": str(folder.path),
         "fold": fold,
         "presence_floor": model.presence_floor,
+        "box_source": model.box_source,
         "windows": len(records),
         "classes": {},
     }
