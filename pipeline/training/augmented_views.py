@@ -30,7 +30,6 @@ them builds new views; finished cases are reused, and building resumes case by c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import zlib
@@ -54,7 +53,13 @@ from pipeline.training.data import (
     fixed_windows,
     run_seeded,
 )
-from pipeline.training.embedding_cache import CACHE_DTYPE, EMBEDDING_SHAPE, EmbeddingCache, encode_windows
+from pipeline.training.embedding_cache import (
+    CACHE_DTYPE,
+    EMBEDDING_SHAPE,
+    EmbeddingCache,
+    cache_key,
+    encode_windows,
+)
 
 BYTES_PER_EMBEDDING = int(np.prod(EMBEDDING_SHAPE)) * np.dtype(CACHE_DTYPE).itemsize
 CONTEXT = 2  # the spatial transform reads a region CONTEXT times the window around it
@@ -151,7 +156,7 @@ class ViewCache:
         self.base = base
         self.parts = parts
         self.count = int(parts["count"])
-        self.key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        self.key = cache_key(parts)
         self.folder = base.folder / "views" / self.key
         self.augmentation_config = AugmentationConfig(**parts["augmentation"])
         self.seed = int(parts["seed"])

@@ -73,32 +73,51 @@ class AutoPromptLoss(nn.Module):
         if not bool(valid.all()):
             return self._masked(output, labels, valid)
         one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # N x K x h x w
-        present = one_hot.flatten(2).any(dim=2)  # N x K
-
         coarse_logits = output.coarse_logits.reshape(-1, k, *output.coarse_logits.shape[-2:]).float()
         coarse_target = one_hot.float()
         if coarse_target.shape[-2:] != coarse_logits.shape[-2:]:
             coarse_target = F.interpolate(coarse_target, size=coarse_logits.shape[-2:], mode="nearest")
 
-        boxes = output.boxes.reshape(-1, k, 4).float()
-        presence_logits = output.presence_logits.reshape(-1, k).float()
-        if present.any():
-            target_boxes = boxes_from_masks(one_hot)[present].to(boxes.dtype)
-            predicted = boxes[present]
-            box = F.l1_loss(predicted, target_boxes) + generalized_box_iou_loss(
-                predicted, target_boxes, reduction="mean"
-            )
-        else:
-            box = boxes.sum() * 0.0
-
+        box, presence = self._prompt_terms(
+            output, one_hot, complete=labels.new_ones(labels.shape[0], dtype=torch.bool)
+        )
         terms = {
             "ce_dice": self.ce_dice(logits, labels[:, None]),
             "coarse": self.coarse_dice(coarse_logits, coarse_target)
             + F.binary_cross_entropy_with_logits(coarse_logits, coarse_target),
             "box": box,
-            "presence": F.binary_cross_entropy_with_logits(presence_logits, present.float()),
+            "presence": presence,
         }
         return self._with_total(terms)
+
+    def _prompt_terms(
+        self, output: AutoPromptOutput, one_hot: torch.Tensor, *, complete: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box and presence terms over the windows whose labels are ``complete`` (``N`` bool).
+
+        Args:
+            one_hot: ``N x K x h x w`` class masks.
+        """
+        k = self.num_classes
+        present = one_hot.flatten(2).any(dim=2)  # N x K
+        boxes = output.boxes.reshape(-1, k, 4).float()
+        presence_logits = output.presence_logits.reshape(-1, k).float()
+        scored = present & complete[:, None]
+        if scored.any():
+            target_boxes = boxes_from_masks(one_hot)[scored].to(boxes.dtype)
+            predicted = boxes[scored]
+            box = F.l1_loss(predicted, target_boxes) + generalized_box_iou_loss(
+                predicted, target_boxes, reduction="mean"
+            )
+        else:
+            box = boxes.sum() * 0.0
+        if complete.any():
+            presence = F.binary_cross_entropy_with_logits(
+                presence_logits[complete], present[complete].float()
+            )
+        else:
+            presence = presence_logits.sum() * 0.0
+        return box, presence
 
     def _with_total(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms["total"] = (
@@ -136,24 +155,7 @@ class AutoPromptLoss(nn.Module):
 
         # windows with ignore voxels: which classes they hold, and where, is unknown
         complete = valid.flatten(1).all(dim=1)  # N
-        present = one_hot.flatten(2).any(dim=2)  # N x K
-        boxes = output.boxes.reshape(-1, k, 4).float()
-        presence_logits = output.presence_logits.reshape(-1, k).float()
-        scored = present & complete[:, None]
-        if scored.any():
-            target_boxes = boxes_from_masks(one_hot)[scored].to(boxes.dtype)
-            predicted = boxes[scored]
-            box = F.l1_loss(predicted, target_boxes) + generalized_box_iou_loss(
-                predicted, target_boxes, reduction="mean"
-            )
-        else:
-            box = boxes.sum() * 0.0
-        if complete.any():
-            presence = F.binary_cross_entropy_with_logits(
-                presence_logits[complete], present[complete].float()
-            )
-        else:
-            presence = presence_logits.sum() * 0.0
+        box, presence = self._prompt_terms(output, one_hot, complete=complete)
         terms = {"ce_dice": cross_entropy + dice, "coarse": coarse, "box": box, "presence": presence}
         return self._with_total(terms)
 
