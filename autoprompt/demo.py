@@ -109,6 +109,8 @@ def run_demo(
         results=output / "results",
         configuration="2d",
         config=config,
+        # no augmented views: they would add one encoder pass per view and window to a demo of minutes
+        overrides=["views.count=1"],
         epochs=epochs,
         iterations_per_epoch=iterations_per_epoch,
         device=device,
