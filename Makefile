@@ -30,3 +30,4 @@ chromium:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check autoprompt pipeline planners tests benchmarks
 	$(VENV)/bin/ruff format --check autoprompt pipeline planners tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache

@@ -7,8 +7,8 @@ batch sizes given, default and raised thresholds. Each child times ``--repeats``
 one warm-up on random 256 x 256 windows and reports seconds per slice, user and system CPU seconds and
 minor page faults of the timed calls.
 
-    .venv/bin/python benchmarks/encoder_allocator.py                  # CPU, prints a table, writes JSON
-    .venv/bin/python benchmarks/encoder_allocator.py --batch-sizes 1 --repeats 8
+    .venv/bin/python -m benchmarks.encoder_allocator                  # CPU, prints a table, writes JSON
+    .venv/bin/python -m benchmarks.encoder_allocator --batch-sizes 1 --repeats 8
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pipeline.files import save_json
 
-from pipeline.files import save_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import json, resource, sys, time

@@ -23,18 +23,16 @@ import argparse
 import json
 import math
 import re
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from autoprompt import api
+from autoprompt.benchmarking.cases import training_subsets
+from pipeline.files import save_json
 
-from autoprompt import api  # noqa: E402
-from pipeline.benchmark_cases import training_subsets  # noqa: E402
-from pipeline.files import save_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ACDC = "Dataset027_ACDC"
 CV_NAME = "Dataset227_ACDCcv"  # the copy made for a run (cross-validation or --test)
@@ -52,7 +50,7 @@ def cv_patients(
     """Training patients per size (nested) and the validation patients, all from the 70 training patients.
 
     With ``test`` the training patients are the benchmark's nested subsets of all 70
-    (:func:`pipeline.benchmark_cases.training_subsets`, as ``autoprompt benchmark --train-cases`` draws
+    (:func:`autoprompt.benchmarking.cases.training_subsets`, as ``autoprompt benchmark --train-cases`` draws
     them) and the validation patients are the 10 test patients: for reporting, after every choice is made.
     """
     split = json.loads((raw / ACDC / "splits_patient_70_10.json").read_text())[0]

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from autoprompt.modeling.prompt_generators import boxes_from_masks
+from pipeline.checkpoint import load_checkpoint
+from pipeline.files import load_json, save_json
+from pipeline.model_folder import ModelFolder
+from pipeline.training.data import crop_window, fixed_windows, load_training_cases
+from pipeline.training.embedding_cache import EmbeddingCache
 
-from autoprompt.modeling.prompt_generators import boxes_from_masks  # noqa: E402
-from pipeline.files import load_json, save_json  # noqa: E402
-from pipeline.model_folder import ModelFolder  # noqa: E402
-from pipeline.training.checkpoint import load_checkpoint  # noqa: E402
-from pipeline.training.data import crop_window, fixed_windows, load_training_cases  # noqa: E402
-from pipeline.training.embedding_cache import EmbeddingCache  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TERMS = ("presence", "box_iou", "coarse_dice", "decoder_dice", "teacher_dice", "final_dice")
 

@@ -2,8 +2,8 @@
 
 Both tools run as command-line programs on the same volumes (one input folder of ``{case}_0000`` links),
 on the same device, with the same TTA setting, for one fold and for five. Each run is a child process
-(``pipeline.nnunet_baseline.run_logged``): its wall time divided by the number of volumes (start-up and
-model loading included, as a user meets them) and its peak resident memory (the largest process).
+(``autoprompt.benchmarking.nnunet_baseline.run_logged``): its wall time divided by the number of volumes
+(start-up and model loading included, as a user meets them) and its peak resident memory (the largest process).
 
 Five folds need five trained folds; where a model folder has fewer, the missing ``fold_K`` are links to
 a trained one. The work per volume is that of five folds; the answers are not meant to be compared.
@@ -16,12 +16,12 @@ with ``--nnunet-iterations N`` one epoch of N iterations (cheaper; the network a
 the same, only the weights are barely trained).
 
     # ACDC, the 20 validation volumes of the 70/10 patient split, trained models:
-    .venv/bin/python benchmarks/inference_speed.py --raw ../shared/data/Dataset027_ACDC \\
+    .venv/bin/python -m benchmarks.inference_speed --raw ../shared/data/Dataset027_ACDC \\
         --splits ../shared/data/Dataset027_ACDC/splits_patient_70_10.json --fold 0 \\
         --autoprompt-model RESULTS/Dataset027_ACDC/autoprompt__2d_frozen__2d \\
         --nnunet-model NNUNET_RESULTS/Dataset027_ACDC/nnUNetTrainer__nnUNetPlans__2d
     # Hippocampus, 20 volumes, models made here (timing only):
-    .venv/bin/python benchmarks/inference_speed.py --raw ../shared/data/Dataset004_Hippocampus --cases 20
+    .venv/bin/python -m benchmarks.inference_speed --raw ../shared/data/Dataset004_Hippocampus --cases 20
 """
 
 from __future__ import annotations
@@ -34,20 +34,19 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from autoprompt.benchmarking.nnunet_baseline import TRAINER_NAME, NnUNetRoots, link_raw_subset, run_logged
+from autoprompt.benchmarking.nnunet_baseline import plan_and_preprocess as nnunet_plan_and_preprocess
+from autoprompt.benchmarking.nnunet_baseline import train as nnunet_train
+from autoprompt.modeling.backbone import load_backbone
+from autoprompt.paths import dataset_id
+from pipeline.checkpoint import checkpoint_path, save_checkpoint
+from pipeline.dataset import load_raw_dataset
+from pipeline.experiment_planning import plan_and_preprocess
+from pipeline.files import load_json, save_json
+from pipeline.model_folder import ModelFolder
+from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config
 
-from autoprompt.modeling.backbone import load_backbone  # noqa: E402
-from autoprompt.paths import dataset_id  # noqa: E402
-from pipeline.dataset import load_raw_dataset  # noqa: E402
-from pipeline.experiment_planning import plan_and_preprocess  # noqa: E402
-from pipeline.files import load_json, save_json  # noqa: E402
-from pipeline.model_folder import ModelFolder  # noqa: E402
-from pipeline.nnunet_baseline import TRAINER_NAME, NnUNetRoots, link_raw_subset, run_logged  # noqa: E402
-from pipeline.nnunet_baseline import plan_and_preprocess as nnunet_plan_and_preprocess  # noqa: E402
-from pipeline.nnunet_baseline import train as nnunet_train  # noqa: E402
-from pipeline.training.checkpoint import checkpoint_path, save_checkpoint  # noqa: E402
-from pipeline.training.config import DEFAULT_PRESETS, load_trainer_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def candidate_cases(raw: Path, *, splits: Path | None, fold: int) -> list[str]:
@@ -100,7 +99,7 @@ def short_nnunet_model(
     """Plan, preprocess and briefly train nnU-Net 2d on the linked subset (fold ``all``, CPU).
 
     ``iterations`` None: ``nnUNetv2_train ... -tr <trainer>`` (e.g. nnUNetTrainer_1epoch, 250 iterations).
-    Otherwise one epoch of that many iterations of nnUNetTrainer (``pipeline.nnunet_baseline.train``).
+    Otherwise one epoch of that many iterations of nnUNetTrainer (``nnunet_baseline.train``).
     """
     name = TRAINER_NAME if iterations else trainer
     model = roots.results / dataset_name / f"{name}__nnUNetPlans__2d"

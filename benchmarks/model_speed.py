@@ -7,8 +7,8 @@ model from cached embeddings; for batch sizes 1 and 8. Peak memory is ``torch.cu
 on a GPU, else the process's peak resident set size (``resource.getrusage``, which only grows: read it as
 "the process peaked at ... after this row"). Parameter counts are given for the four reference setups.
 
-    .venv/bin/python benchmarks/model_speed.py                      # CPU, prints tables, writes JSON
-    .venv/bin/python benchmarks/model_speed.py --device cuda --repeats 10
+    .venv/bin/python -m benchmarks.model_speed                      # CPU, prints tables, writes JSON
+    .venv/bin/python -m benchmarks.model_speed --device cuda --repeats 10
 """
 
 from __future__ import annotations
@@ -26,16 +26,15 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from autoprompt.allocator import retain_freed_memory
+from autoprompt.devices import resolve_device
+from autoprompt.modeling.backbone import SamBackbone, load_backbone
+from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.class_decoder import decode_classes
+from autoprompt.modeling.config import ModelConfig
+from pipeline.files import save_json
 
-from autoprompt.allocator import retain_freed_memory  # noqa: E402
-from autoprompt.devices import resolve_device  # noqa: E402
-from autoprompt.modeling.backbone import SamBackbone, load_backbone  # noqa: E402
-from autoprompt.modeling.build import build_autoprompt_sam  # noqa: E402
-from autoprompt.modeling.class_decoder import decode_classes  # noqa: E402
-from autoprompt.modeling.config import ModelConfig  # noqa: E402
-from pipeline.files import save_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SETUPS: dict[str, tuple[ModelConfig, int]] = {
     "2d encoder_head, frozen encoder": (ModelConfig(prompt_generator="encoder_head"), 1),

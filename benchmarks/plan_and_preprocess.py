@@ -4,8 +4,8 @@ Each dataset is planned and preprocessed from scratch into a temporary folder by
 subprocess). Memory: the largest single process (``ru_maxrss`` from ``wait4``) and the peak
 sum over the command's process tree (sampled from /proc every 0.1 s, so it may miss short spikes).
 
-    .venv/bin/python benchmarks/plan_and_preprocess.py                    # ACDC and Hippocampus, -np 2
-    .venv/bin/python benchmarks/plan_and_preprocess.py -d Dataset004_Hippocampus -o plan_bench.json
+    .venv/bin/python -m benchmarks.plan_and_preprocess                    # ACDC and Hippocampus, -np 2
+    .venv/bin/python -m benchmarks.plan_and_preprocess -d Dataset004_Hippocampus -o plan_bench.json
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from pipeline.dataset import ACDC_GROUP_REGEX
+from pipeline.files import save_json
+from planners.plans import Plans
 
-from pipeline.dataset import ACDC_GROUP_REGEX  # noqa: E402
-from pipeline.files import save_json  # noqa: E402
-from planners.plans import Plans  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATASETS = {"Dataset027_ACDC": ACDC_GROUP_REGEX, "Dataset004_Hippocampus": None}
 

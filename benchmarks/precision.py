@@ -3,12 +3,12 @@
 For each precision (fp32, bf16; fp16 too on CUDA) and each case (a synthetic bright ellipse in noise,
 the largest left ventricle slice of ACDC patient002_frame01 from its ground-truth box + 3 px) it
 reports the median encoder seconds per slice, the box-prompt Dice and the relative L2 error of the
-embedding against fp32. ``autoprompt.interactive.DEFAULT_PRECISION`` is chosen from this table.
+embedding against fp32. The ``auto`` rule of ``autoprompt.precision`` follows this table.
 
-    .venv/bin/python benchmarks/precision.py                       # CPU, prints a table
-    .venv/bin/python benchmarks/precision.py --device cuda -o precision_cuda.json
+    .venv/bin/python -m benchmarks.precision                       # CPU, prints a table
+    .venv/bin/python -m benchmarks.precision --device cuda -o precision_cuda.json
     # a CPU without bf16 instructions (a typical laptop), emulated by limiting the kernels to AVX2:
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/precision.py --repeats 1
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python -m benchmarks.precision --repeats 1
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from autoprompt.allocator import retain_freed_memory
+from autoprompt.devices import Precision, resolve_device
+from autoprompt.interactive.images import LoadedImage
+from autoprompt.interactive.predictor import InteractivePredictor, SliceFrame
+from autoprompt.modeling.backbone import load_backbone
+from pipeline.files import save_json
+from tests.interactive.cases import ACDC_CASE, PromptCase, acdc_lv_case, dice, ellipse_case
 
-from autoprompt.allocator import retain_freed_memory  # noqa: E402
-from autoprompt.devices import Precision, resolve_device  # noqa: E402
-from autoprompt.interactive import InteractivePredictor, LoadedImage, SliceFrame  # noqa: E402
-from autoprompt.modeling.backbone import load_backbone  # noqa: E402
-from pipeline.files import save_json  # noqa: E402
-from tests.interactive.cases import ACDC_CASE, PromptCase, acdc_lv_case, dice, ellipse_case  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _cases(data_root: Path) -> list[tuple[PromptCase, tuple[float, float] | None]]:

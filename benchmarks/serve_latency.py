@@ -10,9 +10,9 @@ UNTRAINED model folder is built from the dataset's first 5 cases (plans from tho
 initialised prompt generator and adapters on the real LiteMedSAM backbone). Its latency is that of a
 trained model of the same plans (the same network runs), its segmentation is not meaningful.
 
-    .venv/bin/python benchmarks/serve_latency.py
-    .venv/bin/python benchmarks/serve_latency.py --no-tta --datasets hippocampus
-    .venv/bin/python benchmarks/serve_latency.py --acdc-model RESULTS/Dataset027_ACDC/autoprompt__2d_frozen__2d \\
+    .venv/bin/python -m benchmarks.serve_latency
+    .venv/bin/python -m benchmarks.serve_latency --no-tta --datasets hippocampus
+    .venv/bin/python -m benchmarks.serve_latency --acdc-model RESULTS/Dataset027_ACDC/autoprompt__2d_frozen__2d \\
         --screenshot docs/serve_screenshot.png
 
 Writes ``benchmarks/results/serve_latency.json`` (or ``--out``) and prints a table.
@@ -26,7 +26,6 @@ import os
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -35,17 +34,16 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from autoprompt.allocator import retain_freed_memory
+from autoprompt.modeling.config import ModelConfig
+from autoprompt.serve import ServeSettings, create_app
+from pipeline.checkpoint import save_checkpoint
+from pipeline.experiment_planning import plan_and_preprocess
+from pipeline.files import atomic_path, save_json
+from pipeline.model_folder import ModelFolder
+from pipeline.trainer_config import TrainerConfig
 
-from autoprompt.allocator import retain_freed_memory  # noqa: E402
-from autoprompt.modeling.config import ModelConfig  # noqa: E402
-from autoprompt.serve import ServeSettings, create_app  # noqa: E402
-from pipeline.experiment_planning import plan_and_preprocess  # noqa: E402
-from pipeline.files import atomic_path, save_json  # noqa: E402
-from pipeline.model_folder import ModelFolder  # noqa: E402
-from pipeline.training.checkpoint import save_checkpoint  # noqa: E402
-from pipeline.training.config import TrainerConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED = REPO.parent / "shared" / "data"
 DATASETS = {  # name -> (dataset folder, case uploaded)

@@ -1,9 +1,9 @@
 """Training quality benchmark: plan, preprocess, train fold 0 on the CPU, validate; Dice and time per dataset.
 
-    .venv/bin/python benchmarks/train_quality.py                       # ACDC and Hippocampus, preset 2d_frozen
-    .venv/bin/python benchmarks/train_quality.py --datasets 27 --set cache_slice_stride=1
-    .venv/bin/python benchmarks/train_quality.py --work /tmp/tq --json benchmarks/results/train_quality.json
-    python benchmarks/train_quality.py --datasets 4 --raw DATA --device cuda --json train_quality_cuda.json
+    .venv/bin/python -m benchmarks.train_quality                       # ACDC and Hippocampus, preset 2d_frozen
+    .venv/bin/python -m benchmarks.train_quality --datasets 27 --set cache_slice_stride=1
+    .venv/bin/python -m benchmarks.train_quality --work /tmp/tq --json benchmarks/results/train_quality.json
+    python -m benchmarks.train_quality --datasets 4 --raw DATA --device cuda --json train_quality_cuda.json
 
 For ACDC (../shared/data/Dataset027_ACDC) fold 0 is the common 70/10 patient split
 (``splits_patient_70_10.json``, copied as ``splits_final.json``); Hippocampus uses fold 0 of the
@@ -28,15 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 # dataset id -> (folder, group regex for the folds, options of the run: ``--set`` overrides and time budget)
-# bf16 encoder and training steps: this CPU has AVX512-BF16 (encoder 1.6x, training step 1.7x faster, same
-# box-prompt Dice: benchmarks/precision.py); the final validation then predicts in bf16 too (the precision
-# the network was trained on). ACDC: 28 training minutes keep the whole run (planning, cache of all 160
-# volumes and final validation included) within the hour of the training quality bar on 2 cores.
-# Hippocampus: every 4th slice is cached (~1,500 encoder passes instead of ~6,000).
-BF16 = ["encoder_precision=bf16", "amp=bf16"]
+# The precision is ``auto``: bf16 encoder and training steps on this CPU (AVX512-BF16: encoder 1.6x, training
+# step 1.7x faster, same box-prompt Dice: benchmarks/precision.py); the final validation then predicts in bf16
+# too (the precision the network was trained on). ACDC: 28 training minutes keep the whole run (planning,
+# cache of all 160 volumes and final validation included) within the hour of the training quality bar on 2
+# cores. Hippocampus: every 4th slice is cached (~1,500 encoder passes instead of ~6,000).
 DATASETS = {
-    "27": ("Dataset027_ACDC", r"^(patient\d+)_frame\d+$", BF16, 28.0),
-    "4": ("Dataset004_Hippocampus", None, [*BF16, "cache_slice_stride=4"], 12.0),
+    "27": ("Dataset027_ACDC", r"^(patient\d+)_frame\d+$", [], 28.0),
+    "4": ("Dataset004_Hippocampus", None, ["cache_slice_stride=4"], 12.0),
 }
 
 

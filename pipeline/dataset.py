@@ -2,7 +2,8 @@
 
 A dataset folder holds ``dataset.json``, ``imagesTr/{case}_{XXXX}{file_ending}`` (one file per channel
 ``XXXX``) and ``labelsTr/{case}{file_ending}``, exactly as nnU-Net v2 expects, so an nnU-Net user's data
-works unchanged.
+works unchanged. nnU-Net's RGB layout is read too: a dataset of 2D pictures whose dataset.json names three
+channels (e.g. ``{"0": "R", "1": "G", "2": "B"}``) may give each case one colour ``{case}_0000.png``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from nnunetv2.utilities.crossval_split import generate_crossval_split
 from autoprompt.errors import AutoPromptError
 from autoprompt.progress import progress
 from pipeline.files import load_json, save_json
-from pipeline.io import SUPPORTED_SUFFIXES, Geometry, read_image, read_image_info
+from pipeline.io import (
+    SUPPORTED_SUFFIXES,
+    Geometry,
+    holds_all_channels,
+    read_channels,
+    read_image,
+    read_image_info,
+)
 
 ACDC_GROUP_REGEX = r"^(patient\d+)_frame\d+$"
 """Group ACDC's ``patientNNN_frameMM`` cases by patient, so both frames of a patient share a fold."""
@@ -43,8 +51,9 @@ class CaseFiles:
     """The files of one case.
 
     Attributes:
-        images: one path per channel, in channel order (``{case}_0000``, ``{case}_0001``, ...); a path may
-            not exist when the dataset is incomplete (:func:`verify_dataset` reports it).
+        images: one path per channel, in channel order (``{case}_0000``, ``{case}_0001``, ...), or the one
+            colour picture ``{case}_0000`` of nnU-Net's RGB layout; a path may not exist when the dataset
+            is incomplete (:func:`verify_dataset` reports it).
         label: the label map, or ``None`` when there is none.
     """
 
@@ -114,6 +123,10 @@ def load_raw_dataset(folder: str | os.PathLike) -> RawDataset:
             folder / "imagesTr" / f"{case_id}_{int(c):04d}{file_ending}"
             for c in sorted(channel_names, key=int)
         ]
+        if holds_all_channels(file_ending, len(files.images)) and not any(
+            path.exists() for path in files.images[1:]
+        ):
+            files.images = files.images[:1]  # nnU-Net's RGB layout: the picture holds the three channels
     return RawDataset(
         folder=folder,
         name=folder.name,
@@ -239,7 +252,13 @@ def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
     ]
     declared = sorted(dataset.labels.values())
     jobs = [
-        (case_id, files, dataset.folder / "labelsTr" / f"{case_id}{dataset.file_ending}", declared)
+        (
+            case_id,
+            files,
+            dataset.folder / "labelsTr" / f"{case_id}{dataset.file_ending}",
+            declared,
+            len(dataset.channel_names),
+        )
         for case_id, files in dataset.cases.items()
     ]
     with _parallel_map(num_processes) as parallel_map:
@@ -294,9 +313,10 @@ def _single_threaded() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-def _verify_case(job: tuple[str, CaseFiles, Path, list[int]]) -> list[str]:
-    """Problems of one case (runs in a worker); ``job`` is (case id, files, expected label path, label values)."""
-    case_id, files, expected_label, declared = job
+def _verify_case(job: tuple[str, CaseFiles, Path, list[int], int]) -> list[str]:
+    """Problems of one case (runs in a worker); ``job`` is (case id, files, expected label path, label values,
+    number of channels)."""
+    case_id, files, expected_label, declared, num_channels = job
     problems = []
     reference: tuple[Path, Geometry] | None = None
     for index, path in enumerate(files.images):
@@ -306,10 +326,15 @@ def _verify_case(job: tuple[str, CaseFiles, Path, list[int]]) -> list[str]:
             )
             continue
         try:
-            array, geometry = read_image(path)
+            array, geometry = read_channels(path)
         except AutoPromptError as error:
             problems.append(str(error))
             continue
+        if len(files.images) < num_channels and len(array) != num_channels:
+            problems.append(
+                f"{path}: holds {len(array)} channel(s) and no {case_id}_0001 file follows, dataset.json names "
+                f"{num_channels}; save it as an RGB picture or add the files of channels 1 and 2"
+            )
         if not np.all(np.isfinite(array)):
             problems.append(
                 f"{path}: contains NaN or infinite values; replace them, e.g. with the image minimum"

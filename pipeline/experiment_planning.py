@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.backbone import backbone_window_size, check_backbone_name
 from autoprompt.paths import dataset_id
 from pipeline.dataset import (
     DEFAULT_NUM_FOLDS,
@@ -72,6 +73,7 @@ def plan_and_preprocess(
     seed: int = 12345,
     num_folds: int | None = None,
     overwrite_plans: bool = False,
+    backbone: str = "litemedsam",
 ) -> Path:
     """Verify, fingerprint, plan and preprocess a raw dataset, and make its cross-validation folds.
 
@@ -92,20 +94,23 @@ def plan_and_preprocess(
             (only fold ``all``) for a single group; a note on stderr says so. An existing
             splits_final.json is kept whatever this says (a note names the difference).
         overwrite_plans: plan again even if fingerprint.json/plans.json exist (drops hand edits).
+        backbone: the backbone the plans are for; its input size is the window (LiteMedSAM 256, SAM/MedSAM
+            ViT 1024). An existing plans.json with other windows is refused (re-plan with ``overwrite_plans``).
 
     Returns:
         The preprocessed dataset folder.
 
     Raises:
         AutoPromptError: a folder name that breaks nnU-Net's ``DatasetXXX_Name`` rule, dataset problems, an
-            unknown configuration, a bad group regex, fewer than 2 folds asked for, or a plans.json that
-            does not fit the dataset.
+            unknown configuration or backbone, a bad group regex, fewer than 2 folds asked for, or a
+            plans.json that does not fit the dataset or the backbone.
     """
     unknown = [name for name in configurations if name not in CONFIGURATIONS]
     if unknown:
         raise AutoPromptError(
             f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGURATIONS)}"
         )
+    check_backbone_name(backbone)
     folds = DEFAULT_NUM_FOLDS if num_folds is None else num_folds
     check_num_folds(folds)
     if group_regex is not None:
@@ -124,7 +129,7 @@ def plan_and_preprocess(
     fingerprint = _fingerprint(
         raw, out / "fingerprint.json", num_processes=num_processes, reuse=not overwrite_plans
     )
-    plans = _plans(raw, fingerprint, out / "plans.json", reuse=not overwrite_plans)
+    plans = _plans(raw, fingerprint, out / "plans.json", reuse=not overwrite_plans, backbone=backbone)
     planned = [name for name in configurations if name in plans.configurations]
     for name in sorted(set(configurations) - set(planned)):
         print(
@@ -181,12 +186,15 @@ def _fingerprint(raw: RawDataset, path: Path, *, num_processes: int, reuse: bool
     return fingerprint
 
 
-def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool) -> Plans:
-    """The existing (maybe hand-edited) plans.json, else new plans; a file is rewritten only if it changes.
+def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool, backbone: str) -> Plans:
+    """The existing (maybe hand-edited) plans.json, else new plans for ``backbone``'s window; a file is
+    rewritten only if it changes.
 
     Raises:
-        AutoPromptError: an existing plans.json is invalid or has other labels/channels than dataset.json.
+        AutoPromptError: an existing plans.json is invalid, has other labels/channels than dataset.json, or
+            other windows than ``backbone`` takes.
     """
+    window = backbone_window_size(backbone)
     if reuse and path.is_file():
         plans = Plans.load(path)
         for key in ("labels", "channel_names"):
@@ -194,8 +202,16 @@ def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool) -> Pl
                 raise AutoPromptError(
                     f"{path}: {key} differ from {raw.dataset_json_path}; re-plan with --overwrite-plans"
                 )
+        planned = {tuple(plan.window_size) for plan in plans.configurations.values()}
+        if planned != {(window, window)}:
+            shown = ", ".join(f"{rows} x {cols}" for rows, cols in sorted(planned))
+            raise AutoPromptError(
+                f"{path}: planned for {shown} windows, but backbone {backbone} takes {window} x {window}; "
+                "pass the backbone it was planned for (--backbone) or re-plan with --overwrite-plans "
+                "(preprocessed cases of other windows are kept)"
+            )
         return plans
-    plans = plan_dataset(fingerprint, raw.dataset_json)
+    plans = plan_dataset(fingerprint, raw.dataset_json, window=window)
     try:
         unchanged = load_json(path) == plans.to_dict()
     except (OSError, ValueError):

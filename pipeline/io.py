@@ -28,6 +28,10 @@ SUPPORTED_SUFFIXES = VOLUME_SUFFIXES + PLANAR_SUFFIXES
 _UINT8_ONLY = (".png", ".jpg", ".jpeg")
 PLANAR_ONLY_SUFFIXES = _UINT8_ONLY
 """File endings that hold 2D images only."""
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+"""File endings whose compression changes values: never used for a label map."""
+RGB_CHANNELS = 3
+"""Channels of nnU-Net's RGB layout: one 2D colour picture ``{case}_0000`` holds all three."""
 _FIX_FORMAT = f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder holding one DICOM series"
 
 
@@ -112,7 +116,7 @@ def image_suffix(path: str | os.PathLike) -> str:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read an image file or DICOM series folder with its geometry.
 
-    RGB(A) 2D images become grey (luminance, same 0-255 scale, float32).
+    RGB(A) 2D images become grey (luminance, same 0-255 scale, float32); :func:`read_channels` keeps colour.
 
     Returns:
         The voxels, ``(Z, Y, X)`` or ``(Y, X)`` in the file's pixel type, and their :class:`Geometry`.
@@ -120,6 +124,27 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     Raises:
         AutoPromptError: the file is missing, unreadable, not an image, 4D, or a vector image that is not
             a 2D RGB(A) picture.
+    """
+    channels, geometry = read_channels(path)
+    return (channels[0] if len(channels) == 1 else grey(channels)), geometry
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """The luminance of ``3 x ...`` colour channels (same scale), float32 ``...``."""
+    return rgb2gray(np.moveaxis(rgb, 0, -1).astype(np.float32)).astype(np.float32)
+
+
+def read_channels(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image with its values per pixel as channels, as nnU-Net's ``NaturalImage2DIO`` does.
+
+    A 2D RGB(A) picture gives its three colour channels (alpha is dropped), any other image one channel.
+
+    Returns:
+        ``C x Z x Y x X`` or ``C x Y x X`` in the file's pixel type (``C`` = 3 for a colour picture, else 1),
+        and the :class:`Geometry`.
+
+    Raises:
+        AutoPromptError: as :func:`read_image`.
     """
     path = Path(path)
     image = _read_sitk(path)
@@ -133,10 +158,23 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
                 f"{path}: a {image.GetDimension()}D image with {components} values per voxel is not supported; "
                 "save each channel as its own single-valued file ({case}_0000, {case}_0001, ...)"
             )
-        array = rgb2gray(array[..., :3].astype(np.float32)).astype(np.float32)
+        array = np.moveaxis(array[..., :RGB_CHANNELS], -1, 0)
+    else:
+        array = array[None]
     if not all_finite(array):
         raise _non_finite(path)
     return array, Geometry.of(image)
+
+
+def holds_all_channels(suffix: str, num_channels: int) -> bool:
+    """Whether one file of type ``suffix`` may hold all ``num_channels`` channels of a case: nnU-Net's RGB
+    layout (a 2D colour picture ``{case}_0000`` for a dataset with three channel names)."""
+    return num_channels == RGB_CHANNELS and suffix in PLANAR_SUFFIXES
+
+
+def label_map_suffix(suffix: str) -> str:
+    """The file type to write a label map in for an input of type ``suffix``: ``.png`` for a lossy JPEG."""
+    return ".png" if suffix in LOSSY_SUFFIXES else suffix
 
 
 @dataclass(frozen=True)
@@ -249,8 +287,8 @@ def _non_finite(path: Path) -> AutoPromptError:
 def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:
     """Write ``array`` with ``geometry`` atomically; the format comes from the suffix of ``path``.
 
-    PNG/JPEG hold 2D uint8 only: integer arrays within 0..255 (label maps) are written as they are, other
-    arrays are scaled to 0..255. TIFF holds 32-bit values at most (64-bit arrays are narrowed). Boolean
+    PNG holds 2D uint8 only: integer arrays within 0..255 (label maps) are written as they are, other
+    arrays are scaled to 0..255. JPEG is refused: its compression changes values (labels). TIFF holds 32-bit values at most (64-bit arrays are narrowed). Boolean
     masks are written as uint8 0/1, float16 as float32.
     PNG and TIFF keep spacing only; NIfTI, MHA and NRRD keep the full geometry.
 
@@ -260,12 +298,14 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
         path: output file; a folder (DICOM) is not writable, write ``.nii.gz`` instead.
 
     Raises:
-        AutoPromptError: unsupported suffix, or a 3D array for a 2D-only format.
+        AutoPromptError: unsupported or lossy (JPEG) suffix, or a 3D array for a 2D-only format.
     """
     path = Path(path)
     if path.is_dir() or not path.suffix:
         raise AutoPromptError(f"{path}: an output image needs a file ending; name it e.g. {path.name}.nii.gz")
     suffix = image_suffix(path)
+    if suffix in LOSSY_SUFFIXES:
+        raise lossy_output_error(path)
     if tuple(reversed(array.shape)) != geometry.size:
         raise ValueError(
             f"array shape {array.shape} does not fit geometry size {geometry.size} (x, y[, z] order)"
@@ -278,6 +318,14 @@ def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) 
     image.SetDirection(geometry.direction)
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=suffix not in _UINT8_ONLY)
+
+
+def lossy_output_error(output: str | os.PathLike) -> AutoPromptError:
+    """The one-line refusal of a JPEG output: its compression would change label values."""
+    return AutoPromptError(
+        f"{output}: JPEG compression changes pixel values, so a label map written as JPEG gets wrong labels; "
+        "write .png (or .nii.gz) instead"
+    )
 
 
 def _read_sitk(path: Path) -> sitk.Image:

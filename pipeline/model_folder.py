@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
+from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
-from autoprompt.modeling.backbone import SamBackbone
+from autoprompt.modeling.backbone import SamBackbone, backbone_window_size
 from autoprompt.modeling.build import build_autoprompt_sam, load_configured_backbone
+from pipeline.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.files import atomic_path, load_json
-from pipeline.training.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.training.config import TrainerConfig, load_trainer_config, save_trainer_config
+from pipeline.trainer_config import TrainerConfig, load_trainer_config, save_trainer_config
 from planners.plans import Plans
 
 REQUIRED_FILES = ("plans.json", "dataset.json", "fingerprint.json", "trainer_config.yaml")
@@ -107,9 +108,21 @@ class ModelFolder:
         Args:
             backbone: a loaded backbone to share (e.g. one backbone for all folds of an ensemble);
                 loaded (and checksum-verified) from the model config when None.
+
+        Raises:
+            AutoPromptError: the plans' windows are not the backbone's (planned for another backbone).
         """
         plan = self.plans.configuration(self.configuration)
         model_config = self.trainer_config.model
+        window = backbone_window_size(model_config.backbone)
+        if list(plan.window_size) != [window, window]:
+            rows, cols = plan.window_size
+            raise AutoPromptError(
+                f"{self.path / 'plans.json'}: configuration '{self.configuration}' has {rows} x {cols} windows, "
+                f"but backbone {model_config.backbone} takes {window} x {window}; plan the dataset for it "
+                f"('autoprompt plan-and-preprocess -d {self.plans.dataset_name} --backbone {model_config.backbone} "
+                "--overwrite-plans') and train again"
+            )
         if backbone is None:
             backbone = load_configured_backbone(model_config)
         model = build_autoprompt_sam(
@@ -160,12 +173,27 @@ class ModelFolder:
         """Whether ``fold`` was trained with mirror augmentation (its checkpoint's metadata says so).
 
         Mirroring TTA only helps such models: one trained on cached embeddings never saw mirrored anatomy.
-        Reads the metadata :meth:`load_model` kept, or loads the checkpoint when the fold was not loaded.
         """
+        return bool(self._checkpoint_metadata(fold, checkpoint).get("mirror_augmented", False))
+
+    def trained_precision(self, fold: int | str, checkpoint: str = "best") -> Precision:
+        """The precision ``fold``'s network saw its image embeddings in during training (``auto`` resolved).
+
+        A network trained on bf16 embeddings predicts best from bf16 embeddings. Checkpoints record it;
+        older ones name it in their trainer config, where ``auto`` then meant fp32.
+        """
+        metadata = self._checkpoint_metadata(fold, checkpoint)
+        if "encoder_precision" in metadata:
+            return Precision(metadata["encoder_precision"])
+        configured = metadata.get("trainer_config", {}).get("encoder_precision", "auto")
+        return Precision.FP32 if configured == "auto" else Precision(configured)
+
+    def _checkpoint_metadata(self, fold: int | str, checkpoint: str) -> dict:
+        """The metadata :meth:`load_model` kept, or loaded from the checkpoint when the fold was not loaded."""
         path = checkpoint_path(self.fold_dir(fold), checkpoint)
         if path not in self._metadata:
             self._metadata[path] = load_checkpoint(path)["metadata"]
-        return bool(self._metadata[path].get("mirror_augmented", False))
+        return self._metadata[path]
 
     @classmethod
     def create(

@@ -12,34 +12,28 @@ A 2D image ``(Y, X)`` is one slice: ``C x 1 x H x W``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.progress import progress
+from pipeline.case_io import PSEUDO_SLICE_SPACING_2D, read_case
 from pipeline.files import atomic_path, npy_complete, save_json
 from pipeline.io import Geometry, read_image
+from pipeline.parallel import parallel_map
 from planners.plans import ChannelNormalization, Plans
 
 if TYPE_CHECKING:
     from pipeline.dataset import RawDataset
 
-PSEUDO_SLICE_SPACING_2D = 1.0
-"""Slice spacing (mm) given to a 2D image, which is treated as a single slice."""
 DATA_ORDER = 3  # nnU-Net: cubic spline for images
 SEG_ORDER = 1  # nnU-Net: linear on one-hot channels for label maps and probabilities
-
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 
 
 @dataclass
@@ -57,31 +51,6 @@ class PreprocessedCase:
     properties: dict[str, Any]
 
 
-def read_case(image_files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
-    """Read the channel files of one case onto one grid.
-
-    Returns:
-        ``C x Z x Y x X`` float32 (a 2D image is ``C x 1 x Y x X``) and the geometry of the first channel.
-
-    Raises:
-        AutoPromptError: a file is unreadable, or channels differ in size, spacing, origin or direction.
-    """
-    if not image_files:
-        raise ValueError("image_files is empty")
-    channels, geometry = [], None
-    for path in image_files:
-        array, channel_geometry = read_image(path)
-        if geometry is None:
-            geometry = channel_geometry
-        elif mismatches := geometry.mismatches(channel_geometry):
-            raise AutoPromptError(
-                f"{path}: its {'/'.join(mismatches)} differs from {image_files[0]}; "
-                "all channels of a case must lie on the same voxel grid (resample them first)"
-            )
-        channels.append(array.astype(np.float32, copy=False))
-    return np.stack(channels)[:, None] if channels[0].ndim == 2 else np.stack(channels), geometry
-
-
 def spacing_zyx(geometry: Geometry) -> list[float]:
     """Spacing in array order ``(Z, Y, X)``; a 2D image gets :data:`PSEUDO_SLICE_SPACING_2D` as Z."""
     spacing = [float(s) for s in reversed(geometry.spacing)]
@@ -93,6 +62,8 @@ def preprocess_case(
     plans: Plans,
     configuration: str,
     label_file: str | os.PathLike | None = None,
+    *,
+    image: tuple[np.ndarray, Geometry] | None = None,
 ) -> PreprocessedCase:
     """Crop, normalise, move the slice axis first and resample one case (training and inference alike).
 
@@ -101,6 +72,8 @@ def preprocess_case(
         plans: the dataset's plans.
         configuration: ``"2d"`` or ``"3d"`` (they share the preprocessing).
         label_file: the label map, for training; ``None`` for inference.
+        image: ``read_case(image_files, num_channels=...)`` when the caller has read the case already
+            (it is not read again); None: read here.
 
     Returns:
         The :class:`PreprocessedCase` (``data`` ``C x S x H x W``, ``seg`` ``S x H x W``).
@@ -109,19 +82,17 @@ def preprocess_case(
         AutoPromptError: wrong number of channels, unreadable files, or geometries that do not agree.
     """
     plan = plans.configuration(configuration)
-    if len(image_files) != len(plans.channel_names):
-        raise AutoPromptError(
-            f"{image_files[0]}: got {len(image_files)} channel file(s), the plans of {plans.dataset_name} need "
-            f"{len(plans.channel_names)} ({', '.join(plans.channel_names.values())}); give one file per channel"
-        )
-    data, geometry = read_case(image_files)
+    data, geometry = image or read_case(image_files, num_channels=len(plans.channel_names))
     seg = None if label_file is None else _read_label(label_file, geometry)
     data, nonzero, bbox = crop_to_nonzero(data)
     inside = nonzero[0] >= 0
     if seg is not None:
         seg = seg[bounding_box_to_slice(bbox)]
     data = np.stack(
-        [_normalize(channel, inside, norm) for channel, norm in zip(data, plans.normalization, strict=True)]
+        [
+            _normalize(channel, inside, norm, source=Path(image_files[min(index, len(image_files) - 1)]))
+            for index, (channel, norm) in enumerate(zip(data, plans.normalization, strict=True))
+        ]
     )
 
     slice_axis = 0 if geometry.ndim == 2 else plan.slice_axis
@@ -239,34 +210,6 @@ def run_preprocessing(
         parallel_map(_preprocess_and_save, jobs, num_processes=num_processes, desc=desc)
 
 
-def parallel_map(
-    function: Callable[[_Item], _Result], items: Sequence[_Item], *, num_processes: int, desc: str
-) -> list[_Result]:
-    """``[function(item) for item in items]`` in ``num_processes`` worker processes, with progress
-    (:func:`autoprompt.progress.progress`; the workers are started first, so they fork no progress thread)."""
-    if num_processes <= 1 or len(items) <= 1:
-        with progress(total=len(items), desc=desc, unit="case") as bar:
-            results = []
-            for item in items:
-                results.append(function(item))
-                bar.update()
-            return results
-    with (
-        Pool(min(num_processes, len(items)), initializer=_single_threaded) as pool,
-        progress(total=len(items), desc=desc, unit="case") as bar,
-    ):
-        results = []
-        for result in pool.imap(function, items):
-            results.append(result)
-            bar.update()
-        return results
-
-
-def _single_threaded() -> None:
-    """Worker initializer: one SimpleITK thread per process (the processes already fill the cores)."""
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
 def _is_done(folder: Path, case: str, *, has_label: bool, newer_than: float) -> bool:
     properties = folder / f"{case}.json"
     outputs = [folder / f"{case}.npy"] + ([folder / f"{case}_seg.npy"] if has_label else [])
@@ -299,17 +242,38 @@ def _read_label(label_file: str | os.PathLike, geometry: Geometry) -> np.ndarray
     return labels[None] if labels.ndim == 2 else labels
 
 
-def _normalize(channel: np.ndarray, inside: np.ndarray, norm: ChannelNormalization) -> np.ndarray:
-    """One channel ``Z x Y x X`` -> [0, 1]; ``inside`` marks the nonzero region (``mr`` percentiles)."""
-    if norm.scheme == "ct":
+def _normalize(
+    channel: np.ndarray, inside: np.ndarray, norm: ChannelNormalization, *, source: Path
+) -> np.ndarray:
+    """One channel ``Z x Y x X`` -> [0, 1] as ``norm`` says (see :class:`~planners.plans.ChannelNormalization`);
+    ``inside`` marks the nonzero region (``mr``/``zscore`` statistics; outside it becomes 0).
+
+    Raises:
+        AutoPromptError: a ``nonorm``/``rgb_to_0_1`` channel of ``source`` with values outside its range.
+    """
+
+    def region() -> np.ndarray:
+        return channel[inside] if inside.any() else channel.ravel()
+
+    if norm.scheme in ("ct", "nonorm", "rgb_to_0_1"):
         low, high = norm.lower, norm.upper
+        if norm.scheme != "ct" and channel.size and not low <= channel.min() <= channel.max() <= high:
+            raise AutoPromptError(
+                f"{source}: channel normalisation '{norm.scheme}' takes values in [{low:g}, {high:g}], the image "
+                f"holds [{channel.min():g}, {channel.max():g}]; rescale it, or name the channel e.g. "
+                "'rescale_to_0_1' or 'zscore' in dataset.json and plan again"
+            )
+    elif norm.scheme == "zscore":
+        values = region()
+        mean, std = float(values.mean()), float(values.std())
+        low, high = mean + norm.lower * std, mean + norm.upper * std
     else:
-        values = channel[inside] if inside.any() else channel.ravel()
+        values = channel.ravel() if norm.scheme == "rescale_to_0_1" else region()
         low, high = (float(v) for v in np.percentile(values, [norm.lower, norm.upper]))
     if high <= low:
         return np.zeros_like(channel, dtype=np.float32)
     scaled = np.clip((channel - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    if norm.scheme == "mr":
+    if norm.scheme in ("mr", "zscore"):
         scaled[~inside] = 0.0
     return scaled
 

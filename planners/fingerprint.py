@@ -14,8 +14,9 @@ import numpy as np
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
 from autoprompt.errors import AutoPromptError
+from pipeline.case_io import read_case
 from pipeline.io import read_image
-from pipeline.preprocessing import parallel_map, read_case
+from pipeline.parallel import parallel_map
 
 if TYPE_CHECKING:
     from pipeline.dataset import RawDataset
@@ -43,7 +44,7 @@ def extract_fingerprint(dataset: RawDataset, *, num_processes: int = 2, seed: in
     """
     case_ids = sorted(dataset.cases)
     jobs = [
-        (dataset.cases[case].images, dataset.cases[case].label, seed + index)
+        (dataset.cases[case].images, len(dataset.channel_names), dataset.cases[case].label, seed + index)
         for index, case in enumerate(case_ids)
     ]
     results = parallel_map(_case_fingerprint, jobs, num_processes=num_processes, desc="fingerprint")
@@ -89,8 +90,8 @@ def _check_one_dimensionality(dataset: RawDataset, cases: dict[str, dict]) -> No
 
 def _case_fingerprint(job: tuple) -> dict[str, Any]:
     """Spacing, shapes and foreground intensity samples of one case."""
-    images, label_file, seed = job
-    data, geometry = read_case(images)
+    images, num_channels, label_file, seed = job
+    data, geometry = read_case(images, num_channels=num_channels)
     foreground = np.zeros(data.shape[1:], dtype=bool)
     if label_file is not None:
         labels, _ = read_image(label_file)

@@ -4,19 +4,25 @@ The rules (all constants below; every result lands in plans.json, where a person
 
 - **Slice axis**: the axis with the largest median spacing (the through-plane axis of anisotropic data);
   ties go to the first axis (Z). Slices are never resampled.
+- **Window**: the backbone's own input, ``window`` x ``window`` (LiteMedSAM 256, SAM/MedSAM ViT 1024;
+  ``autoprompt.modeling.backbone.backbone_window_size``); a window other than :data:`WINDOW` gets its own
+  ``data_identifier``, so preprocessing for one backbone never overwrites the other's.
 - **In-plane spacing**: the median spacing, unless the median slice (after cropping) does not suit the
-  256 x 256 window SAM sees: larger than the window -> coarsened until it fits (at most
+  window SAM sees: larger than the window -> coarsened until it fits (at most
   :data:`MAX_COARSENING` times; larger slices are then tiled), smaller than half the window (structures
   far smaller than the scale SAM was trained at) -> refined until the :data:`FILL_PERCENTILE` th
   percentile slice fills the window (at most :data:`MAX_REFINEMENT` times).
 - **Stacks** ("3d"): :data:`STACK_DEPTH` neighbouring slices, fewer (odd) if a case has fewer slices.
 - **Batch size**: :data:`MEMORY_BUDGET_GIB` of training activations divided by an estimate per window
-  (:data:`GIB_PER_WINDOW` plus :data:`GIB_PER_CLASS_WINDOW` per class, since classes decode as a batch),
+  (:data:`GIB_PER_WINDOW` plus :data:`GIB_PER_CLASS_WINDOW` per class, since classes decode as a batch,
+  the class term growing with the window's area over 256 x 256 as class logits are at window size),
   times the stack depth; at most :data:`MAX_BATCH_SIZE`.
 - **Embedding cache**: windows over all slices of all cases (tiled at half-window steps as inference
   does) x one fp16 ``256 x 64 x 64`` embedding each; cached when under :data:`CACHE_BUDGET_GIB`.
-- **Normalisation**: CT (channel name "CT") at the dataset's foreground percentiles 0.5/99.5; any other
-  modality per image at its own 0.5/99.5 percentiles.
+- **Normalisation**: by channel name, as nnU-Net maps them (case-insensitive): "CT" at the dataset's foreground
+  percentiles 0.5/99.5; "zscore" per image at its mean +- :data:`ZSCORE_STDS` standard deviations;
+  "rescale_to_0_1" per image from its minimum to its maximum; "noNorm" as the values are (they must lie in
+  [0, 1]); "rgb_to_0_1" divided by 255; any other name per image at its own 0.5/99.5 percentiles.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
-from pipeline.preprocessing import PSEUDO_SLICE_SPACING_2D
+from pipeline.case_io import PSEUDO_SLICE_SPACING_2D
 from planners.plans import SCHEMA_VERSION, ChannelNormalization, ConfigurationPlan, Plans
 
 WINDOW = 256
@@ -44,33 +50,45 @@ MAX_BATCH_SIZE = 8
 CACHE_BUDGET_GIB = 20.0
 EMBEDDING_BYTES = 256 * 64 * 64 * 2
 MR_PERCENTILES = (0.5, 99.5)
+ZSCORE_STDS = 3.0
+FIXED_RANGES = {"nonorm": (0.0, 1.0), "rgb_to_0_1": (0.0, 255.0), "rescale_to_0_1": (0.0, 100.0)}
+"""Channel names with a fixed ``(lower, upper)``: intensities for nonorm/rgb_to_0_1, percentiles of the whole
+image for rescale_to_0_1 (its minimum and maximum)."""
 
 
-def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any]) -> Plans:
-    """Plans ("2d", and "3d" unless the dataset is 2D) from a fingerprint and the dataset.json content."""
+def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any], *, window: int = WINDOW) -> Plans:
+    """Plans ("2d", and "3d" unless the dataset is 2D) from a fingerprint and the dataset.json content.
+
+    Args:
+        fingerprint: the dataset's fingerprint.json content.
+        dataset_json: the dataset's dataset.json content.
+        window: side of the square windows of the backbone the plans are for (its ``model_input_size``).
+    """
     spacings, shapes = _volumes(fingerprint)
     median_spacing = np.median(spacings, axis=0)
     slice_axis = int(np.flatnonzero(median_spacing >= median_spacing.max() * (1 - 1e-3))[0])
     inplane = [axis for axis in range(3) if axis != slice_axis]
     base = median_spacing[inplane]
     extent_px = shapes[:, inplane] * spacings[:, inplane] / base  # per case, at the median spacing
-    factor, rule = _inplane_factor(extent_px.max(axis=1))
+    factor, rule = _inplane_factor(extent_px.max(axis=1), window)
     target = [float(median_spacing[slice_axis]), *(float(s) for s in base * factor)]
     slice_shapes = np.round(extent_px / factor).astype(int)
     num_slices = shapes[:, slice_axis].astype(int)
     median_shape = [int(np.median(num_slices)), *(int(v) for v in np.median(slice_shapes, axis=0))]
-    num_windows = sum(int(n) * _windows_per_slice(hw) for n, hw in zip(num_slices, slice_shapes, strict=True))
+    num_windows = sum(
+        int(n) * _windows_per_slice(hw, window) for n, hw in zip(num_slices, slice_shapes, strict=True)
+    )
     cache_gib = round(num_windows * EMBEDDING_BYTES / 2**30, 2)
     num_classes = sum(1 for name, value in dataset_json["labels"].items() if value != 0 and name != "ignore")
 
     def configuration(stack_depth: int) -> ConfigurationPlan:
         return ConfigurationPlan(
-            data_identifier=DATA_IDENTIFIER,
+            data_identifier=DATA_IDENTIFIER if window == WINDOW else f"{DATA_IDENTIFIER}_{window}",
             slice_axis=slice_axis,
             target_spacing=target,
-            window_size=[WINDOW, WINDOW],
+            window_size=[window, window],
             stack_depth=stack_depth,
-            batch_size=_batch_size(num_classes, stack_depth),
+            batch_size=_batch_size(num_classes, stack_depth, window),
             median_shape=median_shape,
             cache_embeddings=cache_gib <= CACHE_BUDGET_GIB,
             estimated_cache_gib=cache_gib,
@@ -103,37 +121,43 @@ def _volumes(fingerprint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return spacings, shapes
 
 
-def _inplane_factor(longest_side_px: np.ndarray) -> tuple[float, str]:
+def _inplane_factor(longest_side_px: np.ndarray, window: int) -> tuple[float, str]:
     """Factor on the median in-plane spacing and the rule that chose it, from each case's longest side."""
     median = float(np.median(longest_side_px))
-    if median > WINDOW:
-        factor = median / WINDOW
+    if median > window:
+        factor = median / window
         return (factor, "coarser_to_fit") if factor <= MAX_COARSENING else (MAX_COARSENING, "coarser_capped")
-    if median < SMALL_FRACTION * WINDOW:
-        factor = max(float(np.percentile(longest_side_px, FILL_PERCENTILE)) / WINDOW, 1 / MAX_REFINEMENT)
+    if median < SMALL_FRACTION * window:
+        factor = max(float(np.percentile(longest_side_px, FILL_PERCENTILE)) / window, 1 / MAX_REFINEMENT)
         if factor < 1:
             return factor, "finer_to_fill"
     return 1.0, "median"
 
 
-def _windows_per_slice(slice_shape: np.ndarray) -> int:
+def _windows_per_slice(slice_shape: np.ndarray, window: int) -> int:
     """Windows covering one slice: 1 when it fits (zero-padded), else half-overlapping tiles."""
-    padded = [max(int(side), WINDOW) for side in slice_shape]
-    return math.prod(len(steps) for steps in compute_steps_for_sliding_window(padded, [WINDOW, WINDOW], 0.5))
+    padded = [max(int(side), window) for side in slice_shape]
+    return math.prod(len(steps) for steps in compute_steps_for_sliding_window(padded, [window, window], 0.5))
 
 
-def _batch_size(num_classes: int, stack_depth: int) -> int:
-    per_sample = (GIB_PER_WINDOW + GIB_PER_CLASS_WINDOW * num_classes) * stack_depth
+def _batch_size(num_classes: int, stack_depth: int, window: int) -> int:
+    per_class = GIB_PER_CLASS_WINDOW * (window / WINDOW) ** 2
+    per_sample = (GIB_PER_WINDOW + per_class * num_classes) * stack_depth
     return int(min(MAX_BATCH_SIZE, max(1, MEMORY_BUDGET_GIB // per_sample)))
 
 
 def _normalization(fingerprint: dict[str, Any], channel_names: dict[str, str]) -> list[ChannelNormalization]:
     norms = []
     for index, name in sorted(channel_names.items(), key=lambda item: int(item[0])):
-        if name.strip().lower() == "ct":
+        scheme = name.strip().casefold()
+        if scheme == "ct":
             stats = fingerprint["foreground_intensity_properties_per_channel"][index]
             low, high = stats["percentile_00_5"], stats["percentile_99_5"]
             norms.append(ChannelNormalization("ct", low, max(high, low + 1.0)))
+        elif scheme == "zscore":
+            norms.append(ChannelNormalization("zscore", -ZSCORE_STDS, ZSCORE_STDS))
+        elif scheme in FIXED_RANGES:
+            norms.append(ChannelNormalization(scheme, *FIXED_RANGES[scheme]))
         else:
             norms.append(ChannelNormalization("mr", *MR_PERCENTILES))
     return norms

@@ -23,7 +23,8 @@ from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
 
 SCHEMA_VERSION = 1
-NORMALIZATION_SCHEMES = ("ct", "mr")
+NORMALIZATION_SCHEMES = ("ct", "mr", "zscore", "rescale_to_0_1", "nonorm", "rgb_to_0_1")
+PERCENTILE_SCHEMES = ("mr", "rescale_to_0_1")
 
 
 @dataclass
@@ -32,10 +33,15 @@ class ChannelNormalization:
 
     Attributes:
         scheme: ``"ct"``: clip every image at ``lower``/``upper`` (intensities; the dataset's foreground
-            percentiles 0.5/99.5) and scale to [0, 1]. ``"mr"`` (everything that is not CT): clip each image
-            at its own ``lower``/``upper`` percentiles (0-100) of its nonzero region and min-max scale.
-        lower: intensity (``ct``) or percentile (``mr``) mapped to 0.
-        upper: intensity (``ct``) or percentile (``mr``) mapped to 1.
+            percentiles 0.5/99.5) and scale to [0, 1]. ``"mr"`` (every channel name nnU-Net does not know):
+            clip each image at its own ``lower``/``upper`` percentiles (0-100) of its nonzero region and
+            min-max scale. nnU-Net's channel names: ``"zscore"``: each image's mean + ``lower``/``upper``
+            standard deviations (of its nonzero region) mapped to 0/1, clipped; ``"rescale_to_0_1"``:
+            percentiles ``lower``/``upper`` of the whole image (0/100: its minimum/maximum) mapped to 0/1;
+            ``"nonorm"`` and ``"rgb_to_0_1"``: intensities ``lower``/``upper`` (0/1 and 0/255) mapped to
+            0/1, a value outside them is refused.
+        lower: what is mapped to 0 (intensity, percentile or standard deviations, by scheme).
+        upper: what is mapped to 1.
     """
 
     scheme: str
@@ -54,8 +60,9 @@ class ConfigurationPlan:
         target_spacing: ``(slice, row, col)`` in mm after moving ``slice_axis`` first. Rows and columns are
             resampled to it; the slice entry is the dataset's median and informational only (slices are
             never resampled).
-        window_size: ``[256, 256]`` in-plane windows fed to SAM (smaller slices are zero-padded, larger ones
-            tiled with Gaussian-blended windows).
+        window_size: ``[S, S]`` in-plane windows fed to SAM, S the backbone's input (LiteMedSAM 256, SAM/MedSAM
+            ViT 1024; a model refuses plans for another S); smaller slices are zero-padded, larger ones tiled
+            with Gaussian-blended windows.
         stack_depth: 1 for "2d"; ``D`` neighbouring slices (odd) for "3d".
         batch_size: training batch size (slices for "2d", stacks for "3d").
         median_shape: ``(S, H, W)`` of a median case after preprocessing.
@@ -186,9 +193,10 @@ class Plans:
                     f"normalization[{index}]",
                     f"has lower {norm.lower} >= upper {norm.upper}; make lower < upper",
                 )
-            if norm.scheme == "mr" and not 0 <= norm.lower < norm.upper <= 100:
+            if norm.scheme in PERCENTILE_SCHEMES and not 0 <= norm.lower < norm.upper <= 100:
                 fail(
-                    f"normalization[{index}]", "is 'mr': lower/upper are percentiles; keep them within 0..100"
+                    f"normalization[{index}]",
+                    f"is '{norm.scheme}': lower/upper are percentiles; keep them within 0..100",
                 )
         if not self.configurations:
             fail("configurations", "is empty; plan at least '2d'")

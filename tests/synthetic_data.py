@@ -79,3 +79,50 @@ def _write(array: np.ndarray, spacing: tuple[float, float, float], path: Path) -
     image.SetSpacing(spacing)
     image.SetOrigin((10.0, -5.0, 2.5))
     sitk.WriteImage(image, str(path))
+
+
+def make_rgb_dataset(
+    root: Path,
+    *,
+    dataset_name: str = "Dataset902_Photos",
+    num_cases: int = 4,
+    shape: tuple[int, int] = (40, 32),
+    num_classes: int = 2,
+    channel_names: dict[str, str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a dataset of RGB pictures in nnU-Net's layout (one colour ``{case}_0000.png`` per case,
+    dataset.json naming three channels) and return its folder.
+
+    Class ``k`` is a disc of one pure colour (red, blue, ...) on a noisy green-grey background, so colour, not
+    brightness alone, tells the classes apart.
+    """
+    from PIL import Image
+
+    colours = [(220, 30, 30), (30, 30, 220), (220, 220, 30)]
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / dataset_name
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    y, x = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    for index in range(num_cases):
+        picture = np.clip(rng.normal((90, 120, 90), 12, size=(*shape, 3)), 0, 255)
+        label = np.zeros(shape, dtype=np.uint8)
+        for k in range(1, num_classes + 1):
+            cy, cx = rng.uniform(0.3, 0.7) * shape[0], (k - 0.5) / num_classes * shape[1]
+            inside = ((y - cy) / (0.2 * shape[0])) ** 2 + (
+                (x - cx) / (0.4 * shape[1] / num_classes)
+            ) ** 2 <= 1
+            label[inside] = k
+            picture[inside] = colours[k - 1]
+        case = f"photo_{index:03d}"
+        Image.fromarray(picture.astype(np.uint8), mode="RGB").save(folder / "imagesTr" / f"{case}_0000.png")
+        Image.fromarray(label).save(folder / "labelsTr" / f"{case}.png")
+    dataset_json = {
+        "channel_names": channel_names or {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, **{f"class{k}": k for k in range(1, num_classes + 1)}},
+        "numTraining": num_cases,
+        "file_ending": ".png",
+    }
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return folder

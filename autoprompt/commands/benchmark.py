@@ -127,8 +127,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print where the report is."""
-    from pipeline.benchmark import run_benchmark
-    from pipeline.benchmark_cases import ALL, parse_train_cases
+    from autoprompt.benchmarking.cases import ALL, parse_train_cases
+    from autoprompt.benchmarking.runner import run_benchmark
 
     raw = data_roots(args).raw
     name = dataset_folder_name(args.dataset, raw)

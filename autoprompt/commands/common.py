@@ -11,6 +11,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.paths import DataRoots, dataset_folder_name, roots_from_environment
 
 if TYPE_CHECKING:
+    from autoprompt.interactive.predictor import ModelOptions
     from pipeline.inference.case_cost import CaseLimits
 
 
@@ -98,9 +99,8 @@ def add_tta_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backbone``, ``--checkpoint``, ``--no-verify``, ``--device``, ``--precision`` (segment and embed)."""
-    from autoprompt.devices import Precision
-    from autoprompt.interactive import DEFAULT_PRECISION
     from autoprompt.modeling.backbone import BACKBONES
+    from autoprompt.precision import AUTO, CHOICES
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -123,10 +123,24 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(model)
     model.add_argument(
         "--precision",
-        default=DEFAULT_PRECISION.value,
-        choices=[p.value for p in Precision],
-        help=f"image-encoder precision (default: {DEFAULT_PRECISION.value}); bf16 is faster on GPUs and on CPUs "
-        "with bf16 instructions (AVX512-BF16, AMX) but much slower on other CPUs; fp16 needs CUDA",
+        default=AUTO,
+        choices=CHOICES,
+        help="image-encoder precision (default: auto, this device's native one: bf16 on CPUs with AVX512-BF16 "
+        "or AMX and on bf16 GPUs, fp16 on other GPUs, fp32 on other CPUs, where bf16 is much slower); fp16 "
+        "needs CUDA",
+    )
+
+
+def model_options(args: argparse.Namespace) -> ModelOptions:
+    """The :class:`~autoprompt.interactive.predictor.ModelOptions` of :func:`add_backbone_arguments`' options."""
+    from autoprompt.interactive.predictor import ModelOptions
+
+    return ModelOptions(
+        backbone=args.backbone,
+        checkpoint=args.checkpoint,
+        verify=args.verify,
+        device=args.device,
+        precision=args.precision,
     )
 
 
@@ -187,7 +201,7 @@ def model_folder_from_args(args: argparse.Namespace) -> Path:
             "no model given; pass -d DATASET (with -c and --preset if needed) or --model-dir FOLDER"
         )
     from pipeline.model_folder import model_folder_path
-    from pipeline.training.config import DEFAULT_PRESETS
+    from pipeline.trainer_config import DEFAULT_PRESETS
 
     results = data_roots(args).results
     dataset = dataset_folder_name(args.dataset, results)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoprompt.commands.common import add_backbone_arguments
+from autoprompt.commands.common import add_backbone_arguments, model_options
 
 DESCRIPTION = """\
 Run the image encoder alone (LiteMedSAM by default) and save its embeddings, e.g. to train your own
@@ -52,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         args.image,
         output=args.output,
         slice_index=args.slice,
-        backbone=args.backbone,
-        checkpoint=args.checkpoint,
-        verify=args.verify,
-        device=args.device,
-        precision=args.precision,
+        model=model_options(args),
         dtype=args.dtype,
         batch_size=args.batch_size,
     )

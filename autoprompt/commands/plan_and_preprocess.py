@@ -15,7 +15,8 @@ Prepare a raw dataset (nnU-Net v2 format: dataset.json, imagesTr/, labelsTr/) fo
   1. verify   every case has all channels and a label, geometries agree, label values are declared
               (all problems are listed; nothing is written until they are fixed)
   2. fingerprint.json  spacing, shapes and foreground intensities of every case
-  3. plans.json        slice axis, in-plane target spacing (fitted to SAM's 256x256 windows),
+  3. plans.json        slice axis, in-plane target spacing (fitted to the backbone's windows: 256x256
+                       for LiteMedSAM, 1024x1024 for SAM/MedSAM ViT, --backbone),
                        normalisation to [0, 1], "2d" and "3d" (stacks of neighbouring slices)
                        configurations, batch size, whether to cache encoder embeddings
   4. preprocessed cases  PREPROCESSED/DatasetXXX_Name/<data_identifier>/{case}.npy, _seg.npy, .json
@@ -31,6 +32,7 @@ examples:
   autoprompt plan-and-preprocess -d 27 --group-regex '^(patient\\d+)_frame\\d+$'   # both ACDC frames of a patient share a fold
   autoprompt plan-and-preprocess -d Dataset027_ACDC --verify-only
   autoprompt plan-and-preprocess -d 27 --folds 3                                   # 3 folds instead of 5
+  autoprompt plan-and-preprocess -d 27 --backbone sam_vit_b --overwrite-plans      # 1024 windows for SAM ViT-B
   autoprompt plan-and-preprocess -d 27 -c 2d -np 4 --raw data/raw --preprocessed data/preprocessed
 """
 
@@ -84,6 +86,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plan again even if fingerprint.json/plans.json exist (drops edits to plans.json)",
     )
+    parser.add_argument(
+        "--backbone",
+        default="litemedsam",
+        help="the backbone the plans are for; its input is the window size (default: litemedsam, 256; "
+        "sam_vit_b|l|h and medsam_vit_b: 1024; train with the same model.backbone)",
+    )
     add_data_root_arguments(parser)
 
 
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_folds=args.folds,
         overwrite_plans=args.overwrite_plans,
+        backbone=args.backbone,
     )
     print("\n".join(summary_lines(Plans.load(folder / "plans.json"), folder)))
     return 0

@@ -80,14 +80,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--output-format",
-        help="label map file type, e.g. .nii.gz or .mha (default: the input's; .nii.gz for DICOM)",
+        help="label map file type, e.g. .nii.gz or .mha, never lossy .jpg (default: the input's; .nii.gz for "
+        "DICOM, .png for JPEG)",
     )
     add_device_argument(run)
     run.add_argument(
         "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "fp16"),
-        help="network precision (fp16 needs CUDA; default: fp32)",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="network precision (default: auto, the precision the model was trained in where this device "
+        "computes it natively, else the device's: bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp16 "
+        "on other GPUs, fp32 on other CPUs; fp16 needs CUDA)",
     )
     work = parser.add_argument_group("many cases")
     work.add_argument(

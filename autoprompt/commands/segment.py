@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from autoprompt.commands.common import add_backbone_arguments
+from autoprompt.commands.common import add_backbone_arguments, model_options
 from autoprompt.errors import AutoPromptError
 
 DESCRIPTION = """\
@@ -93,19 +93,13 @@ def run(args: argparse.Namespace) -> int:
     """Segment and write the mask; prints where it went and how many voxels it has."""
     from autoprompt.api import segment, segment_volume
 
-    model = {
-        "backbone": args.backbone,
-        "checkpoint": args.checkpoint,
-        "verify": args.verify,
-        "device": args.device,
-        "precision": args.precision,
-    }
+    model = model_options(args)
     if args.box3d is not None:
         if args.box is not None or args.points is not None or args.slice is not None:
             raise AutoPromptError(
                 f"{args.image}: --box3d segments through the volume on its own; leave out --box, --points and --slice"
             )
-        mask = segment_volume(args.image, box3d=args.box3d, output=args.output, **model)
+        mask = segment_volume(args.image, box3d=args.box3d, output=args.output, model=model)
     else:
         mask = segment(
             args.image,
@@ -113,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             points=_points(args.points),
             slice_index=args.slice,
             output=args.output,
-            **model,
+            model=model,
         )
     print(f"{args.output}: {int(mask.sum())} foreground voxels")
     return 0

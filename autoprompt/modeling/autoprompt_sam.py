@@ -3,7 +3,7 @@
 Input channels: the model takes C preprocessed channels in [0, 1]. The SAM encoder needs 3: one channel
 is repeated, three are used as they are, any other number is averaged and the mean repeated. The
 ``coarse_unet`` prompt generator sees all C channels. Windows are ``SamBackbone.model_input_size``
-(256) square.
+square (the backbone's own encoder input: 256 for LiteMedSAM, 1024 for SAM/MedSAM ViT).
 
 Leading dimensions ``L``: ``(B,)`` for 2d inputs ``B x C x S x S``, ``(B, D)`` for stacks
 ``B x D x C x S x S`` (D = ``stack_depth``).
@@ -86,7 +86,7 @@ class AutoPromptSAM(nn.Module):
 
     @property
     def window_size(self) -> int:
-        """S, the side of the square windows the model takes and returns (256)."""
+        """S, the side of the square windows the model takes and returns (the backbone's, 256 or 1024)."""
         return self.backbone.model_input_size
 
     @property

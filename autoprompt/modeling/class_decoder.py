@@ -9,6 +9,11 @@ Decisions:
 - **Coarse masks are not detached.** The dense mask embedding is smooth in its input, so the final
   segmentation loss also shapes the coarse masks, besides their own auxiliary loss.
 - The class token joins the sparse prompt tokens after the two box-corner tokens.
+- **One decoder call for both decoder kinds.** Both ``MaskDecoder.predict_masks`` start from
+  ``src = image embedding + dense prompt embedding``, but they pair images with prompts differently:
+  segment-anything's always repeats every image once per prompt (one image, many prompts), LiteMedSAM's
+  only when the counts differ. So the image embeddings are added to the dense prompt embeddings here
+  (one per prompt) and the decoder gets one zero image: both compute the same ``src`` for ``N*K`` prompts.
 - The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
   so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed. With a
   presence floor ``f`` the suppression is at most ``log f``: presence learnt from a few patients can
@@ -37,8 +42,8 @@ def decode_classes(
     """Decode K classes per slice as one batch of ``N*K`` through SAM's prompt encoder and mask decoder.
 
     Args:
-        prompt_encoder: SAM's ``PromptEncoder``.
-        mask_decoder: SAM's ``MaskDecoder`` (possibly with adapters).
+        prompt_encoder: SAM's ``PromptEncoder`` (segment-anything's or LiteMedSAM's).
+        mask_decoder: SAM's ``MaskDecoder`` (segment-anything's or LiteMedSAM's, possibly with adapters).
         embeddings: ``N x 256 x 64 x 64`` image embeddings.
         boxes: ``N x K x 4`` boxes ``xyxy`` in [0, 1] of the window (detached here).
         coarse_logits: ``N x K x h x w`` coarse mask logits (resized to the prompt encoder's mask input).
@@ -57,9 +62,9 @@ def decode_classes(
         masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
     sparse, dense = prompt_encoder(points=None, boxes=(boxes.detach() * scale).reshape(n * k, 4), masks=masks)
     sparse = torch.cat([sparse, class_tokens.reshape(n * k, 1, -1).to(sparse.dtype)], dim=1)
-    # MaskDecoder.predict_masks repeat_interleaves unequal batches itself; give it N*K images already.
+    dense = dense + embeddings.repeat_interleave(k, dim=0)  # see "One decoder call" above
     logits, _ = mask_decoder(
-        image_embeddings=embeddings.repeat_interleave(k, dim=0),
+        image_embeddings=dense.new_zeros(1, *dense.shape[1:]),
         image_pe=prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,

@@ -13,6 +13,7 @@ The API is described at the running app's ``/openapi.json`` (OpenAPI 3). FastAPI
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -46,7 +47,8 @@ from autoprompt.serve.worker import JobQueue, output_name, scan_stem
 from pipeline.inference.case_cost import CaseTooLarge
 from pipeline.io import Geometry, write_image
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC = ("autoprompt.serve", "static")
+"""The page and its assets: package data of ``autoprompt.serve``, found through importlib (as installed)."""
 QUEUE_RETRY_AFTER_S = 60
 """``Retry-After`` of a 503 for a full queue."""
 RESULT_BYTES_PER_VOXEL = 6
@@ -163,7 +165,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         redoc_url=None,
     )
     app.state.engine, app.state.store, app.state.jobs = engine, store, jobs
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(packages=[STATIC]), name="static")
 
     @app.exception_handler(AutoPromptError)
     async def _user_error(request: Request, error: AutoPromptError) -> JSONResponse:
@@ -179,8 +181,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return JSONResponse({"detail": "; ".join(dict.fromkeys(problems))}, status_code=422)
 
     @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
+    async def page() -> HTMLResponse:
+        index = importlib.resources.files(STATIC[0]) / STATIC[1] / "index.html"
+        return HTMLResponse(index.read_text(encoding="utf-8"))
 
     @app.get("/api/health", response_model=Health, tags=["service"])
     async def health() -> dict[str, Any]:

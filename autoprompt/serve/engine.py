@@ -17,7 +17,7 @@ from pipeline.inference.case_cost import CaseCost, CaseLimits, check_case
 from pipeline.model_folder import ModelFolder, parse_fold
 
 if TYPE_CHECKING:
-    from autoprompt.interactive import InteractivePredictor
+    from autoprompt.interactive.predictor import InteractivePredictor
     from pipeline.inference.predictor import Prediction, Predictor
 
 
@@ -176,7 +176,7 @@ class Engine:
         Raises:
             AutoPromptError: a box outside the slice or with swapped corners.
         """
-        from autoprompt.interactive import InteractivePredictor
+        from autoprompt.interactive.predictor import InteractivePredictor
         from autoprompt.modeling.build import load_configured_backbone
 
         with self._box_lock:

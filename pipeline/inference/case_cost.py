@@ -114,7 +114,7 @@ def estimate_case_cost(
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    from pipeline.preprocessing import PSEUDO_SLICE_SPACING_2D
+    from pipeline.case_io import PSEUDO_SLICE_SPACING_2D
 
     plan = plans.configuration(configuration)
     geometry = infos[0].geometry
@@ -141,7 +141,7 @@ def estimate_case_cost(
         inplane = len(steps[0]) * len(steps[1])
     windows = slices * inplane * (MIRRORS if tta else 1)
 
-    channels = len(infos)
+    channels = len(plans.channel_names)  # one colour picture may hold three
     outputs = plans.num_foreground_classes + 1
     n_in = int(np.prod(size_zyx, dtype=np.int64))
     n_out = slices * rows * cols

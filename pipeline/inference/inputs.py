@@ -3,13 +3,15 @@
 An input is one of:
 
 - a folder of images: ``{case}_0000.nii.gz``, ``{case}_0001.nii.gz``, ... (nnU-Net naming, one file per
-  channel) or, for single-channel models, plain names (``scan.nii.gz``); sub-folders holding a DICOM
+  channel; for a three-channel model one colour ``{case}_0000.png`` may hold them all, nnU-Net's RGB
+  layout) or, for single-channel and RGB models, plain names (``scan.nii.gz``); sub-folders holding a DICOM
   series are cases too (named after the folder); hidden files are skipped and other files are listed
   as ignored;
 - one image file (a single-channel case);
 - a DICOM series folder (a single-channel case named after the folder).
 
-Every case gets the output name ``{case}{suffix}``, with the input's file type (``.nii.gz`` for DICOM).
+Every case gets the output name ``{case}{suffix}``, with the input's file type (``.nii.gz`` for DICOM,
+``.png`` for JPEG: a label map is never written in a lossy format).
 A case whose files do not fit the model (a missing channel, a name that fits no channel) carries a
 ``problem`` instead of failing the whole search, so the other cases can still run.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt.errors import AutoPromptError
-from pipeline.io import SUPPORTED_SUFFIXES, image_suffix
+from pipeline.io import SUPPORTED_SUFFIXES, holds_all_channels, image_suffix, label_map_suffix
 
 DICOM_OUTPUT_SUFFIX = ".nii.gz"
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
@@ -38,7 +40,7 @@ class CaseInput:
     Attributes:
         case_id: the case name (output file stem).
         files: one image file (or DICOM folder) per channel, in channel order.
-        output_suffix: file type of the label map (the input's; ``.nii.gz`` for DICOM).
+        output_suffix: file type of the label map (the input's; ``.nii.gz`` for DICOM, ``.png`` for JPEG).
         problem: why the case cannot be predicted (one line naming the file and the fix), or None.
     """
 
@@ -146,7 +148,7 @@ def _search_folder(folder: Path, channel_names: dict[str, str]) -> InputSearch:
             if suffix is None:
                 ignored.append(child)
                 continue
-            case_id, channel = _split_channel(child.name[: -len(suffix)], len(channel_names))
+            case_id, channel = _split_channel(child.name[: -len(suffix)], suffix, len(channel_names))
         entries.setdefault(case_id, []).append((channel, child))
         suffixes.setdefault(case_id, suffix)
     cases = [
@@ -184,19 +186,27 @@ def _group_case(
         else:
             files[channel] = path
     missing = [channel for channel in range(num_channels) if channel not in files]
+    if list(files) == [0] and holds_all_channels(suffix, num_channels):
+        missing = []  # nnU-Net's RGB layout: the picture holds the channels (read_case checks it holds three)
     if missing:
         problems.append(
             f"{folder / f'{case_id}_{missing[0]:04d}{suffix}'}: missing channel {missing[0]} of case '{case_id}'; {model}"
         )
-    return CaseInput(case_id, [files[c] for c in sorted(files)], suffix, problems[0] if problems else None)
+    return CaseInput(
+        case_id,
+        [files[c] for c in sorted(files)],
+        label_map_suffix(suffix),
+        problems[0] if problems else None,
+    )
 
 
-def _split_channel(stem: str, num_channels: int) -> tuple[str, int | None]:
-    """``"case_0001"`` -> ``("case", 1)``; a plain name is channel 0 of a single-channel model, else None."""
+def _split_channel(stem: str, suffix: str, num_channels: int) -> tuple[str, int | None]:
+    """``"case_0001"`` -> ``("case", 1)``; a plain name is channel 0 of a single-channel model (or the colour
+    picture of an RGB model), else None."""
     match = _CHANNEL.match(stem)
     if match:
         return match.group(1), int(match.group(2))
-    return stem, 0 if num_channels == 1 else None
+    return stem, 0 if num_channels == 1 or holds_all_channels(suffix, num_channels) else None
 
 
 def _case_name(stem: str) -> str:

@@ -5,7 +5,7 @@
     print(summary.describe())        # "10 done, 0 skipped, 0 failed"
 
 Outputs: ``{case}{suffix}`` label maps with the input's file type, size, spacing, origin and direction
-(``.nii.gz`` for DICOM input) and, with ``save_probabilities``, ``{case}.npz`` holding ``probabilities``
+(``.nii.gz`` for DICOM input, ``.png`` for JPEG input; a JPEG ``output_suffix`` is refused) and, with ``save_probabilities``, ``{case}.npz`` holding ``probabilities``
 (``K+1 x Z x Y x X`` float16, background first) next to each label map. Every file is written under a
 temporary name and renamed (the probabilities just before the label map), so an existing label map means
 a finished case: those are skipped unless ``overwrite``.
@@ -28,7 +28,14 @@ from pipeline.files import atomic_path, check_output_folder
 from pipeline.inference.case_cost import CaseLimits
 from pipeline.inference.inputs import CaseInput, find_cases, split_cases
 from pipeline.inference.predictor import ALL_TRAINED, Predictor
-from pipeline.io import PLANAR_ONLY_SUFFIXES, SUPPORTED_SUFFIXES, read_image_info, write_image
+from pipeline.io import (
+    LOSSY_SUFFIXES,
+    PLANAR_ONLY_SUFFIXES,
+    SUPPORTED_SUFFIXES,
+    lossy_output_error,
+    read_image_info,
+    write_image,
+)
 
 
 @dataclass
@@ -75,7 +82,7 @@ def predict(
     checkpoint: str = "best",
     device: str = "auto",
     tta: bool | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     use_postprocessing: bool = True,
     save_probabilities: bool = False,
     output_suffix: str | None = None,
@@ -100,11 +107,13 @@ def predict(
         tta: mirroring test-time augmentation (4x the encoder work); None: on when every fold was trained
             with mirror augmentation, off for models trained on cached embeddings (they never saw mirrored
             anatomy, and mirroring them mislabels left/right-like classes).
-        precision: "fp32", "bf16" or "fp16" (CUDA only).
+        precision: "fp32", "bf16", "fp16" (CUDA only) or "auto": the precision the folds were trained in
+            where the device computes it natively, else the device's native one (:mod:`autoprompt.precision`).
         use_postprocessing: apply the keep-largest-component steps all used folds agree on (none when a
             fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
-        output_suffix: label map file type (e.g. ".nii.gz"); default: the input's (".nii.gz" for DICOM).
+        output_suffix: label map file type (e.g. ".nii.gz"; never ".jpg"); default: the input's (".nii.gz"
+            for DICOM, ".png" for JPEG).
         part_id: this run's part of the sorted case list, ``cases[part_id::num_parts]`` (nnU-Net's rule).
         num_parts: number of runs sharing the cases (e.g. one per GPU).
         overwrite: predict cases whose label map exists (otherwise they are skipped).
@@ -127,6 +136,8 @@ def predict(
         raise AutoPromptError(
             f"output format '{output_suffix}' is not supported; use one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
+    if output_suffix in LOSSY_SUFFIXES:
+        raise lossy_output_error(f"output format '{output_suffix}'")
     if input_path.is_dir() and output.exists() and output.resolve() == input_path.resolve():
         raise AutoPromptError(f"{output}: the output folder is the input folder; choose another -o")
     check_output_folder(output, option="-o")

@@ -12,6 +12,7 @@ fold's encoder is the same frozen backbone (``uses_frozen_encoder`` and one back
 window (and each mirrored window) is encoded ONCE; all folds' prompt generators and decoders then run on
 that embedding, and 3d stacks are assembled from the per-slice embeddings instead of re-encoding the
 slices of every overlapping stack. Windows are batched and everything runs under ``torch.inference_mode``.
+A case's voxels are read once (its headers before that, for the cost check).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from autoprompt.devices import autocast, parse_precision, resolve_device
+from autoprompt.devices import Precision, autocast, resolve_device
 from autoprompt.errors import AutoPromptError
+from autoprompt.precision import AUTO, resolve_precision
 from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
-from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE, sliding_window_predict
+from pipeline.inference.sliding_window import sliding_window_predict
 from pipeline.inference.tta import with_mirroring
 from pipeline.io import Geometry
+from pipeline.windows import DEFAULT_STEP_SIZE
 from planners.plans import Plans
 
 if TYPE_CHECKING:
@@ -54,6 +57,15 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
         else "it is chosen by the final validation at the end of training"
     )
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
+
+
+def ensemble_precision(trained: Sequence[Precision], device: torch.device) -> Precision:
+    """``auto`` for a fold ensemble: the precision its folds were trained in when they agree and ``device``
+    computes it natively (fp32, or ``auto``'s precision there); else ``auto``'s precision on ``device``."""
+    native = resolve_precision(AUTO, device)
+    if len(set(trained)) == 1 and trained[0] in (Precision.FP32, native):
+        return trained[0]
+    return native
 
 
 @dataclass
@@ -80,7 +92,8 @@ class Predictor:
         configuration: "2d" or "3d".
         device: where the networks run (``torch.device`` or a name such as ``"cpu"``, ``"auto"``).
         tta: mirroring test-time augmentation over both in-plane axes (4 predictions per window).
-        precision: "fp32", "bf16" (CPU or CUDA) or "fp16" (CUDA) for the networks.
+        precision: "fp32", "bf16" (CPU or CUDA), "fp16" (CUDA) or "auto" (:mod:`autoprompt.precision`)
+            for the networks.
         postprocessing: keep-largest-component rules (:mod:`pipeline.inference.postprocessing`); None: none.
         batch_size: windows (2d) or stacks (3d) per network call; None: the plans' batch size on a GPU,
             :data:`CPU_BATCH_SIZE` on the CPU.
@@ -101,7 +114,7 @@ class Predictor:
         *,
         device: torch.device | str,
         tta: bool = True,
-        precision: str = "fp32",
+        precision: str = AUTO,
         postprocessing: dict | None = None,
         batch_size: int | None = None,
         step_size: float = DEFAULT_STEP_SIZE,
@@ -114,7 +127,7 @@ class Predictor:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.models = [model.to(self.device).eval() for model in models]
         self.tta = tta
-        self.precision = parse_precision(precision)
+        self.precision = resolve_precision(precision, self.device)
         self.postprocessing = postprocessing
         self.batch_size = batch_size or (
             self.plan.batch_size if self.device.type == "cuda" else CPU_BATCH_SIZE
@@ -142,7 +155,7 @@ class Predictor:
         checkpoint: str = "best",
         device: torch.device | str = "auto",
         tta: bool | None = None,
-        precision: str = "fp32",
+        precision: str = AUTO,
         use_postprocessing: bool = True,
     ) -> Predictor:
         """Load the fold models of a model folder written by ``autoprompt train``.
@@ -155,6 +168,8 @@ class Predictor:
             checkpoint: "best", "final" or "latest".
             tta: mirroring test-time augmentation; None: on when every fold was trained with mirror
                 augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise.
+            precision: as in :class:`Predictor`; ``auto``: the precision the folds were trained in
+                (:meth:`ModelFolder.trained_precision`, :func:`ensemble_precision`).
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
                 ``fold_K/postprocessing.json``; a fold without one vetoes every step, and ``notes`` says so:
                 fold ``all`` never has one, as it has no held-out cases to choose on).
@@ -184,6 +199,15 @@ class Predictor:
         ]
         if tta is None:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
+        notes = []
+        if precision == AUTO:
+            trained = [model_folder.trained_precision(fold, checkpoint) for fold in folds]
+            precision = ensemble_precision(trained, device)
+            if precision not in trained:
+                notes.append(
+                    f"note: predicting in {precision.value}, the native precision of {device.type}; the folds "
+                    f"were trained in {'/'.join(sorted({p.value for p in trained}))} (--precision chooses another)"
+                )
         rules = None
         without_rules: list[int | str] = []
         if use_postprocessing:
@@ -201,6 +225,7 @@ class Predictor:
             precision=precision,
             postprocessing=rules,
         )
+        predictor.notes.extend(notes)
         if without_rules:
             predictor.notes.append(missing_postprocessing_note(without_rules))
         return predictor
@@ -235,7 +260,8 @@ class Predictor:
         """Predict one case from its image files (one per channel, in channel order).
 
         Args:
-            image_files: the channel files (or one DICOM series folder per channel).
+            image_files: the channel files (or one DICOM series folder per channel; or one colour picture
+                for a three-channel model, nnU-Net's RGB layout).
             return_probabilities: also return the probabilities in the input geometry.
 
         Returns:
@@ -245,7 +271,8 @@ class Predictor:
             AutoPromptError: an unreadable, 4D, empty (one value) or non-finite image, the wrong number of
                 channels, or a case over :attr:`limits` (:class:`~pipeline.inference.case_cost.CaseTooLarge`).
         """
-        from pipeline.preprocessing import geometry_of, preprocess_case, read_case, revert_probabilities
+        from pipeline.case_io import read_case
+        from pipeline.preprocessing import geometry_of, preprocess_case, revert_probabilities
 
         image_files = [Path(file) for file in image_files]
         if self.limits is not None:
@@ -257,9 +284,11 @@ class Predictor:
                 limits=self.limits,
                 step_size=self.step_size,
             )
-        for channel, file in zip(read_case(image_files)[0], image_files, strict=True):
-            check_image_content(channel, file)
-        case = preprocess_case(image_files, self.plans, self.configuration)
+        # the one read of the voxels (check_case read the headers only)
+        image = read_case(image_files, num_channels=len(self.plans.channel_names))
+        for file, values in zip(image_files, np.split(image[0], len(image_files)), strict=True):
+            check_image_content(values, file)
+        case = preprocess_case(image_files, self.plans, self.configuration, image=image)
         probabilities = revert_probabilities(self.predict_preprocessed(case.data), case.properties)
         labels = self.labels_from_probabilities(probabilities)
         return Prediction(

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
-from pipeline.training.config import AugmentationConfig, ViewConfig
+from pipeline.trainer_config import AugmentationConfig, ViewConfig
 from pipeline.training.data import (
     TrainingCase,
     build_augmentation,

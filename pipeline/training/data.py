@@ -2,9 +2,9 @@
 
 Windows. Every slice of a preprocessed case (``C x S x H x W``) is seen through ``h x w`` windows
 (the plan's ``window_size``, 256 x 256) on the slice zero-padded around its centre to at least the
-window, exactly as inference pads (:func:`pipeline.inference.sliding_window.pad_to_window`). A "3d"
+window, exactly as inference pads (:func:`pipeline.windows.pad_to_window`). A "3d"
 sample is the stack of ``D`` neighbouring slices centred on the sampled slice, edge slices repeated
-(:func:`pipeline.inference.sliding_window.stack_indices`), as inference builds stacks.
+(:func:`pipeline.windows.stack_indices`), as inference builds stacks.
 
 Sampling (nnU-Net's rule). Each sample picks a training case uniformly; the last
 ``round(batch_size * oversample_foreground)`` samples of a batch (a third by default) are centred on a
@@ -17,11 +17,11 @@ Two modes:
 
 * **free windows** (the encoder trains, or no cache): any window position inside the padded slice;
   nnU-Net's 2D augmentations on the fly (:func:`build_augmentation`, ranges in
-  :class:`pipeline.training.config.AugmentationConfig`): rotation, scaling, optional elastic
+  :class:`pipeline.trainer_config.AugmentationConfig`): rotation, scaling, optional elastic
   deformation, noise, blur, brightness, contrast, simulated low resolution, gamma, mirroring; the same
   spatial transform for all slices of a stack; images clipped back to [0, 1] (the backbone's input range).
 * **fixed windows** (cached frozen-encoder embeddings): only the window positions inference uses
-  (:func:`pipeline.inference.sliding_window.window_slicers`), because only their embeddings exist. A
+  (:func:`pipeline.windows.window_slicers`), because only their embeddings exist. A
   cached embedding cannot follow an image augmented afterwards, so augmentation happens before encoding:
   with augmented views (:mod:`pipeline.training.augmented_views`) each training sample draws one of the
   cached views of its window (the window itself, its mirror image, random views), image, label map and
@@ -51,8 +51,8 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from autoprompt.errors import AutoPromptError
 from autoprompt.progress import progress
 from pipeline.files import load_npy
-from pipeline.inference.sliding_window import stack_indices, window_slicers
-from pipeline.training.config import AugmentationConfig
+from pipeline.trainer_config import AugmentationConfig
+from pipeline.windows import stack_indices, window_slicers
 
 if TYPE_CHECKING:
     from pipeline.training.augmented_views import CaseViews, ViewCache

@@ -7,7 +7,7 @@ changes during training, and the encoder is by far the most expensive part (Lite
     PREPROCESSED/DatasetXXX_Name/embeddings/<key>/
         cache.json         what the key was made of (backbone, checksum, plans parts, precision)
         {case}.npy         float16 S x W x 256 x 64 x 64: slice s, window w (the windows inference
-                           uses on that slice: pipeline.inference.sliding_window, row-major); with a
+                           uses on that slice: pipeline.windows, row-major); with a
                            slice stride k only every k-th slice (S' = ceil(S / k) rows, see
                            pipeline.training.data.cached_slices)
 
@@ -35,8 +35,8 @@ from autoprompt.devices import Precision, autocast
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
-from pipeline.inference.sliding_window import DEFAULT_STEP_SIZE
 from pipeline.training.data import TrainingCase, cached_slices, crop_window, fixed_windows
+from pipeline.windows import DEFAULT_STEP_SIZE
 from planners.plans import Plans
 
 EMBEDDING_SHAPE = (256, 64, 64)

@@ -29,7 +29,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.prompt_generators import boxes_from_masks
-from pipeline.training.config import LossConfig
+from pipeline.trainer_config import LossConfig
 
 LOSS_TERMS = ("ce_dice", "coarse", "box", "presence")
 

@@ -14,19 +14,25 @@ from pipeline.files import atomic_path
 
 
 class TrainingLog:
-    """Appends lines to ``training_log.txt`` (and prints them without breaking tqdm bars)."""
+    """Appends lines to ``training_log.txt`` (and prints them without breaking tqdm bars).
 
-    def __init__(self, path: Path, *, echo: bool = True) -> None:
+    Args:
+        path: the log file.
+        enabled: False: write and print nothing (the processes of a DDP run but rank 0: one writer).
+    """
+
+    def __init__(self, path: Path, *, enabled: bool = True) -> None:
         self.path = Path(path)
-        self.echo = echo
+        self.enabled = enabled
 
     def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(f"{stamp}  {message}\n")
-        if self.echo:
-            tqdm.write(message)
+        tqdm.write(message)
 
 
 def epoch_line(epoch: int, epochs: int, record: dict[str, Any], class_names: Sequence[str]) -> str:

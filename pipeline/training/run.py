@@ -20,10 +20,10 @@ import torch
 from autoprompt.devices import resolve_device
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_folder_name
+from pipeline.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.files import atomic_path
 from pipeline.model_folder import REQUIRED_FILES, ModelFolder, model_folder_path, parse_fold
-from pipeline.training.checkpoint import checkpoint_path, load_checkpoint
-from pipeline.training.config import DEFAULT_PRESETS, load_trainer_config, preset_name, preset_path
+from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config, preset_name, preset_path
 from pipeline.training.trainer import DistributedContext, Trainer, TrainingResult
 
 
@@ -58,7 +58,8 @@ def train(
             ``3d_adapter`` for 3d.
         overrides: ``"key=value"`` settings on top of the preset (``"model.adapter_dim=16"``).
         epochs, iterations_per_epoch, time_budget_minutes, seed: shortcuts for those overrides.
-        device: ``auto``, ``cpu``, ``cuda`` or a ``torch.device``.
+        device: ``auto``, ``cpu``, ``cuda`` or a ``torch.device``; under torchrun a CUDA device means the GPU
+            of each process's local rank (NCCL), ``cpu`` CPU processes (gloo).
         resume: continue from ``fold_K/checkpoint_latest.pt``.
         raw: the raw root; when it holds the dataset, the final validation compares with its ``labelsTr``.
         distributed: the torchrun context (set by the CLI under ``torchrun``).
@@ -95,16 +96,13 @@ def train(
     configuration = trainer_config.configuration
 
     dist = distributed or DistributedContext()
-    if dist.world_size > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-        torch_device = (
-            torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-        )
-        if torch_device.type == "cuda":
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    if dist.world_size > 1:  # one GPU per process (its local rank), or CPU processes over gloo
+        cuda = torch_device.type == "cuda"
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+        torch_device = torch.device(f"cuda:{dist.local_rank}") if cuda else torch.device("cpu")
+        if cuda:
             torch.cuda.set_device(torch_device)
-    else:
-        torch_device = device if isinstance(device, torch.device) else resolve_device(device)
 
     folder_path = model_folder_path(results, name, preset_name(preset_path(config)), configuration)
     fold_dir = folder_path / f"fold_{fold}"
@@ -147,7 +145,7 @@ def train(
             ) from error
         raise
     finally:
-        if dist.world_size > 1:
+        if dist.world_size > 1 and torch.distributed.is_initialized():  # the trainer leaves it after training
             torch.distributed.destroy_process_group()
 
 

@@ -4,20 +4,25 @@
     result = trainer.run()      # setup -> (train_epoch, validate_epoch, on_epoch_end)* -> on_train_end
 
 Per epoch: ``iterations_per_epoch`` AdamW steps (linear warm-up, polynomial decay, gradient clipping,
-fp16 AMP on CUDA), then ``val_iterations`` batches of validation windows (always the same windows) for
-the per-class pseudo-Dice (true/false positives summed over all windows, as nnU-Net); its exponential
-moving average (0.9 / 0.1, as nnU-Net) picks ``checkpoint_best.pt``. ``checkpoint_latest.pt`` is
-written after every epoch and a run resumes from it exactly (weights, optimiser, schedule, RNG states,
-history; batches depend only on seed, epoch and iteration). At the end: ``checkpoint_final.pt`` and
-the full validation of the fold (:mod:`pipeline.training.validation`) with the best weights.
+AMP in :mod:`autoprompt.precision`'s ``auto`` precision), then ``val_iterations`` batches of validation
+windows (always the same windows) for the per-class pseudo-Dice (true/false positives summed over all
+windows, as nnU-Net); its exponential moving average (0.9 / 0.1, as nnU-Net) picks ``checkpoint_best.pt``.
+``checkpoint_latest.pt`` is written after every epoch and a run resumes from it exactly (weights,
+optimiser, schedule, RNG states, history; batches depend only on seed, epoch and iteration). At the end:
+``checkpoint_final.pt`` and the full validation of the fold (:mod:`pipeline.training.validation`) with the
+best weights.
 
-Multi-GPU: started by ``torchrun --nproc_per_node=N -m autoprompt.cli train ...``, every process
-trains a DDP replica on ``batch_size / N`` windows per step; process 0 builds the embedding cache,
-validates, logs and writes every file.
+Multi-GPU (or several CPU processes): started by ``torchrun --nproc_per_node=N -m autoprompt.cli train ...``,
+every process trains a DDP replica on ``batch_size / N`` windows per step, drawn with its own seed; process
+``r`` encodes cases ``r, r + N, ...`` of the embedding cache and its views. Process 0 alone validates, logs
+(the losses averaged over the processes) and writes every file. Processes wait for each other only at
+:meth:`Trainer._barrier` (a gloo group with a :data:`WAIT_TIMEOUT`, so a long step of one process never
+times out the others), and the final validation runs on process 0 after the others have left the group.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import random
 import time
@@ -32,17 +37,18 @@ from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.build import load_configured_backbone
+from autoprompt.precision import AUTO, resolve_precision
 from autoprompt.progress import progress
-from pipeline.model_folder import ModelFolder
-from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts, windows_per_view
-from pipeline.training.checkpoint import (
+from pipeline.checkpoint import (
     capture_rng_state,
     checkpoint_path,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from pipeline.training.config import TrainerConfig
+from pipeline.model_folder import ModelFolder
+from pipeline.trainer_config import TrainerConfig
+from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts, windows_per_view
 from pipeline.training.data import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -60,7 +66,11 @@ from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 from pipeline.training.teacher_prompts import jittered_truth_boxes
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
+# the autocast dtype of each precision in training (None: no autocast)
+AMP_DTYPES = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
+WAIT_TIMEOUT = datetime.timedelta(hours=24)
+"""How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +120,15 @@ def seed_everything(seed: int) -> None:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``TrainerConfig.amp`` on ``device`` (None: full fp32).
+    """The autocast dtype of ``TrainerConfig.amp`` on ``device`` (None: full fp32); ``auto`` as
+    :func:`autoprompt.precision.resolve_precision` decides (bf16 or fp16 on CUDA, bf16 on CPUs with bf16
+    instructions, else none).
 
     Raises:
         AutoPromptError: fp16 asked for on the CPU.
     """
     if mode == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        return AMP_DTYPES[resolve_precision(AUTO, device)]
     if mode == "fp16" and device.type != "cuda":
         raise AutoPromptError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on the CPU")
     return {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
@@ -130,16 +142,6 @@ def encoder_batch_size(device: torch.device) -> int:
     the caches). GPUs want large batches.
     """
     return 1 if device.type == "cpu" else 16
-
-
-def resolve_encoder_precision(name: str) -> Precision:
-    """``auto`` -> the encoder precision chosen by the precision study (``benchmarks/precision.py``),
-    which :data:`autoprompt.interactive.DEFAULT_PRECISION` records; else the name given."""
-    if name == "auto":
-        from autoprompt.interactive import DEFAULT_PRECISION
-
-        return Precision(DEFAULT_PRECISION)
-    return Precision(name)
 
 
 def describe_views(count: int) -> str:
@@ -194,7 +196,12 @@ class Trainer:
         self.batch_size = max(1, (config.batch_size or self.plan.batch_size) // self.dist.world_size)
         self.amp_dtype = amp_dtype(config.amp, device)
         self.use_scaler = self.amp_dtype is torch.float16
-        self.log = TrainingLog(self.fold_dir / "training_log.txt", echo=self.dist.is_main)
+        self.log = TrainingLog(self.fold_dir / "training_log.txt", enabled=self.dist.is_main)
+        self._wait_group = (
+            torch.distributed.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+            if self.dist.world_size > 1
+            else None
+        )
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.step = 0
@@ -338,24 +345,23 @@ class Trainer:
             self.plans,
             self.config.configuration,
             backbone_checksum=self.model.backbone.checksum,
-            precision=resolve_encoder_precision(self.config.encoder_precision),
+            precision=resolve_precision(self.config.encoder_precision, self.device),
             slice_stride=stride,
         )
         cache = EmbeddingCache(self.preprocessed_dataset, parts)
         cases = self.train_cases + [
             c for c in self.val_cases if c.name not in {t.name for t in self.train_cases}
         ]
-        if self.dist.is_main:
-            started = time.perf_counter()
-            built = cache.build(
-                self.model, cases, device=self.device, batch_size=encoder_batch_size(self.device)
+        started = time.perf_counter()
+        built = cache.build(
+            self.model, self._shard(cases), device=self.device, batch_size=encoder_batch_size(self.device)
+        )
+        built = self._sum_over_processes(built)  # waits for every shard
+        self.timings["cache"] = time.perf_counter() - started
+        if built:
+            self.log(
+                f"embedding cache {cache.folder}: encoded {built} case(s) in {self.timings['cache']:.0f} s"
             )
-            self.timings["cache"] = time.perf_counter() - started
-            if built:
-                self.log(
-                    f"embedding cache {cache.folder}: encoded {built} case(s) in {self.timings['cache']:.0f} s"
-                )
-        self._barrier()
         return cache
 
     def _prepare_views(self) -> ViewCache | None:
@@ -372,18 +378,20 @@ class Trainer:
             seed=self.config.seed,
         )
         views = ViewCache(self.cache, parts)
-        if self.dist.is_main and count > 1:
-            started = time.perf_counter()
-            built = views.build(
-                self.model, self.train_cases, device=self.device, batch_size=encoder_batch_size(self.device)
+        started = time.perf_counter()
+        built = views.build(
+            self.model,
+            self._shard(self.train_cases),
+            device=self.device,
+            batch_size=encoder_batch_size(self.device),
+        )
+        built = self._sum_over_processes(built)  # waits for every shard
+        seconds = time.perf_counter() - started
+        self.timings["cache"] += seconds
+        if built:
+            self.log(
+                f"augmented views {views.folder}: {count - 1} view(s) of {built} case(s) in {seconds:.0f} s"
             )
-            seconds = time.perf_counter() - started
-            self.timings["cache"] += seconds
-            if built:
-                self.log(
-                    f"augmented views {views.folder}: {count - 1} view(s) of {built} case(s) in {seconds:.0f} s"
-                )
-        self._barrier()
         return views
 
     def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -504,6 +512,10 @@ class Trainer:
                 sums[name] += float(terms[name].detach())
             bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}")
         count = len(dataset)
+        if self.dist.world_size > 1:  # the mean over every process's steps, for the log and the history
+            totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(totals)
+            sums = dict(zip(sums, (float(v) / self.dist.world_size for v in totals), strict=True))
         return {
             "epoch": epoch,
             "train_loss": sums["total"] / count,
@@ -607,6 +619,8 @@ class Trainer:
                 f"training finished: {self.planned_epochs} epochs, {self.step} steps, "
                 f"{self.timings['training'] / 60:.1f} min"
             )
+        self._leave_process_group()
+        if self.dist.is_main:
             if self.config.final_validation and self.fold != "all":
                 summary = self._final_validation()
             elif self.fold == "all":
@@ -616,7 +630,6 @@ class Trainer:
                 )
             else:
                 self.log("final_validation=false: final validation and postprocessing choice skipped")
-        self._barrier()
         return TrainingResult(
             model_folder=self.model_folder.path,
             fold_dir=self.fold_dir,
@@ -635,8 +648,7 @@ class Trainer:
         self.model.load_trainable_state_dict(best["model"])
         self.model.eval()
         tta = self.config.validation_tta if self.config.validation_tta is not None else self.mirror_augmented
-        # the precision the network saw its embeddings in during training
-        precision = self.cache.precision.value if self.cache is not None else "fp32"
+        precision = self.trained_precision.value
         started = time.perf_counter()
         summary = validate_fold(
             self.model,
@@ -688,6 +700,8 @@ class Trainer:
                 "trainer_config": self.config.to_dict(),
                 "mirror_augmented": self.mirror_augmented,
                 "views": self._views_record(),
+                "encoder_precision": self.trained_precision.value,
+                "amp_precision": self.amp_precision.value,
             },
         }
 
@@ -696,6 +710,17 @@ class Trainer:
         if self.views is None or self.views.count < 2:
             return None
         return {"count": self.views.count, "key": self.views.key}
+
+    @property
+    def trained_precision(self) -> Precision:
+        """The precision the network saw its embeddings in: the embedding cache's, else the autocast's
+        (prediction uses it too, :meth:`pipeline.model_folder.ModelFolder.trained_precision`)."""
+        return self.cache.precision if self.cache is not None else self.amp_precision
+
+    @property
+    def amp_precision(self) -> Precision:
+        """The precision of the training steps' autocast (``TrainerConfig.amp`` resolved; fp32: none)."""
+        return next(precision for precision, dtype in AMP_DTYPES.items() if dtype == self.amp_dtype)
 
     @property
     def mirror_augmented(self) -> bool:
@@ -740,6 +765,29 @@ class Trainer:
         self.history = list(state["history"])
         restore_rng_state(state["rng"])
 
+    # --------------------------------------------------------------------------------- processes
+    def _shard(self, cases: list) -> list:
+        """This process's share of ``cases``: every ``world_size``-th one, from its rank on."""
+        return cases[self.dist.rank :: self.dist.world_size]
+
     def _barrier(self) -> None:
-        if self.dist.world_size > 1:
-            torch.distributed.barrier()
+        """Wait for every process (on the gloo group with :data:`WAIT_TIMEOUT`, never the training group's
+        short default: one process may be building a cache shard or writing checkpoints)."""
+        if self._wait_group is not None:
+            torch.distributed.barrier(group=self._wait_group)
+
+    def _sum_over_processes(self, value: int) -> int:
+        """``value`` summed over the processes (waits for all of them, as :meth:`_barrier`)."""
+        if self._wait_group is None:
+            return value
+        total = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(total, group=self._wait_group)
+        return int(total)
+
+    def _leave_process_group(self) -> None:
+        """After training: wait until every process is done, then leave the process group, so that nothing
+        waits (and times out) while process 0 validates the fold alone."""
+        if self._wait_group is not None:
+            self._barrier()
+            self._wait_group = None
+            torch.distributed.destroy_process_group()

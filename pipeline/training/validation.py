@@ -40,7 +40,7 @@ def validate_fold(
     fold_dir: Path,
     device: torch.device,
     tta: bool,
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int | None = None,
     raw_labels_folder: Path | None = None,
 ) -> dict:
@@ -55,7 +55,7 @@ def validate_fold(
         fold_dir: ``MODEL_FOLDER/fold_K`` (outputs go to ``validation/`` and ``postprocessing.json``).
         device: where the network runs.
         tta: mirroring test-time augmentation.
-        precision: the Predictor's precision ("fp32", "bf16"; as ``autoprompt predict --precision``).
+        precision: the Predictor's precision ("fp32", "bf16", "auto"; as ``autoprompt predict --precision``).
         batch_size: windows per network call (None: the plans' batch size).
         raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
 

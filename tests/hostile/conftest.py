@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from autoprompt.cli import main
 from pipeline.experiment_planning import plan_and_preprocess
 from pipeline.model_folder import ModelFolder
-from pipeline.training.config import load_trainer_config
+from pipeline.trainer_config import load_trainer_config
 from tests.inference.conftest import write_fold
 from tests.synthetic_data import make_synthetic_dataset
 

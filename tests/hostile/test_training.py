@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.training.checkpoint import save_checkpoint
+from pipeline.checkpoint import save_checkpoint
 from tests.hostile.conftest import DATASET, Outcome, Setup, assert_one_line_error, tree
 
 MODEL = f"{DATASET}/autoprompt__tiny__2d"

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.interactive import check_box, check_points
+from autoprompt.interactive.predictor import check_box, check_points
 from pipeline.files import atomic_path, check_output_file, check_output_folder, load_npy, npy_complete
 from pipeline.inference.case_cost import CaseLimits, CaseTooLarge, check_case, estimate_case_cost
 from pipeline.io import read_image, read_image_info, write_image
@@ -130,7 +130,7 @@ def test_points_with_non_finite_values_are_refused() -> None:
 
 
 def test_trainer_config_refuses_non_finite_settings() -> None:
-    from pipeline.training.config import load_trainer_config
+    from pipeline.trainer_config import load_trainer_config
 
     for override in ("weight_decay=nan", "learning_rate=inf", "loss.box=.nan"):
         with pytest.raises(AutoPromptError, match="must be finite numbers"):

@@ -11,10 +11,10 @@ import torch
 
 from autoprompt.modeling.backbone import load_backbone
 from autoprompt.modeling.config import ModelConfig
+from pipeline.checkpoint import checkpoint_path, save_checkpoint
 from pipeline.experiment_planning import plan_and_preprocess
 from pipeline.model_folder import ModelFolder
-from pipeline.training.checkpoint import checkpoint_path, save_checkpoint
-from pipeline.training.config import TrainerConfig
+from pipeline.trainer_config import TrainerConfig
 from tests.synthetic_data import make_synthetic_dataset
 
 SHAPE = (3, 24, 20)  # (Z, Y, X): 3 slices keep every prediction to a few encoder calls

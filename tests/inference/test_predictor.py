@@ -12,10 +12,10 @@ import torch
 
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.backbone import load_backbone
+from pipeline.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from pipeline.inference.predictor import Predictor
 from pipeline.model_folder import ModelFolder
 from pipeline.preprocessing import preprocess_case
-from pipeline.training.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from tests.inference.conftest import InferenceSetup
 
 

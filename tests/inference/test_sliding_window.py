@@ -5,13 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.inference.sliding_window import (
-    gaussian_importance,
-    sliding_window_predict,
-    stack_indices,
-    window_slicers,
-)
+from pipeline.inference.sliding_window import gaussian_importance, sliding_window_predict
 from pipeline.inference.tta import mirror_combinations, with_mirroring
+from pipeline.windows import stack_indices, window_slicers
 
 WINDOW = (64, 64)
 

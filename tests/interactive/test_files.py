@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from autoprompt.cli import main
-from autoprompt.interactive import InteractivePredictor, LoadedImage, embed, embedding_sidecar_path, segment
+from autoprompt.interactive.embedding import embed, embedding_sidecar_path
+from autoprompt.interactive.images import LoadedImage
+from autoprompt.interactive.predictor import InteractivePredictor, ModelOptions
+from autoprompt.interactive.segment import segment
 from autoprompt.modeling.backbone import SamBackbone
 from pipeline.io import read_image
 
@@ -20,7 +23,11 @@ from pipeline.io import read_image
 def test_segment_slice_of_volume_keeps_geometry(tiny: SamBackbone, volume_file: Path, tmp_path: Path) -> None:
     output = tmp_path / "out" / "mask.nii.gz"
     mask = segment(
-        volume_file, box=(12, 10, 36, 30), slice_index=2, output=output, backbone=tiny, device="cpu"
+        volume_file,
+        box=(12, 10, 36, 30),
+        slice_index=2,
+        output=output,
+        model=ModelOptions(tiny, device="cpu"),
     )
     written, geometry = read_image(output)
     assert geometry.matches(read_image(volume_file)[1])
@@ -42,7 +49,7 @@ def test_segment_png_through_cli(volume_file: Path, png_file: Path, tmp_path: Pa
 def test_embed_volume_writes_array_and_sidecar(tiny: SamBackbone, volume_file: Path, tmp_path: Path) -> None:
     output = tmp_path / "emb.npy"
     embeddings = embed(
-        volume_file, output=output, backbone=tiny, device="cpu", precision="fp32", batch_size=2
+        volume_file, output=output, model=ModelOptions(tiny, device="cpu", precision="fp32"), batch_size=2
     )
     assert embeddings.shape == (3, 256, 64, 64) and embeddings.dtype == np.float16
     sidecar = json.loads(embedding_sidecar_path(output).read_text())

@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.interactive import (
+from autoprompt.interactive.images import LoadedImage
+from autoprompt.interactive.predictor import (
     InteractivePredictor,
-    LoadedImage,
+    ModelOptions,
     SliceFrame,
     box_from_mask,
     check_box,
     check_points,
-    propagation_order,
-    segment,
 )
+from autoprompt.interactive.segment import segment
+from autoprompt.interactive.volume import propagation_order
 from autoprompt.modeling.backbone import SamBackbone
 from pipeline.io import read_image
 from tests.interactive.cases import ACDC_CASE, acdc_lv_case, dice, ellipse_case
@@ -128,7 +129,9 @@ def test_litemedsam_segments_acdc_left_ventricle(
     case, index = acdc_lv_case(shared_data)
     image = shared_data / "Dataset027_ACDC" / "imagesTr" / f"{ACDC_CASE}_0000.nii.gz"
     output = tmp_path / "lv.nii.gz"
-    mask = segment(image, box=case.box, slice_index=index, output=output, backbone=litemedsam, device="cpu")
+    mask = segment(
+        image, box=case.box, slice_index=index, output=output, model=ModelOptions(litemedsam, device="cpu")
+    )
     assert dice(mask[index], case.truth) > 0.85
     assert not np.delete(mask, index, axis=0).any()
     written, geometry = read_image(output)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from autoprompt.interactive import segment_volume
+from autoprompt.interactive.predictor import ModelOptions
+from autoprompt.interactive.volume import segment_volume
 from autoprompt.modeling.backbone import SamBackbone
 from pipeline.io import read_image
 from tests.interactive.cases import dice, ellipse_case
@@ -25,7 +26,7 @@ def test_propagates_through_an_ellipsoid(litemedsam: SamBackbone, tmp_path: Path
     sitk.WriteImage(image, str(path))
     output = tmp_path / "ellipsoid_mask.nii.gz"
     mask = segment_volume(
-        path, box3d=(x1, y1, 0, x2, y2, 6), output=output, backbone=litemedsam, device="cpu"
+        path, box3d=(x1, y1, 0, x2, y2, 6), output=output, model=ModelOptions(litemedsam, device="cpu")
     )
     assert dice(mask, case.truth) > 0.8
     written, geometry = read_image(output)

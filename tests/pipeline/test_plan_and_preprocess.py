@@ -130,3 +130,30 @@ def test_help_explains_the_options(capsys: pytest.CaptureFixture) -> None:
     text = capsys.readouterr().out
     for snippet in ("--group-regex", "patient", "--overwrite-plans", "--verify-only", "-np", "plans.json"):
         assert snippet in text
+
+
+def test_a_sam_vit_backbone_gets_its_own_1024_plans_and_other_backbones_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_synthetic_dataset(tmp_path / "raw", num_cases=4, shape=(4, 24, 20))
+    assert run_cli(tmp_path, "-c", "2d", "-np", "1", "--folds", "2", "--backbone", "sam_vit_b") == 0
+    assert "1024x1024 windows" in capsys.readouterr().out
+    out = tmp_path / "pre" / "Dataset901_Synthetic"
+    plan = json.loads((out / "plans.json").read_text())["configurations"]["2d"]
+    assert plan["window_size"] == [1024, 1024]
+    assert len(list((out / plan["data_identifier"]).glob("*_seg.npy"))) == 4
+    assert not (out / "autoprompt_slices").exists()  # LiteMedSAM's 256-window cases are not touched
+
+    # planning again for LiteMedSAM without --overwrite-plans, and training a LiteMedSAM-family model
+    # (the tiny preset) on the 1024 plans: one line each, before any training work
+    assert run_cli(tmp_path, "-c", "2d") == 2
+    err = capsys.readouterr().err
+    assert "plans.json: planned for 1024 x 1024 windows, but backbone litemedsam takes 256 x 256" in err
+    assert "--overwrite-plans" in err and "Traceback" not in err
+    train = ["train", "901", "0", "-c", "2d", "--config", "tiny", "--device", "cpu"]
+    roots = ["--preprocessed", str(tmp_path / "pre"), "--results", str(tmp_path / "results")]
+    assert cli.main([*train, *roots]) == 2
+    err = capsys.readouterr().err
+    assert "configuration '2d' has 1024 x 1024 windows, but backbone tiny takes 256 x 256" in err
+    assert "--backbone tiny --overwrite-plans" in err and "Traceback" not in err
+    assert not list((tmp_path / "results").rglob("checkpoint_*.pt"))

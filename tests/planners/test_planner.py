@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from autoprompt.modeling.backbone import backbone_window_size
 from planners import planner
 from planners.planner import plan_dataset
 from planners.plans import ChannelNormalization
@@ -141,6 +142,25 @@ def test_normalization_ct_from_dataset_percentiles_others_per_image() -> None:
     plans.check()
 
 
+def test_nnunet_normalization_names_are_honoured_case_insensitively() -> None:
+    names = {"0": "zscore", "1": "noNorm", "2": "rescale_to_0_1", "3": "RGB_to_0_1", "4": "CT", "5": "R"}
+    plans = plan_dataset(
+        fingerprint(
+            [[3.0, 0.8, 0.8]] * 2, [[40, 300, 300]] * 2, channel_names=names, percentiles=(-5.0, 9.0)
+        ),
+        dataset_json(channel_names=names),
+    )
+    assert plans.normalization == [
+        ChannelNormalization("zscore", -3.0, 3.0),
+        ChannelNormalization("nonorm", 0.0, 1.0),
+        ChannelNormalization("rescale_to_0_1", 0.0, 100.0),
+        ChannelNormalization("rgb_to_0_1", 0.0, 255.0),
+        ChannelNormalization("ct", -5.0, 9.0),
+        ChannelNormalization("mr", 0.5, 99.5),  # a name nnU-Net does not know: percentiles, as before
+    ]
+    plans.check()
+
+
 def test_a_2d_dataset_gets_only_the_2d_configuration() -> None:
     plans = plan_dataset(fingerprint([[0.5, 0.5]] * 3, [[300, 400]] * 3), dataset_json())
     assert list(plans.configurations) == ["2d"]
@@ -149,3 +169,20 @@ def test_a_2d_dataset_gets_only_the_2d_configuration() -> None:
     assert plan.inplane_rule == "coarser_to_fit"
     assert plan.target_spacing[1:] == pytest.approx([0.5 * 400 / 256] * 2)
     assert plan.median_shape == [1, 192, 256]
+
+
+def test_a_sam_vit_backbone_is_planned_at_its_own_1024_window() -> None:
+    # 448 x 384 px slices: coarsened to fit LiteMedSAM's 256 window, refined to fill a SAM ViT's 1024 window
+    cases = fingerprint([[5.0, 0.7, 0.7]] * 3, [[40, 448, 384]] * 3)
+    lite = plan_dataset(cases, dataset_json(3)).configuration("2d")
+    vit = plan_dataset(cases, dataset_json(3), window=backbone_window_size("sam_vit_b")).configuration("2d")
+    assert lite.window_size == [256, 256] and vit.window_size == [1024, 1024]
+    assert vit.inplane_rule == "finer_to_fill"
+    assert lite.inplane_rule == "coarser_to_fit"
+    assert vit.target_spacing == pytest.approx([5.0, 0.7 * 448 / 1024, 0.7 * 448 / 1024])
+    assert vit.median_shape == [40, 1024, 878]
+    assert vit.data_identifier != lite.data_identifier  # the two preprocessings never overwrite each other
+    assert vit.estimated_cache_gib == pytest.approx(round(3 * 40 * planner.EMBEDDING_BYTES / 2**30, 2))
+    per_class = planner.GIB_PER_CLASS_WINDOW * 16  # class logits at 1024 x 1024: 16 times the pixels of 256
+    assert vit.batch_size == int(planner.MEMORY_BUDGET_GIB // (planner.GIB_PER_WINDOW + 3 * per_class))
+    assert vit.batch_size < lite.batch_size

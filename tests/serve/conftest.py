@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.serve import ServeSettings, create_app
+from pipeline.checkpoint import save_checkpoint
 from pipeline.experiment_planning import plan_and_preprocess
 from pipeline.model_folder import ModelFolder
-from pipeline.training.checkpoint import save_checkpoint
-from pipeline.training.config import TrainerConfig
+from pipeline.trainer_config import TrainerConfig
 from tests.synthetic_data import make_synthetic_dataset, make_volume
 
 SYNTHETIC = "Dataset901_Synthetic"

@@ -228,6 +228,8 @@ def test_model_health_and_openapi_describe_the_service(client: TestClient) -> No
     assert "multipart/form-data" in paths["/api/jobs"]["post"]["requestBody"]["content"]
     page = client.get("/")
     assert page.status_code == 200 and "<title>autoprompt</title>" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):  # package data, served through importlib
+        assert client.get(asset).status_code == 200 and asset.removeprefix("/") in page.text
     # nothing the service serves needs the internet: no CDN-backed Swagger/ReDoc pages, no external scripts
     assert client.get("/docs").status_code == client.get("/redoc").status_code == 404
     assert "https://" not in page.text and "http://" not in page.text

@@ -11,6 +11,7 @@ import torch
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.config import ModelConfig
+from pipeline.trainer_config import AugmentationConfig, ViewConfig
 from pipeline.training.augmented_views import (
     BYTES_PER_EMBEDDING,
     ViewCache,
@@ -18,7 +19,6 @@ from pipeline.training.augmented_views import (
     render_view,
     view_key_parts,
 )
-from pipeline.training.config import AugmentationConfig, ViewConfig
 from pipeline.training.data import BatchDataset, TrainingCase, WindowSampler, build_augmentation, crop_window
 from pipeline.training.embedding_cache import EmbeddingCache
 

@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 
 from autoprompt.errors import AutoPromptError
-from pipeline.training.config import (
-    CONFIGS_DIR,
+from pipeline.trainer_config import (
     TrainerConfig,
     load_trainer_config,
     preset_name,
+    preset_names,
     save_trainer_config,
 )
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", preset_names())
 def test_every_bundled_preset_loads(preset: str) -> None:
     config = load_trainer_config(preset)
     assert isinstance(config, TrainerConfig)

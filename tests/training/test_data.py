@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.inference.sliding_window import pad_to_window, window_slicers
-from pipeline.training.config import AugmentationConfig
+from pipeline.trainer_config import AugmentationConfig
 from pipeline.training.data import (
     BatchDataset,
     TrainingCase,
@@ -15,6 +14,7 @@ from pipeline.training.data import (
     crop_window,
     fixed_windows,
 )
+from pipeline.windows import pad_to_window, window_slicers
 
 WINDOW = (16, 16)
 

@@ -13,7 +13,7 @@ import torch
 
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from pipeline.files import load_json
-from pipeline.training.config import LossConfig
+from pipeline.trainer_config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
 from tests.synthetic_data import make_synthetic_dataset
 

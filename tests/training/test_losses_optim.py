@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
-from pipeline.training.config import LossConfig
+from pipeline.trainer_config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
 from pipeline.training.optim import WarmupPolySchedule, epochs_in_budget
 
@@ -130,8 +130,8 @@ def test_amp_modes() -> None:
     from autoprompt.errors import AutoPromptError
     from pipeline.training.trainer import amp_dtype
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert amp_dtype("auto", cpu) is None and amp_dtype("auto", cuda) is torch.float16
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # "auto": tests/runtime/test_precision.py
     assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("none", cuda) is None
+    assert amp_dtype("fp16", cuda) is torch.float16
     with pytest.raises(AutoPromptError, match="amp=fp16 needs a CUDA device"):
         amp_dtype("fp16", cpu)

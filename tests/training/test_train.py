@@ -12,9 +12,9 @@ import torch
 from autoprompt import cli
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.files import load_json, save_json
 from pipeline.model_folder import ModelFolder
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.run import train
 from pipeline.training.trainer import Trainer, TrainingResult
 from tests.training.conftest import DATASET, TINY, PlannedDataset

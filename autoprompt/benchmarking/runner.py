@@ -10,9 +10,9 @@ run in order: ``preprocessed`` (the method's own planning of the training cases)
 "all", all training cases, epochs fitted to the same wall-clock budget), ``predicted`` (the same test
 cases, the final checkpoint) and ``evaluated`` (:func:`pipeline.evaluation.evaluate_folders` for both).
 Every step but the evaluation runs in a child process, so wall time and peak memory are measured the
-same way for both methods (:func:`pipeline.nnunet_baseline.run_logged`). A finished part leaves a JSON
-stamp and is never run again; a run that stopped resumes where it stopped. The cases come from
-:mod:`pipeline.benchmark_cases`, the report from :mod:`pipeline.benchmark_report`.
+same way for both methods (:func:`autoprompt.benchmarking.nnunet_baseline.run_logged`). A finished part
+leaves a JSON stamp and is never run again; a run that stopped resumes where it stopped. The cases come from
+:mod:`autoprompt.benchmarking.cases`, the report from :mod:`autoprompt.benchmarking.report`.
 
 Layout of ``REPORT_DIR``::
 
@@ -37,12 +37,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autoprompt.allocator import retained_memory_environment
+from autoprompt.benchmarking import nnunet_baseline
+from autoprompt.benchmarking.cases import ALL, group_of, select_cases, training_subsets
+from autoprompt.benchmarking.report import METHOD_TITLES, METHODS, summarise_run, write_report
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_id
 from autoprompt.progress import progress
-from pipeline import nnunet_baseline
-from pipeline.benchmark_cases import ALL, group_of, select_cases, training_subsets
-from pipeline.benchmark_report import METHOD_TITLES, METHODS, summarise_run, write_report
 from pipeline.dataset import RawDataset, load_raw_dataset
 from pipeline.files import load_json, save_json
 
@@ -152,7 +152,7 @@ def run_benchmark(
         autoprompt_config: trainer preset or YAML; None: the configuration's default preset.
         autoprompt_overrides: ``key=value`` trainer settings (``model.backbone=tiny``).
         nnunet_iterations_per_epoch: None: nnU-Net's 250, or fewer where 10 epochs of 250 would not fit
-            the budget (``pipeline.nnunet_baseline.iterations_for_budget``); a number fixes them.
+            the budget (``nnunet_baseline.iterations_for_budget``); a number fixes them.
         tta: mirroring test-time augmentation: nnU-Net's; autoprompt's where its model was trained with
             mirroring (``predict(tta=None)``). False: off for both.
         num_processes: worker processes for planning and evaluation.
@@ -165,7 +165,7 @@ def run_benchmark(
             folder made with other settings, or a failed step (naming its log).
     """
     from autoprompt.devices import resolve_device
-    from pipeline.training.config import DEFAULT_PRESETS, load_trainer_config
+    from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config
 
     raw = load_raw_dataset(raw_dataset_folder)
     dataset_id(raw.name)  # nnU-Net needs a DatasetXXX_Name folder
@@ -262,18 +262,6 @@ def _autoprompt_overrides(budget_minutes: float, configuration: str, user: Seque
     ]
 
 
-def _encoder_precision(settings: BenchmarkSettings) -> str:
-    """The precision the trained network saw its cached embeddings in: prediction uses the same."""
-    from pipeline.training.config import load_trainer_config
-    from pipeline.training.trainer import resolve_encoder_precision
-
-    config = load_trainer_config(
-        settings.autoprompt_config,
-        _autoprompt_overrides(settings.budget_minutes, settings.configuration, settings.autoprompt_overrides),
-    )
-    return resolve_encoder_precision(config.encoder_precision).value
-
-
 def _check_labelled(raw: RawDataset, cases: Sequence[str]) -> None:
     for case in cases:
         files = raw.cases[case]
@@ -344,7 +332,7 @@ def _fresh(folder: Path) -> Path:
 
 
 class _AutoPromptSteps:
-    """autoprompt's steps, each a ``python -m pipeline.benchmark STEP`` child process."""
+    """autoprompt's steps, each a ``python -m autoprompt.benchmarking.runner STEP`` child process."""
 
     def __init__(self, part: Part, context: _Context) -> None:
         self.part, self.context = part, context
@@ -394,13 +382,20 @@ class _AutoPromptSteps:
             "device": self.context.settings.device,
             # None: mirroring only if the model was trained with it (not on cached embeddings)
             "tta": None if self.context.settings.tta else False,
-            "precision": _encoder_precision(self.context.settings),
+            "precision": "auto",  # the precision the network was trained in (its checkpoint records it)
         }
         return self._child("predict", kwargs, "autoprompt prediction")
 
     def _child(self, step: str, kwargs: dict, what: str) -> dict:
         result_file = self.part.folder / "logs" / f"{step}.result.json"
-        command = [sys.executable, "-m", "pipeline.benchmark", step, json.dumps(kwargs), str(result_file)]
+        command = [
+            sys.executable,
+            "-m",
+            "autoprompt.benchmarking.runner",
+            step,
+            json.dumps(kwargs),
+            str(result_file),
+        ]
         usage = nnunet_baseline.run_logged(
             command, env=retained_memory_environment(os.environ), log_file=self.part.log(step), what=what
         )
@@ -408,7 +403,7 @@ class _AutoPromptSteps:
 
 
 class _NnUNetSteps:
-    """nnU-Net v2's own steps (:mod:`pipeline.nnunet_baseline`)."""
+    """nnU-Net v2's own steps (:mod:`autoprompt.benchmarking.nnunet_baseline`)."""
 
     def __init__(self, part: Part, context: _Context) -> None:
         self.part, self.context = part, context
@@ -512,7 +507,7 @@ _CHILD_STEPS: dict[str, Callable[..., dict]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child-process entry point: ``python -m pipeline.benchmark STEP KWARGS_JSON RESULT_JSON``."""
+    """Child-process entry point: ``python -m autoprompt.benchmarking.runner STEP KWARGS_JSON RESULT_JSON``."""
     step, kwargs, result_file = sys.argv[1:] if argv is None else argv
     try:
         result = _CHILD_STEPS[step](**json.loads(kwargs))

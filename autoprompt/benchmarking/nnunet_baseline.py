@@ -31,6 +31,7 @@ from pathlib import Path
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
+from pipeline.training.optim import epochs_in_budget
 
 TRAINER_NAME = "nnUNetTrainer"
 NNUNET_ITERATIONS_PER_EPOCH = 250
@@ -231,7 +232,7 @@ def train(
             validation iterations follow nnU-Net's 250:50 ratio, at least 1).
     """
     command = [
-        sys.executable, "-m", "pipeline.nnunet_baseline", "train-worker",
+        sys.executable, "-m", "autoprompt.benchmarking.nnunet_baseline", "train-worker",
         str(dataset_id), configuration, "--budget-minutes", str(budget_minutes), "--device", device,
     ]  # fmt: skip
     if num_iterations_per_epoch is not None:
@@ -284,8 +285,6 @@ def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
     import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    from pipeline.training.optim import epochs_in_budget
 
     class nnUNetTrainerTimeBudget(nnUNetTrainer):  # noqa: N801 - nnU-Net's naming
         steps_done = 0
@@ -390,7 +389,7 @@ def model_folder_for(results: Path, dataset_name: str, configuration: str) -> Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Child-process entry point (``python -m pipeline.nnunet_baseline train-worker ...``)."""
+    """Child-process entry point (``python -m autoprompt.benchmarking.nnunet_baseline train-worker ...``)."""
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="step", required=True)
     worker = sub.add_parser("train-worker")

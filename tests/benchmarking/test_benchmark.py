@@ -16,12 +16,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from autoprompt.benchmarking.cases import ALL, parse_train_cases, select_cases, training_subsets
+from autoprompt.benchmarking.nnunet_baseline import PROBE_STEPS, iterations_for_budget, run_logged
+from autoprompt.benchmarking.report import format_report, summarise_run, write_report
 from autoprompt.cli import main
 from autoprompt.errors import AutoPromptError
-from pipeline.benchmark_cases import ALL, parse_train_cases, select_cases, training_subsets
-from pipeline.benchmark_report import format_report, summarise_run, write_report
 from pipeline.dataset import ACDC_GROUP_REGEX, make_splits
-from pipeline.nnunet_baseline import PROBE_STEPS, iterations_for_budget, run_logged
 from tests.synthetic_data import make_synthetic_dataset
 
 ACDC_LIKE = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 2)]

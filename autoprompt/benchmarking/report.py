@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.benchmark_cases import ALL
+from autoprompt.benchmarking.cases import ALL
 from pipeline.files import atomic_path, save_json
 
 METHODS = ("autoprompt", "nnunet")

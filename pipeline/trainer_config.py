@@ -1,22 +1,25 @@
 """Training hyperparameters: the :class:`TrainerConfig` dataclass and its YAML presets.
 
 Hyperparameters live in human-edited YAML files under ``configs/`` (``2d_frozen.yaml``,
-``3d_adapter.yaml``, ``tiny.yaml``), never in trainer subclasses. A preset is named by its file stem
-or given as a path; ``key=value`` overrides (``epochs=4``, ``model.adapter_dim=16``) are applied on
-top with type coercion, and an unknown key is an error with a "did you mean" hint.
+``3d_adapter.yaml``, ``tiny.yaml``), never in trainer subclasses. ``configs`` is a package whose YAML
+files are package data, found with :mod:`importlib.resources`, so an installed wheel has them too. A
+preset is named by its file stem or given as a path; ``key=value`` overrides (``epochs=4``,
+``model.adapter_dim=16``) are applied on top with type coercion, and an unknown key is an error with a
+"did you mean" hint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,7 +27,11 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.config import ModelConfig
 from pipeline.files import atomic_path
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+PRESETS_PACKAGE = "configs"
+"""The package whose ``*.yaml`` files are the bundled presets."""
 DEFAULT_PRESETS = {"2d": "2d_frozen", "3d": "3d_adapter"}
 AMP_MODES = ("auto", "none", "fp16", "bf16")
 
@@ -110,12 +117,14 @@ class TrainerConfig:
         cache_slice_stride: cache (and train on) only every k-th slice of each case (2d only). The
             encoder costs ~1 s per slice on a CPU; neighbouring slices of thin-slice data are nearly
             identical, so k > 1 trades little diversity for a k times cheaper cache.
-        encoder_precision: precision of the frozen encoder when building the cache: "auto" (bf16 if
-            benchmarks/results/precision.json says it is accurate enough, else fp32), "fp32", "bf16".
-        amp: mixed precision of the network during training: "auto" (fp16 with gradient scaling on
-            CUDA, none on the CPU), "none", "fp16" (CUDA only) or "bf16" (CPU with bf16 instructions
-            or CUDA; on this project's 2-core CPU a LiteMedSAM decoder step took 0.26 s per sample in
-            bf16 at batch 2 against 0.63 s in fp32 at batch 8).
+        encoder_precision: precision of the frozen encoder when building the cache: "auto" (the
+            device's fastest native precision, :mod:`autoprompt.precision`: bf16 on CPUs with AVX512-BF16
+            or AMX and on GPUs with bf16, fp16 on other GPUs, fp32 on other CPUs), "fp32", "bf16".
+            The resolved precision keys the cache and is recorded in the checkpoint; prediction uses it.
+        amp: mixed precision of the network during training: "auto" (as ``encoder_precision``; fp16
+            with gradient scaling, fp32 means none), "none", "fp16" (CUDA only) or "bf16" (CPU with
+            bf16 instructions or CUDA; on this project's 2-core CPU a LiteMedSAM decoder step took
+            0.26 s per sample in bf16 at batch 2 against 0.63 s in fp32 at batch 8).
         num_workers: background processes producing batches (0: in the training process).
         time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
             epochs run so far; the embedding cache and the final validation are not counted), never
@@ -209,18 +218,27 @@ def _dotted(obj: Any, name: str) -> Any:
     return obj
 
 
-def preset_path(path_or_preset: str | Path) -> Path:
-    """``"2d_frozen"`` -> ``configs/2d_frozen.yaml``; a path to a ``.yaml`` file is returned as is.
+def preset_names() -> list[str]:
+    """The bundled presets, sorted: ``["2d_frozen", "3d_adapter", "tiny"]``."""
+    files = importlib.resources.files(PRESETS_PACKAGE).iterdir()
+    return sorted(file.name.removesuffix(".yaml") for file in files if file.name.endswith(".yaml"))
+
+
+def preset_path(path_or_preset: str | Path) -> Path | Traversable:
+    """``"2d_frozen"`` -> the bundled ``configs/2d_frozen.yaml``; a path to a ``.yaml`` file as it is.
 
     Raises:
         AutoPromptError: the file does not exist (the message lists the bundled presets).
     """
     text = str(path_or_preset)
-    candidate = Path(text).expanduser()
-    if candidate.suffix not in (".yaml", ".yml") and not candidate.is_file():
-        candidate = CONFIGS_DIR / f"{text}.yaml"
+    path = Path(text).expanduser()
+    candidate = (
+        path
+        if path.suffix in (".yaml", ".yml") or path.is_file()
+        else importlib.resources.files(PRESETS_PACKAGE).joinpath(f"{text}.yaml")
+    )
     if not candidate.is_file():
-        presets = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+        presets = preset_names()
         close = difflib.get_close_matches(Path(text).stem, presets, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise AutoPromptError(

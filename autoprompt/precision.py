@@ -1,0 +1,67 @@
+"""The precision ``auto`` stands for: the fastest one the device computes natively.
+
+- CUDA: bf16 where the GPU has bf16 arithmetic (Ampere and newer), else fp16.
+- CPU: bf16 where the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX, from the flags of
+  ``/proc/cpuinfo``) and PyTorch's kernels may use AVX-512 (``torch.backends.cpu.get_cpu_capability()``;
+  ``ATEN_CPU_CAPABILITY=avx2`` lowers it); fp32 elsewhere, as bf16 without those instructions is emulated
+  and several times slower than fp32.
+
+Every ``precision`` option (the image encoder of ``predict``, ``serve``, ``segment`` and ``embed``, the
+trainer's ``encoder_precision`` and ``amp``) defaults to ``auto``; a named precision is taken as given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from autoprompt.devices import Precision, parse_precision
+
+AUTO = "auto"
+CHOICES = (AUTO, *(precision.value for precision in Precision))
+"""The values of a ``--precision`` option."""
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""``/proc/cpuinfo`` flags of CPUs with bf16 dot-product instructions."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def read_cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``); empty where it cannot be read."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_precision(flags: Iterable[str], capability: str) -> Precision:
+    """``auto`` on a CPU with these ``/proc/cpuinfo`` flags and PyTorch CPU capability (e.g. ``"AVX512"``)."""
+    native = not BF16_CPU_FLAGS.isdisjoint(flags) and capability.upper().startswith("AVX512")
+    return Precision.BF16 if native else Precision.FP32
+
+
+def cuda_precision(bf16_supported: bool) -> Precision:
+    """``auto`` on a CUDA GPU: bf16 where it has bf16 arithmetic, else fp16."""
+    return Precision.BF16 if bf16_supported else Precision.FP16
+
+
+def resolve_precision(name: str | Precision, device: torch.device) -> Precision:
+    """The precision ``name`` stands for on ``device``: ``auto`` by the rule above, others as given.
+
+    Raises:
+        AutoPromptError: an unknown precision name.
+    """
+    if name != AUTO:
+        return parse_precision(name)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return cuda_precision(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return cpu_precision(read_cpu_flags(), torch.backends.cpu.get_cpu_capability())
+    return Precision.FP32
