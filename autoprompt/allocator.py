@@ -3,9 +3,8 @@
 PyTorch on the CPU allocates and frees buffers of megabytes in every layer. glibc's malloc serves
 blocks above its mmap threshold (128 KiB, raised dynamically up to 32 MiB) with fresh ``mmap`` pages
 and unmaps them on ``free``, and trims the heap's top above its trim threshold, so each layer pays
-page faults on new zeroed pages. On 2 cores that was a third of the LiteMedSAM encoder's CPU time,
-and raising both thresholds to 1 GiB made the encoder 1.6-2.2x faster: 1.25 -> 0.78 s per 256x256
-slice in fp32 at batch 1, 1.09 -> 0.50 s in bf16 at batch 4 (``benchmarks/encoder_allocator.py``).
+page faults on new zeroed pages. Raising both thresholds to 1 GiB removes most of that cost from the
+LiteMedSAM encoder on a CPU (measured by ``benchmarks/encoder_allocator.py``, figures in docs/results.md).
 
 The cost: up to 1 GiB of freed memory stays with the process for reuse instead of going back to the
 system. Set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment to keep

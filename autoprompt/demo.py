@@ -25,7 +25,7 @@ from autoprompt.errors import AutoPromptError
 from pipeline.files import atomic_path, load_json, save_json
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "Dataset904_HippocampusSample"
-# The LiteMedSAM encoder costs ~1 s per slice on 2 CPU cores and a sample case has ~35 slices: the demo
+# The LiteMedSAM encoder pass per slice dominates on a CPU (docs/results.md): to keep the demo short it
 # trains on the first NUM_TRAIN_CASES cases (fold 0 of their 5 folds) and predicts the last NUM_TEST_CASES.
 NUM_TRAIN_CASES = 8
 NUM_TEST_CASES = 3

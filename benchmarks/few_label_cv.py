@@ -6,8 +6,8 @@ the first N train, for every N in ``--sizes`` (nested subsets). One raw copy (sy
 those patients; its ``splits_final.json`` has one fold per size, so the embedding cache, the validation
 embeddings and the augmented views are shared by every variant::
 
-    python benchmarks/few_label_cv.py --sizes 3,7 --variant views --set views.count=null
-    python benchmarks/few_label_cv.py --sizes 3 --variant no_views --set views.count=1
+    python -m benchmarks.few_label_cv --sizes 3,7 --variant views --set views.count=null
+    python -m benchmarks.few_label_cv --sizes 3 --variant no_views --set views.count=1
 
 Each run trains fold "size" with the 2d_frozen preset and the ``--set`` overrides for ``--epochs`` x
 ``--iterations`` steps, validates on the validation patients through the real prediction path, and

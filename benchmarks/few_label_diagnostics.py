@@ -15,7 +15,7 @@ A window's class is "lost" when its final Dice is below 0.1; each lost one is at
 failing term in the chain presence (< 0.5) -> box (IoU < 0.3) -> coarse mask (Dice < 0.1) -> decoder.
 Writes JSON (means per class, the lost windows and their causes)::
 
-    python benchmarks/few_label_diagnostics.py MODEL_FOLDER --fold 0 --preprocessed PRE/Dataset227_ACDCcv -o diag.json
+    python -m benchmarks.few_label_diagnostics MODEL_FOLDER --fold 0 --preprocessed PRE/Dataset227_ACDCcv -o diag.json
 """
 
 from __future__ import annotations

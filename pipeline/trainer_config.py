@@ -115,7 +115,7 @@ class TrainerConfig:
         cache_embeddings: None -> use the embedding cache when the encoder is frozen and the plans
             allow it; True/False forces it (True with a trainable encoder is an error).
         cache_slice_stride: cache (and train on) only every k-th slice of each case (2d only). The
-            encoder costs ~1 s per slice on a CPU; neighbouring slices of thin-slice data are nearly
+            encoder pass per slice dominates on a CPU; neighbouring slices of thin-slice data are nearly
             identical, so k > 1 trades little diversity for a k times cheaper cache.
         encoder_precision: precision of the frozen encoder when building the cache: "auto" (the
             device's fastest native precision, :mod:`autoprompt.precision`: bf16 on CPUs with AVX512-BF16
@@ -123,8 +123,7 @@ class TrainerConfig:
             The resolved precision keys the cache and is recorded in the checkpoint; prediction uses it.
         amp: mixed precision of the network during training: "auto" (as ``encoder_precision``; fp16
             with gradient scaling, fp32 means none), "none", "fp16" (CUDA only) or "bf16" (CPU with
-            bf16 instructions or CUDA; on this project's 2-core CPU a LiteMedSAM decoder step took
-            0.26 s per sample in bf16 at batch 2 against 0.63 s in fp32 at batch 8).
+            bf16 instructions or CUDA; ``benchmarks/precision.py`` measures the difference).
         num_workers: background processes producing batches (0: in the training process).
         time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
             epochs run so far; the embedding cache and the final validation are not counted), never

@@ -24,8 +24,8 @@ change single values. The model folder is
       fold_K/checkpoint_{latest,best,final}.pt progress.png training_log.txt
       fold_K/validation/ (NIfTI predictions, summary.json)  fold_K/postprocessing.json
 
-With a frozen encoder (2d_frozen) the encoder embeddings of every slice are computed once (about
-1 s per slice on a laptop CPU, shown by a progress bar) and cached in PREPROCESSED/DatasetXXX_Name/
+With a frozen encoder (2d_frozen) the encoder embeddings of every slice are computed once (the
+costly step on a CPU, shown by a progress bar) and cached in PREPROCESSED/DatasetXXX_Name/
 embeddings/, shared by all folds; later runs start at once. checkpoint_latest.pt is written after
 every epoch: after an interruption, the same command with --resume continues where it stopped.
 

@@ -7,7 +7,7 @@ A case goes through the same ``preprocess_case`` as training, then :func:`slidin
 its slices (2d: each slice; 3d: half-overlapping stacks of ``D`` slices, Gaussian-blended) with mirroring
 TTA, then back to the input geometry (``revert_probabilities``), argmax and postprocessing.
 
-Speed: the image encoder dominates (LiteMedSAM: ~1 s per 256 x 256 window on 2 CPU cores). When every
+Speed: the image encoder dominates (see ``benchmarks/inference_speed.py``). When every
 fold's encoder is the same frozen backbone (``uses_frozen_encoder`` and one backbone checksum), each
 window (and each mirrored window) is encoded ONCE; all folds' prompt generators and decoders then run on
 that embedding, and 3d stacks are assembled from the per-slice embeddings instead of re-encoding the

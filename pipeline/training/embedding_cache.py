@@ -1,8 +1,7 @@
 """The frozen-encoder embedding cache: every window of every slice encoded once, fp16, memory-mapped.
 
 With a frozen image encoder (``model.uses_frozen_encoder``) the encoder output of a window never
-changes during training, and the encoder is by far the most expensive part (LiteMedSAM: ~1 s per
-256 x 256 window on 2 CPU cores). The cache computes it once per dataset, plans and backbone::
+changes during training, and the encoder is by far the most expensive part of a step. The cache computes it once per dataset, plans and backbone::
 
     PREPROCESSED/DatasetXXX_Name/embeddings/<key>/
         cache.json         what the key was made of (backbone, checksum, plans parts, precision)

@@ -137,9 +137,8 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 def encoder_batch_size(device: torch.device) -> int:
     """Windows per encoder call when building the cache (and per network call in the final validation).
 
-    On the CPU one window at a time is fastest: LiteMedSAM on 2 cores took 1.14 / 1.29 / 1.54 s per
-    window in fp32 and 0.32 / 0.44 / 0.73 s in bf16 at batch 1 / 2 / 4 (attention working sets outgrow
-    the caches). GPUs want large batches.
+    On the CPU one window at a time is fastest (attention working sets outgrow the caches at larger
+    batches; measured by ``benchmarks/model_speed.py``). GPUs want large batches.
     """
     return 1 if device.type == "cpu" else 16
 
