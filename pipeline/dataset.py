@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.progress import progress
 from pipeline.files import load_json, save_json
 from pipeline.io import (
     SUPPORTED_SUFFIXES,
@@ -32,6 +29,7 @@ from pipeline.io import (
     read_image,
     read_image_info,
 )
+from pipeline.parallel import parallel_map
 
 ACDC_GROUP_REGEX = r"^(patient\d+)_frame\d+$"
 """Group ACDC's ``patientNNN_frameMM`` cases by patient, so both frames of a patient share a fold."""
@@ -261,10 +259,8 @@ def verify_dataset(dataset: RawDataset, *, num_processes: int = 2) -> list[str]:
         )
         for case_id, files in dataset.cases.items()
     ]
-    with _parallel_map(num_processes) as parallel_map:
-        results = parallel_map(_verify_case, jobs)
-        for case_problems in progress(results, total=len(jobs), desc="verify dataset", unit="case"):
-            problems += case_problems
+    for case_problems in parallel_map(_verify_case, jobs, num_processes=num_processes, desc="verify dataset"):
+        problems += case_problems
     return problems + mixed_dimension_problems(dataset, _header_dimensions(dataset))
 
 
@@ -297,20 +293,6 @@ def mixed_dimension_problems(dataset: RawDataset, dimensions: dict[str, int]) ->
         for case, ndim in sorted(dimensions.items())
         if ndim != common
     ]
-
-
-@contextlib.contextmanager
-def _parallel_map(num_processes: int) -> Iterator[Callable]:
-    """An ordered, lazy ``map`` over ``num_processes`` worker processes (plain ``map`` for one)."""
-    if num_processes <= 1:
-        yield map
-        return
-    with multiprocessing.Pool(num_processes, initializer=_single_threaded) as pool:
-        yield pool.imap
-
-
-def _single_threaded() -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def _verify_case(job: tuple[str, CaseFiles, Path, list[int], int]) -> list[str]:
