@@ -8,7 +8,8 @@ decoder are scored against the ground truth:
 - ``box_iou``: IoU of the regressed box with the ground-truth box;
 - ``coarse_dice``: Dice of the coarse mask (logit > 0);
 - ``decoder_dice``: Dice of SAM's mask for the class (logit > 0) before presence;
-- ``teacher_dice``: the same with the ground-truth box given to SAM instead of the generated one;
+- ``teacher_dice``: the same with the ground-truth box given to SAM instead of the generated one (one
+  decoder pass: no box refinement);
 - ``final_dice``: Dice of the final label map (argmax) for the class.
 
 A window's class is "lost" when its final Dice is below 0.1; each lost one is attributed to the first
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,40 +64,24 @@ def cause(record: dict) -> str:
     return "decoder"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("model_folder")
-    parser.add_argument("--fold", default="0")
-    parser.add_argument("--checkpoint", default="best")
-    parser.add_argument("--preprocessed", required=True, help="PREPROCESSED/DatasetXXX_Name of the training")
-    parser.add_argument("--min-pixels", type=int, default=50)
-    parser.add_argument(
-        "--presence-floor", type=float, help="evaluate with this presence floor instead of the trained one"
-    )
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument(
-        "--box-source",
-        choices=("head", "coarse_mask"),
-        help="evaluate with this box source instead of the trained one",
-    )
-    args = parser.parse_args()
+def class_names(folder: ModelFolder) -> list[str]:
+    """The foreground class names in label order."""
+    return [n for n, v in sorted(folder.plans.labels.items(), key=lambda kv: kv[1]) if v]
 
-    folder = ModelFolder(args.model_folder)
-    fold = int(args.fold) if args.fold.isdigit() else args.fold
-    model = folder.load_model(fold, checkpoint=args.checkpoint, device="cpu")
-    if args.presence_floor is not None:
-        model.presence_floor = args.presence_floor
-    if args.box_source is not None:
-        model.box_source = args.box_source
-    state = load_checkpoint(folder.fold_dir(fold) / f"checkpoint_{args.checkpoint}.pt")
-    preprocessed = Path(args.preprocessed)
-    splits = load_json(preprocessed / "splits_final.json")
-    val_ids = splits[int(fold)]["val"]
+
+def validation_windows(
+    folder: ModelFolder, fold: int | str, checkpoint: str, preprocessed: Path
+) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
+    """Every slice of the fold's validation cases in the fixed inference windows, from the embedding cache.
+
+    Yields:
+        ``(case, slice, embeddings W x 256 x 64 x 64 float32, labels W x S x S int64)``, W windows per slice
+        (view 0 of the cache the fold was trained with, found by its backbone checksum).
+    """
+    state = load_checkpoint(folder.fold_dir(fold) / f"checkpoint_{checkpoint}.pt")
+    val_ids = load_json(preprocessed / "splits_final.json")[int(fold)]["val"]
     plan = folder.plans.configuration(folder.configuration)
     k = folder.plans.num_foreground_classes
-    names = [n for n, v in sorted(folder.plans.labels.items(), key=lambda kv: kv[1]) if v]
     cases = load_training_cases(preprocessed / plan.data_identifier, val_ids, labels=range(1, k + 1), seed=0)
     cache_dirs = [p.parent for p in (preprocessed / "embeddings").glob("*/cache.json")]
     parts = next(
@@ -106,53 +92,105 @@ def main() -> None:
     parts.pop("key")
     cache = EmbeddingCache(preprocessed, parts)
     window = tuple(plan.window_size)
-    records: list[dict] = []
     for case in cases:
         embeddings = np.load(cache.path(case.name), mmap_mode="r")
-        windows = fixed_windows(case.data.shape[-2:], window)
+        corners = fixed_windows(case.data.shape[-2:], window)
         for s in range(case.num_slices):
-            labels = torch.from_numpy(
-                np.stack(
-                    [crop_window(np.asarray(case.seg[s]), *corner, window) for corner in windows]
-                ).astype(np.int64)
+            labels = np.stack([crop_window(np.asarray(case.seg[s]), *corner, window) for corner in corners])
+            yield (
+                case.name,
+                s,
+                torch.from_numpy(np.asarray(embeddings[s]).astype(np.float32)),
+                torch.from_numpy(labels.astype(np.int64)),
             )
-            one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # W x K x h x w
-            if not one_hot.flatten(2).sum(-1).ge(args.min_pixels).any():
-                continue
-            emb = torch.from_numpy(np.asarray(embeddings[s]).astype(np.float32))
-            truth_boxes = boxes_from_masks(one_hot)
-            with torch.inference_mode():
-                out = model(embeddings=emb)
-                teacher = model(
-                    embeddings=emb,
-                    teacher_boxes=truth_boxes,
-                    teacher_mask=torch.ones(len(windows), dtype=torch.bool),
-                )
-            final = out.logits.argmax(dim=1)
-            for w in range(len(windows)):
-                for c in range(k):
-                    if int(one_hot[w, c].sum()) < args.min_pixels:
-                        continue
-                    truth = one_hot[w, c]
-                    record = {
-                        "case": case.name,
-                        "slice": s,
-                        "window": w,
-                        "class": names[c],
-                        "pixels": int(truth.sum()),
-                        "presence": float(torch.sigmoid(out.presence_logits[w, c])),
-                        "box_iou": box_iou(out.boxes[w, c], truth_boxes[w, c]),
-                        "coarse_dice": dice(out.coarse_logits[w, c] > 0, truth),
-                        "decoder_dice": dice(out.class_mask_logits[w, c] > 0, truth),
-                        "teacher_dice": dice(teacher.class_mask_logits[w, c] > 0, truth),
-                        "final_dice": dice(final[w] == c + 1, truth),
-                    }
-                    records.append(record)
+
+
+def fold_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the arguments naming a trained fold: MODEL_FOLDER, --fold, --checkpoint, --preprocessed."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model_folder")
+    parser.add_argument("--fold", default="0")
+    parser.add_argument("--checkpoint", default="best")
+    parser.add_argument("--preprocessed", required=True, help="PREPROCESSED/DatasetXXX_Name of the training")
+    return parser
+
+
+def main() -> None:
+    parser = fold_parser(__doc__)
+    parser.add_argument("--min-pixels", type=int, default=50)
+    parser.add_argument(
+        "--presence-floor", type=float, help="evaluate with this presence floor instead of the trained one"
+    )
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument(
+        "--box-source",
+        choices=("head", "coarse_mask"),
+        help="evaluate with this box source instead of the trained one",
+    )
+    parser.add_argument(
+        "--box-refinement",
+        type=int,
+        help="evaluate with this many refinement passes instead of the trained one",
+    )
+    args = parser.parse_args()
+
+    folder = ModelFolder(args.model_folder)
+    fold = int(args.fold) if args.fold.isdigit() else args.fold
+    model = folder.load_model(fold, checkpoint=args.checkpoint, device="cpu")
+    if args.presence_floor is not None:
+        model.presence_floor = args.presence_floor
+    if args.box_source is not None:
+        model.box_source = args.box_source
+    if args.box_refinement is not None:
+        model.box_refinement = args.box_refinement
+    refinement = model.box_refinement
+    k = folder.plans.num_foreground_classes
+    names = class_names(folder)
+    records: list[dict] = []
+    for case_name, s, emb, labels in validation_windows(
+        folder, fold, args.checkpoint, Path(args.preprocessed)
+    ):
+        one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # W x K x h x w
+        if not one_hot.flatten(2).sum(-1).ge(args.min_pixels).any():
+            continue
+        truth_boxes = boxes_from_masks(one_hot)
+        with torch.inference_mode():
+            out = model(embeddings=emb)
+            model.box_refinement = 0
+            teacher = model(
+                embeddings=emb,
+                teacher_boxes=truth_boxes,
+                teacher_mask=torch.ones(len(labels), dtype=torch.bool),
+            )
+            model.box_refinement = refinement
+        final = out.logits.argmax(dim=1)
+        for w in range(len(labels)):
+            for c in range(k):
+                if int(one_hot[w, c].sum()) < args.min_pixels:
+                    continue
+                truth = one_hot[w, c]
+                record = {
+                    "case": case_name,
+                    "slice": s,
+                    "window": w,
+                    "class": names[c],
+                    "pixels": int(truth.sum()),
+                    "presence": float(torch.sigmoid(out.presence_logits[w, c])),
+                    "box_iou": box_iou(out.boxes[w, c], truth_boxes[w, c]),
+                    "coarse_dice": dice(out.coarse_logits[w, c] > 0, truth),
+                    "decoder_dice": dice(out.class_mask_logits[w, c] > 0, truth),
+                    "teacher_dice": dice(teacher.class_mask_logits[w, c] > 0, truth),
+                    "final_dice": dice(final[w] == c + 1, truth),
+                }
+                records.append(record)
     summary: dict = {
         "model_folder": str(folder.path),
         "fold": fold,
         "presence_floor": model.presence_floor,
         "box_source": model.box_source,
+        "box_refinement": refinement,
         "windows": len(records),
         "classes": {},
     }

@@ -111,7 +111,16 @@ def short_nnunet_model(
         nnunet_train(roots, number, configuration="2d", budget_minutes=0.01, device="cpu", log_file=log,
                      num_iterations_per_epoch=iterations)  # fmt: skip
     else:
-        command = [_script("nnUNetv2_train"), str(number), "2d", "all", "-tr", trainer, "-device", "cpu"]
+        command = [
+            console_script("nnUNetv2_train"),
+            str(number),
+            "2d",
+            "all",
+            "-tr",
+            trainer,
+            "-device",
+            "cpu",
+        ]
         run_logged(command, env=roots.environment(), log_file=log, what="nnU-Net training")
     return model
 
@@ -135,7 +144,8 @@ def with_five_folds(model: Path, work: Path) -> Path:
     return linked
 
 
-def _script(name: str) -> str:
+def console_script(name: str) -> str:
+    """The console script ``name`` (``nnUNetv2_predict``, ...) installed next to this Python, else the bare name."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
 
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                     command += ["--no-tta" if tta == "off" else "--tta", "--precision", args.precision]
                     env = dict(os.environ)
                 else:
-                    command = [_script("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(output),
+                    command = [console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(output),
                                "-m", str(model), "-f", *folds, "-chk", args.nnunet_checkpoint, "-device", args.device,
                                "-npp", "1", "-nps", "1", "--disable_progress_bar"]  # fmt: skip
                     command += ["--disable_tta"] if tta == "off" else []

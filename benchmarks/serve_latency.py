@@ -16,22 +16,42 @@ trained model of the same plans (the same network runs), its segmentation is not
         --screenshot docs/serve_screenshot.png
 
 Writes ``benchmarks/results/serve_latency.json`` (or ``--out``) and prints a table.
+
+``--health-load`` measures issue #20's goal instead: the real server (``autoprompt serve`` in its own
+process, the ACDC model as above) first gets two cost bombs at once (a ``.nii.gz`` decompression bomb of
+1024 x 1024 x 600 zero voxels, and a valid volume sized just under the case limits, which is accepted and
+so is the first job to run), then, as soon as both are answered, 20 simultaneous uploads of the ACDC
+volume, while ``/api/health`` is polled every 20 ms for ``--load-seconds``. The same polling on the idle
+server for ``--baseline-seconds`` before that is the machine's own reference. It records the health
+latencies (median = p50, p95, max, against 100 ms), every upload's HTTP answer, what became of the bombs,
+the server's peak memory against its bound (its resident memory with the model loaded plus
+``--max-case-memory-gb`` per worker) and the wall time::
+
+    nice -n 19 .venv/bin/python -m benchmarks.serve_latency --health-load --no-tta
+
+Writes ``benchmarks/results/serve_health_load_cpu.json`` (or ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import nibabel
+import numpy as np
 import uvicorn
 
 from autoprompt.allocator import retain_freed_memory
@@ -40,6 +60,8 @@ from autoprompt.serve import ServeSettings, create_app
 from pipeline.checkpoint import save_checkpoint
 from pipeline.experiment_planning import plan_and_preprocess
 from pipeline.files import atomic_path, save_json
+from pipeline.inference.case_cost import CaseCost, estimate_case_cost
+from pipeline.io import Geometry, ImageInfo, write_image
 from pipeline.model_folder import ModelFolder
 from pipeline.trainer_config import TrainerConfig
 
@@ -51,6 +73,11 @@ DATASETS = {  # name -> (dataset folder, case uploaded)
     "hippocampus": ("Dataset004_Hippocampus", "hippocampus_001"),
 }
 POLL_S = 0.1
+HEALTH_GOAL_MS = 100.0
+"""Issue #20: ``/api/health`` answers within this (p95 and max) under hostile load."""
+HEALTH_INTERVAL_S = 0.02
+"""``--health-load``: time between the starts of two health requests."""
+UPLOADS = 20
 
 
 def untrained_model(dataset: Path, work: Path, *, backbone: str, cases: int = 5) -> Path:
@@ -82,13 +109,18 @@ def untrained_model(dataset: Path, work: Path, *, backbone: str, cases: int = 5)
     return folder.path
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Server:
     """uvicorn running an app on 127.0.0.1 and a free port, in a background thread."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -110,23 +142,54 @@ class Server:
         self.thread.join(60)
 
 
-def health_load(client: httpx.Client, *, requests: int, seconds: float) -> dict:
-    """Send up to ``requests`` sequential ``GET /api/health`` (at most ``seconds``); rate and latencies."""
-    latencies = []
+def health_load(
+    client: httpx.Client,
+    *,
+    requests: int | None = None,
+    seconds: float,
+    interval: float = 0.0,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Send ``GET /api/health`` one after another; rate, latencies, failures and the 10 slowest requests
+    (``[seconds after the start, ms]``).
+
+    Args:
+        client: a client of the service.
+        requests: stop after this many answers (None: no count limit).
+        seconds: stop after this long.
+        interval: time between the starts of two requests (0: back to back).
+        stop: stop when this is set.
+    """
+    latencies, offsets, failures = [], [], 0
     start = time.perf_counter()
-    while len(latencies) < requests and time.perf_counter() - start < seconds:
+    while (
+        (requests is None or len(latencies) < requests)
+        and time.perf_counter() - start < seconds
+        and not (stop is not None and stop.is_set())
+    ):
         sent = time.perf_counter()
-        client.get("/api/health").raise_for_status()
+        offsets.append(sent - start)
+        try:
+            client.get("/api/health").raise_for_status()
+        except httpx.HTTPError:  # a refused or timed-out request counts with the time it took
+            failures += 1
         latencies.append(time.perf_counter() - sent)
+        if interval:
+            time.sleep(max(0.0, start + len(latencies) * interval - time.perf_counter()))
     elapsed = time.perf_counter() - start
     ordered = sorted(latencies)
     return {
         "requests": len(latencies),
+        "failed": failures,
         "seconds": round(elapsed, 3),
         "requests_per_second": round(len(latencies) / elapsed, 1),
         "latency_ms_median": round(1000 * statistics.median(ordered), 2),
         "latency_ms_p95": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 2),
         "latency_ms_max": round(1000 * ordered[-1], 2),
+        "slowest": [
+            [round(offsets[i], 2), round(1000 * latencies[i], 1)]
+            for i in sorted(range(len(latencies)), key=latencies.__getitem__)[-10:]
+        ],
     }
 
 
@@ -180,6 +243,255 @@ def measure(name: str, model_dir: Path, scan: Path, work: Path, args: argparse.N
     }
 
 
+def zero_bomb(path: Path, size_xyz: tuple[int, int, int] = (1024, 1024, 600)) -> Path:
+    """A ``.nii.gz`` decompression bomb: ``size_xyz`` uint8 zero voxels (issue #20's), streamed, about 0.6 MB."""
+    header = nibabel.Nifti1Header()
+    header.set_data_shape(size_xyz)
+    header.set_data_dtype(np.uint8)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header["magic"] = b"n+1"
+    header["vox_offset"] = 352
+    plane = bytes(size_xyz[0] * size_xyz[1])
+    with atomic_path(path) as tmp, gzip.open(tmp, "wb") as stream:
+        stream.write(header.binaryblock + b"\0" * 4)
+        for _ in range(size_xyz[2]):
+            stream.write(plane)
+    return path
+
+
+def near_limit_volume(
+    path: Path, model_dir: Path, *, tta: bool, max_memory_gb: float, max_windows: int, fill: float = 0.9
+) -> dict:
+    """A valid int16 volume of 512 x 512 slices at the plans' in-plane spacing, with as many slices as keep
+    its estimated cost within ``fill`` of both case limits; returns that estimate."""
+    plans = ModelFolder(model_dir).plans
+    configuration = ModelFolder(model_dir).configuration
+    rows_mm, cols_mm = plans.configuration(configuration).target_spacing[1:]
+
+    def geometry(slices: int) -> Geometry:
+        return Geometry(
+            spacing=(cols_mm, rows_mm, 10.0),
+            origin=(0.0, 0.0, 0.0),
+            direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+            size=(512, 512, slices),
+        )
+
+    def cost(slices: int) -> CaseCost:
+        info = ImageInfo(geometry=geometry(slices), components=1, itemsize=2)
+        return estimate_case_cost([info], plans, configuration, tta=tta)
+
+    def fits(estimate: CaseCost) -> bool:
+        return estimate.memory_gb <= fill * max_memory_gb and estimate.windows <= fill * max_windows
+
+    slices = 1
+    while fits(cost(slices + 1)):
+        slices += 1
+    pattern = (np.add.outer(np.arange(512), np.arange(512)) % 256).astype(np.int16)
+    volume = pattern[None] + (np.arange(slices, dtype=np.int16) % 50)[:, None, None]
+    write_image(volume, geometry(slices), path)
+    return cost(slices).to_dict()
+
+
+class ServeProcess:
+    """``autoprompt serve`` in a process of its own on 127.0.0.1 and a free port, until the model is loaded.
+
+    Args:
+        options: further ``autoprompt serve`` options (model folder, data folder, limits).
+        log: the server's output.
+    """
+
+    def __init__(self, options: list[str], log: Path) -> None:
+        self.port = free_port()
+        self.command = [sys.executable, "-m", "autoprompt", "serve", "--port", str(self.port), *options]
+        self.log_path = log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServeProcess:
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"autoprompt serve stopped: {self.log_path.read_text()[-2000:]}")
+                try:
+                    model = client.get("/api/health").json()["model"]
+                except httpx.HTTPError:
+                    model = "starting"
+                if model == "failed":
+                    raise RuntimeError(f"the model did not load: {self.log_path.read_text()[-2000:]}")
+                if model == "ready":
+                    return
+                time.sleep(POLL_S)
+
+    def memory_gb(self) -> dict:
+        """The server's resident memory now and its peak so far (``VmRSS``, ``VmHWM``), in GiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text().splitlines()
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith("Vm")}
+        return {"rss": round(fields["VmRSS"] / 2**20, 3), "peak_rss": round(fields["VmHWM"] / 2**20, 3)}
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.send_signal(signal.SIGINT)  # uvicorn's graceful stop
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def post_scan(url: str, name: str, body: bytes, outcome: dict) -> None:
+    """Upload ``body`` as ``name`` to ``POST /api/jobs`` and fill ``outcome`` with the answer."""
+    sent = time.perf_counter()
+    try:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            response = client.post("/api/jobs", files={"file": (name, body)})
+    except httpx.HTTPError as error:
+        outcome.update(status=None, error=f"{type(error).__name__}: {error}")
+        return
+    try:
+        answer = response.json()
+    except ValueError:  # not JSON: keep the start of the text
+        answer = {"detail": response.text[:200]}
+    outcome.update(
+        status=response.status_code,
+        seconds=round(time.perf_counter() - sent, 3),
+        job_id=answer.get("id"),
+        detail=answer.get("detail"),
+        retry_after=response.headers.get("retry-after"),
+    )
+
+
+def hostile_load(model_dir: Path, scan: Path, work: Path, args: argparse.Namespace) -> dict:
+    """Issue #20's goal: health latency while 20 uploads and two cost bombs arrive at once (see the module)."""
+    started = time.perf_counter()
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    options = [
+        "--model-dir", str(model_dir), "--data-dir", str(work / "jobs"), "--device", "cpu",
+        "--max-case-memory-gb", str(args.max_case_memory_gb), "--max-case-windows", str(args.max_case_windows),
+        "--workers", "1", *(["--no-tta"] if args.no_tta else []),
+    ]  # fmt: skip
+    with (
+        ServeProcess(options, work / "serve.log") as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        info = client.get("/api/model").json()
+        ready = server.memory_gb()
+        bombs = {
+            "decompression": {"path": zero_bomb(work / "zeros.nii.gz")},
+            "near_limit": {"path": work / "near_limit.nii.gz"},
+        }
+        bombs["near_limit"]["estimated_cost"] = near_limit_volume(
+            bombs["near_limit"]["path"],
+            model_dir,
+            tta=info["tta"],
+            max_memory_gb=args.max_case_memory_gb,
+            max_windows=args.max_case_windows,
+        )
+        for bomb in bombs.values():
+            bomb["file_mb"] = round(bomb["path"].stat().st_size / 2**20, 3)
+        uploads = [{"index": index} for index in range(UPLOADS)]
+        idle = health_load(client, seconds=args.baseline_seconds, interval=HEALTH_INTERVAL_S)
+        stop, health = threading.Event(), {}
+        poller = threading.Thread(
+            target=lambda: health.update(
+                health_load(client, seconds=1e9, interval=HEALTH_INTERVAL_S, stop=stop)
+            )
+        )
+        poller.start()
+        fired = time.perf_counter()
+        senders = [
+            threading.Thread(
+                target=post_scan, args=(server.url, bomb["path"].name, bomb["path"].read_bytes(), bomb)
+            )
+            for bomb in bombs.values()
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:  # the near-limit bomb is then the first job in the queue
+            sender.join()
+        body = scan.read_bytes()
+        uploaders = [
+            threading.Thread(target=post_scan, args=(server.url, scan.name, body, outcome))
+            for outcome in uploads
+        ]
+        for thread in uploaders:
+            thread.start()
+        for thread in uploaders:
+            thread.join()
+        answered_s = time.perf_counter() - fired
+        time.sleep(max(0.0, args.load_seconds - answered_s))
+        stop.set()
+        poller.join()
+        with httpx.Client(base_url=server.url, timeout=60) as jobs_client:
+            for outcome in [*uploads, *bombs.values()]:
+                if outcome.get("job_id"):
+                    status = jobs_client.get(f"/api/jobs/{outcome['job_id']}").json()
+                    outcome["job_at_end"] = {
+                        key: status[key] for key in ("state", "stage", "progress", "error")
+                    }
+        memory = server.memory_gb()
+    statuses: dict[str, int] = {}
+    for outcome in uploads:
+        statuses[str(outcome["status"])] = statuses.get(str(outcome["status"]), 0) + 1
+    for bomb in bombs.values():
+        bomb["path"] = bomb["path"].name
+        if bomb.get("status") == 201:
+            bomb["outcome"] = "accepted: its estimated cost is within the limits (bounded)"
+        elif bomb.get("status") == 422:
+            bomb["outcome"] = "rejected at upload from its header (422)"
+        else:
+            bomb["outcome"] = f"answered {bomb.get('status')}"
+    bound = ready["rss"] + args.max_case_memory_gb  # one worker
+    health["goal_ms"] = HEALTH_GOAL_MS
+    health["goal_met"] = (
+        health["latency_ms_p95"] < HEALTH_GOAL_MS and health["latency_ms_max"] < HEALTH_GOAL_MS
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "nice": os.nice(0),
+        "load_average_before": load_before,
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+        "model": {key: info[key] for key in ("dataset", "model_folder", "backbone", "folds", "tta")},
+        "limits": {
+            key: info[key]
+            for key in (
+                "max_upload_mb",
+                "max_case_memory_gb",
+                "max_case_windows",
+                "max_queued_jobs",
+                "max_jobs_disk_gb",
+            )
+        },
+        "scan": {"name": scan.name, "mb": round(scan.stat().st_size / 2**20, 3)},
+        "load_seconds": args.load_seconds,
+        "all_answered_after_s": round(answered_s, 3),
+        "health_idle_before": idle,
+        "health": health,
+        "uploads_by_status": statuses,
+        "uploads": uploads,
+        "bombs": bombs,
+        "memory_gb": {
+            "rss_model_loaded": ready["rss"],
+            "peak_rss": memory["peak_rss"],
+            "bound": round(bound, 3),
+            "bound_rule": "resident memory with the model loaded + max_case_memory_gb (one worker)",
+            "within_bound": memory["peak_rss"] <= bound,
+        },
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+
+
 def screenshot(url: str, job_id: str, result: dict, path: Path) -> None:
     """The result page of ``job_id`` in headless Chromium, at the middle slice."""
     from playwright.sync_api import sync_playwright
@@ -221,9 +533,47 @@ def main() -> None:
         "--screenshot", type=Path, help="write the result page of one dataset's job here (PNG)"
     )
     parser.add_argument("--screenshot-dataset", default="acdc", choices=list(DATASETS))
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_latency.json")
+    parser.add_argument(
+        "--health-load",
+        action="store_true",
+        help="measure /api/health under 20 simultaneous uploads and two cost bombs (issue #20) instead",
+    )
+    parser.add_argument(
+        "--load-seconds",
+        type=float,
+        default=120.0,
+        help="--health-load: poll this long from the first upload (default: 120)",
+    )
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=30.0,
+        help="--health-load: poll the idle server this long first, as the machine's reference (default: 30)",
+    )
+    parser.add_argument(
+        "--max-case-memory-gb",
+        type=float,
+        default=2.0,
+        help="--health-load: the server's case memory limit, which sizes the near-limit bomb (default: 2)",
+    )
+    parser.add_argument(
+        "--max-case-windows",
+        type=int,
+        default=2000,
+        help="--health-load: the server's case window limit (default: 2000)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON to write (default: benchmarks/results/serve_latency.json, with --health-load "
+        "serve_health_load_cpu.json)",
+    )
     args = parser.parse_args()
     retain_freed_memory()  # as the autoprompt command does
+    if args.health_load:
+        run_health_load(args)
+        return
+    args.out = args.out or REPO / "benchmarks" / "results" / "serve_latency.json"
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="autoprompt_serve_bench_") as tmp:
@@ -248,6 +598,32 @@ def main() -> None:
             f"{row['health_during_job']['requests_per_second']:>17}{row['health_during_job']['latency_ms_p95']:>12}"
         )
     print(f"written: {args.out}")
+
+
+def run_health_load(args: argparse.Namespace) -> None:
+    """``--health-load``: build (or take) the ACDC model, run :func:`hostile_load`, write and print the result."""
+    out = args.out or REPO / "benchmarks" / "results" / "serve_health_load_cpu.json"
+    folder_name, case = DATASETS["acdc"]
+    dataset = SHARED / folder_name
+    with tempfile.TemporaryDirectory(prefix="autoprompt_serve_health_") as tmp:
+        work = Path(tmp)
+        model_dir = args.acdc_model or untrained_model(dataset, work / "acdc", backbone=args.backbone)
+        result = hostile_load(Path(model_dir), dataset / "imagesTr" / f"{case}_0000.nii.gz", work, args)
+    result["trained"] = bool(args.acdc_model)
+    result["command"] = " ".join(["python -m benchmarks.serve_latency", *sys.argv[1:]])
+    save_json(result, out)
+    health = result["health"]
+    print(
+        f"/api/health: {health['requests']} polls, median {health['latency_ms_median']} ms, "
+        f"p95 {health['latency_ms_p95']} ms, max {health['latency_ms_max']} ms "
+        f"(goal < {HEALTH_GOAL_MS:g} ms: {'met' if health['goal_met'] else 'MISSED'})"
+    )
+    print(f"uploads by HTTP status: {result['uploads_by_status']}")
+    for name, bomb in result["bombs"].items():
+        print(f"bomb {name} ({bomb['file_mb']} MB): {bomb['outcome']}")
+    memory = result["memory_gb"]
+    print(f"server peak RSS {memory['peak_rss']} GiB, bound {memory['bound']} GiB; wall {result['wall_s']} s")
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

@@ -146,11 +146,33 @@ def revert_probabilities(probabilities: np.ndarray, properties: dict[str, Any]) 
     Returns:
         ``(K+1) x Z x Y x X`` float32 (``(K+1) x Y x X`` for a 2D input); outside the crop, background is 1.
     """
-    shape = [properties["shape_after_crop"][axis] for axis in properties["transpose"]]
-    resampled = _resample(probabilities, shape, is_seg=False, order=SEG_ORDER).astype(np.float32)
-    background = np.zeros(len(probabilities), dtype=np.float32)
-    background[0] = 1.0
-    return _paste(resampled, properties, fill=background)
+    block, index = revert_probability_slices(probabilities, properties, first=0)
+    full = np.zeros((len(probabilities), *properties["original_shape"]), dtype=np.float32)
+    full[0] = 1.0
+    full[(slice(None), *index)] = block
+    return full
+
+
+def revert_probability_slices(
+    probabilities: np.ndarray, properties: dict[str, Any], *, first: int
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Map consecutive preprocessed slices back onto the original voxels they came from.
+
+    Slices are never resampled (only rows and columns), so any run of slices reverts on its own exactly as
+    it does within the whole case: a case can be reverted slab by slab.
+
+    Args:
+        probabilities: ``(K+1) x n x H x W``: slices ``first .. first + n - 1`` in preprocessed space.
+        properties: the case's properties from :func:`preprocess_case`.
+        first: the index of the first of these slices in preprocessed space.
+
+    Returns:
+        The ``(K+1) x ...`` float32 block in the original axis order, and where it lies in the original
+        ``(Z, Y, X)`` grid (``(Y, X)`` for a 2D input), i.e. ``full[(slice(None), *index)] = block``.
+    """
+    shape = [probabilities.shape[1], *_cropped_shape(properties)[1:]]
+    resampled = _resample(probabilities, shape, is_seg=False, order=SEG_ORDER).astype(np.float32, copy=False)
+    return _place(resampled, properties, first=first)
 
 
 def revert_segmentation(seg: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
@@ -163,9 +185,11 @@ def revert_segmentation(seg: np.ndarray, properties: dict[str, Any]) -> np.ndarr
     Returns:
         ``Z x Y x X`` labels (``Y x X`` for a 2D input) of ``seg``'s dtype; 0 outside the crop.
     """
-    shape = [properties["shape_after_crop"][axis] for axis in properties["transpose"]]
-    resampled = _resample(seg[None], shape, is_seg=True).astype(seg.dtype)
-    return _paste(resampled, properties, fill=np.zeros(1, dtype=seg.dtype))[0]
+    resampled = _resample(seg[None], _cropped_shape(properties), is_seg=True).astype(seg.dtype)
+    block, index = _place(resampled, properties, first=0)
+    full = np.zeros(properties["original_shape"], dtype=seg.dtype)
+    full[index] = block[0]
+    return full
 
 
 def geometry_of(properties: dict[str, Any]) -> Geometry:
@@ -289,12 +313,22 @@ def _resample(
     )
 
 
-def _paste(array: np.ndarray, properties: dict[str, Any], *, fill: np.ndarray) -> np.ndarray:
-    """Undo the transpose of ``N x S x H x W`` and paste it into the original grid filled with ``fill[n]``."""
-    inverse = np.argsort(properties["transpose"])
-    cropped = array.transpose(0, *(int(axis) + 1 for axis in inverse))
-    original = properties["original_shape"]
-    full = np.empty((len(array), *([1, *original] if len(original) == 2 else original)), dtype=array.dtype)
-    full[:] = fill.reshape(-1, 1, 1, 1)
-    full[(slice(None), *bounding_box_to_slice(properties["crop_bbox"]))] = cropped
-    return full[:, 0] if len(original) == 2 else full
+def _cropped_shape(properties: dict[str, Any]) -> list[int]:
+    """``(S, H, W)`` of the cropped case before resampling (the slice axis first)."""
+    return [properties["shape_after_crop"][axis] for axis in properties["transpose"]]
+
+
+def _place(
+    array: np.ndarray, properties: dict[str, Any], *, first: int
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Undo the transpose of ``N x n x H x W`` (slices ``first ..`` at the cropped size) and say where the
+    block lies in the original grid: ``(block, index)`` with ``full[(slice(None), *index)] = block``."""
+    transpose = properties["transpose"]
+    bbox = [list(bounds) for bounds in properties["crop_bbox"]]
+    start = bbox[transpose[0]][0] + first
+    bbox[transpose[0]] = [start, start + array.shape[1]]
+    block = array.transpose(0, *(int(axis) + 1 for axis in np.argsort(transpose)))
+    index = tuple(bounding_box_to_slice(bbox))
+    if len(properties["original_shape"]) == 2:  # a 2D input is one slice
+        return block[:, 0], index[1:]
+    return block, index

@@ -1,9 +1,9 @@
 """Training hyperparameters: the :class:`TrainerConfig` dataclass and its YAML presets.
 
 Hyperparameters live in human-edited YAML files under ``configs/`` (``2d_frozen.yaml``,
-``3d_adapter.yaml``, ``tiny.yaml``), never in trainer subclasses. ``configs`` is a package whose YAML
-files are package data, found with :mod:`importlib.resources`, so an installed wheel has them too. A
-preset is named by its file stem or given as a path; ``key=value`` overrides (``epochs=4``,
+``3d_frozen.yaml``, ``3d_adapter.yaml``, ``tiny.yaml``), never in trainer subclasses. ``configs`` is a
+package whose YAML files are package data, found with :mod:`importlib.resources`, so an installed wheel
+has them too. A preset is named by its file stem or given as a path; ``key=value`` overrides (``epochs=4``,
 ``model.adapter_dim=16``) are applied on top with type coercion, and an unknown key is an error with a
 "did you mean" hint.
 """
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 PRESETS_PACKAGE = "configs"
 """The package whose ``*.yaml`` files are the bundled presets."""
 DEFAULT_PRESETS = {"2d": "2d_frozen", "3d": "3d_adapter"}
+"""The preset each configuration trains with by default on a GPU (see :func:`default_preset`)."""
+CPU_DEFAULT_PRESETS = {"2d": "2d_frozen", "3d": "3d_frozen"}
+"""The defaults on any other device: 3d from cached frozen-encoder embeddings, since 3d_adapter runs the
+encoder on every slice of every stack at every step."""
 AMP_MODES = ("auto", "none", "fp16", "bf16")
 
 
@@ -45,6 +49,9 @@ class LossConfig:
     """
 
     coarse: float = 1.0  # Dice + BCE on the coarse masks
+    coarse_softmax: bool = (
+        False  # coarse masks as one label map: softmax over (background 0, classes), CE + Dice
+    )
     box: float = 1.0  # L1 + GIoU on the boxes of classes present in the window
     presence: float = 1.0  # BCE on the presence logits
 
@@ -217,8 +224,15 @@ def _dotted(obj: Any, name: str) -> Any:
     return obj
 
 
+def default_preset(configuration: str, device_type: str) -> str:
+    """The preset ``configuration`` trains with when none is named: :data:`DEFAULT_PRESETS` on ``"cuda"``,
+    else :data:`CPU_DEFAULT_PRESETS` (``torch.device.type``)."""
+    presets = DEFAULT_PRESETS if device_type == "cuda" else CPU_DEFAULT_PRESETS
+    return presets[configuration]
+
+
 def preset_names() -> list[str]:
-    """The bundled presets, sorted: ``["2d_frozen", "3d_adapter", "tiny"]``."""
+    """The bundled presets, sorted: ``["2d_frozen", "3d_adapter", "3d_frozen", "tiny"]``."""
     files = importlib.resources.files(PRESETS_PACKAGE).iterdir()
     return sorted(file.name.removesuffix(".yaml") for file in files if file.name.endswith(".yaml"))
 

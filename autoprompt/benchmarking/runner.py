@@ -165,7 +165,7 @@ def run_benchmark(
             folder made with other settings, or a failed step (naming its log).
     """
     from autoprompt.devices import resolve_device
-    from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config
+    from pipeline.trainer_config import default_preset, load_trainer_config
 
     raw = load_raw_dataset(raw_dataset_folder)
     dataset_id(raw.name)  # nnU-Net needs a DatasetXXX_Name folder
@@ -185,7 +185,7 @@ def run_benchmark(
             f"--device {device}: both methods need the same device by name; "
             f"select the GPU with CUDA_VISIBLE_DEVICES={torch_device.index} and pass --device cuda"
         )
-    preset = autoprompt_config or DEFAULT_PRESETS[configuration]
+    preset = autoprompt_config or default_preset(configuration, torch_device.type)
     load_trainer_config(preset, _autoprompt_overrides(budget_minutes, configuration, autoprompt_overrides))
     selection = select_cases(
         list(raw.cases),

@@ -90,7 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--autoprompt-config",
         metavar="PRESET",
-        help="autoprompt trainer preset or YAML (default: 2d_frozen / 3d_adapter)",
+        help="autoprompt trainer preset or YAML (default: 2d_frozen; 3d: 3d_adapter on CUDA, else 3d_frozen)",
     )
     run.add_argument(
         "--autoprompt-set",

@@ -165,7 +165,9 @@ def add_model_folder_arguments(parser: argparse.ArgumentParser) -> argparse._Arg
     )
     model.add_argument(
         "--preset",
-        help="trainer preset the model was trained with (default: 2d_frozen for 2d, 3d_adapter for 3d)",
+        help="trainer preset the model was trained with (default: 2d_frozen for 2d; for 3d the one "
+        "'autoprompt train' picks on this device, 3d_adapter on CUDA, else 3d_frozen, or the other if only it "
+        "is trained)",
     )
     model.add_argument("--model-dir", help="the model folder itself (overrides -d/-c/--preset)")
     model.add_argument(
@@ -201,12 +203,13 @@ def model_folder_from_args(args: argparse.Namespace) -> Path:
             "no model given; pass -d DATASET (with -c and --preset if needed) or --model-dir FOLDER"
         )
     from pipeline.model_folder import model_folder_path
-    from pipeline.trainer_config import DEFAULT_PRESETS
 
     results = data_roots(args).results
     dataset = dataset_folder_name(args.dataset, results)
-    preset = args.preset or DEFAULT_PRESETS[args.configuration]
-    folder = model_folder_path(results, dataset, preset, args.configuration)
+    candidates = [args.preset] if args.preset else default_presets(args)
+    folders = [model_folder_path(results, dataset, preset, args.configuration) for preset in candidates]
+    folder = next((folder for folder in folders if folder.is_dir()), folders[0])
+    preset = candidates[folders.index(folder)]
     if not folder.is_dir():
         others = sorted(p.name for p in (results / dataset).glob("autoprompt__*") if p.is_dir())
         found = f" (found: {', '.join(others)}; pick one with --preset/-c or --model-dir)" if others else ""
@@ -215,6 +218,17 @@ def model_folder_from_args(args: argparse.Namespace) -> Path:
             f"'autoprompt train {args.dataset} 0 -c {args.configuration} --config {preset}'"
         )
     return folder
+
+
+def default_presets(args: argparse.Namespace) -> list[str]:
+    """The presets a model of ``args.configuration`` was trained with by default: the one ``autoprompt train``
+    picks on ``args.device`` first, then the other device's (a model trained on a GPU, used on a CPU)."""
+    from autoprompt.devices import resolve_device
+    from pipeline.trainer_config import CPU_DEFAULT_PRESETS, DEFAULT_PRESETS, default_preset
+
+    first = default_preset(args.configuration, resolve_device(getattr(args, "device", "auto")).type)
+    others = {DEFAULT_PRESETS[args.configuration], CPU_DEFAULT_PRESETS[args.configuration]} - {first}
+    return [first, *sorted(others)]
 
 
 def finite_float(text: str) -> float:

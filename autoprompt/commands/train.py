@@ -16,15 +16,15 @@ from autoprompt.errors import AutoPromptError
 
 DESCRIPTION = """\
 Train fold FOLD of dataset DATASET (after 'autoprompt plan-and-preprocess'). Hyperparameters come from
-a YAML preset in configs/ (default: 2d_frozen for -c 2d, 3d_adapter for -c 3d); flags and --set
-change single values. The model folder is
+a YAML preset in configs/ (default: 2d_frozen for -c 2d; for -c 3d, 3d_frozen on a CPU and
+3d_adapter on a CUDA GPU); flags and --set change single values. The model folder is
 
   RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>/
       plans.json dataset.json fingerprint.json trainer_config.yaml
       fold_K/checkpoint_{latest,best,final}.pt progress.png training_log.txt
       fold_K/validation/ (NIfTI predictions, summary.json)  fold_K/postprocessing.json
 
-With a frozen encoder (2d_frozen) the encoder embeddings of every slice are computed once (the
+With a frozen encoder (2d_frozen, 3d_frozen) the encoder embeddings of every slice are computed once (the
 costly step on a CPU, shown by a progress bar) and cached in PREPROCESSED/DatasetXXX_Name/
 embeddings/, shared by all folds; later runs start at once. checkpoint_latest.pt is written after
 every epoch: after an interruption, the same command with --resume continues where it stopped.
@@ -36,6 +36,7 @@ examples:
   autoprompt train 27 0 --time-budget 30                 # as many epochs as fit in 30 minutes
   autoprompt train 27 0 --resume                         # continue after a kill
   autoprompt train 27 0 --set model.adapter_dim=16 --set learning_rate=1e-4
+  autoprompt train 27 0 -c 3d                            # 3d: 3d_frozen on a CPU, 3d_adapter on CUDA
   autoprompt train 27 0 -c 3d --config 3d_adapter --device cuda
   autoprompt train 27 3d_fullres 0 --c                   # nnU-Net's order and flags: -c 3d, --resume
   torchrun --nproc_per_node=4 -m autoprompt.cli train 27 0 -c 3d --device cuda   # 4 GPUs (DDP)
@@ -65,8 +66,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="NAME|YAML",
-        help="trainer preset: a name from configs/ (2d_frozen, 3d_adapter, tiny) or a YAML file; "
-        "default: 2d_frozen for 2d, 3d_adapter for 3d",
+        help="trainer preset: a name from configs/ (2d_frozen, 3d_frozen, 3d_adapter, tiny) or a YAML file; "
+        "default: 2d_frozen for 2d; 3d_adapter for 3d on CUDA, else 3d_frozen",
     )
     parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default: the preset's)")
     parser.add_argument(

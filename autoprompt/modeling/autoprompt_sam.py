@@ -20,7 +20,13 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import BottleneckAdapter, DepthAdapter3d
 from autoprompt.modeling.backbone import SamBackbone
 from autoprompt.modeling.class_decoder import combine_logits, decode_classes
-from autoprompt.modeling.prompt_generators import boxes_from_masks
+from autoprompt.modeling.prompt_generators import (
+    Prompts,
+    boxes_from_masks,
+    exclusive_masks,
+    label_masks,
+    refined_boxes,
+)
 
 
 @dataclass
@@ -57,8 +63,12 @@ class AutoPromptSAM(nn.Module):
         in_channels: C input channels.
         stack_depth: D slices per stack (1 for 2d).
         depth_adapter: depth adapter on the stacked embeddings, or None.
-        box_source: ``head`` or ``coarse_mask``, where the boxes given to SAM come from.
+        box_source: ``head`` or ``coarse_mask``, where the first boxes given to SAM come from; coarse-mask
+            boxes are those of the coarse label map (each pixel to its most confident class, so one
+            class's box does not stretch over a region another class claims more strongly).
         presence_floor: bound on the presence suppression (:func:`combine_logits`).
+        box_refinement: R, extra decoder passes in eval mode: each takes its boxes from the previous
+            pass's label map (a class absent from it keeps its box). Training runs one pass.
     """
 
     def __init__(
@@ -72,6 +82,7 @@ class AutoPromptSAM(nn.Module):
         depth_adapter: DepthAdapter3d | None = None,
         box_source: str = "head",
         presence_floor: float = 0.0,
+        box_refinement: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -82,6 +93,7 @@ class AutoPromptSAM(nn.Module):
         self.stack_depth = stack_depth
         self.box_source = box_source
         self.presence_floor = presence_floor
+        self.box_refinement = box_refinement
         self.backbone.eval()
 
     @property
@@ -169,22 +181,18 @@ class AutoPromptSAM(nn.Module):
         if self.box_source == "head":
             sam_boxes = prompts.boxes
         else:
-            sam_boxes = boxes_from_masks(prompts.coarse_logits > 0)
+            sam_boxes = boxes_from_masks(exclusive_masks(prompts.coarse_logits))
         if teacher_boxes is not None and teacher_mask is not None:
             use = teacher_mask.reshape(-1, 1, 1).to(sam_boxes.device)
             sam_boxes = torch.where(
                 use, teacher_boxes.reshape(sam_boxes.shape).to(sam_boxes.dtype), sam_boxes
             )
-        class_logits = decode_classes(
-            self.backbone.prompt_encoder,
-            self.backbone.mask_decoder,
-            flat,
-            boxes=sam_boxes,
-            coarse_logits=prompts.coarse_logits,
-            class_tokens=prompts.class_tokens,
-            output_size=self.window_size,
-        )
+        class_logits = self._decode(flat, prompts, sam_boxes)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
+        for _ in range(0 if self.training else self.box_refinement):
+            sam_boxes = refined_boxes(label_masks(logits.argmax(dim=1), self.num_classes), sam_boxes)
+            class_logits = self._decode(flat, prompts, sam_boxes)
+            logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         return AutoPromptOutput(
             logits=logits.reshape(*lead, *logits.shape[1:]),
             class_mask_logits=class_logits.reshape(*lead, *class_logits.shape[1:]),
@@ -281,6 +289,18 @@ class AutoPromptSAM(nn.Module):
             keys.update(prefix + name for name in own)
             keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
         return keys & self.state_dict().keys()
+
+    def _decode(self, flat: torch.Tensor, prompts: Prompts, boxes: torch.Tensor) -> torch.Tensor:
+        """``N x K x S x S`` class mask logits from SAM's decoder for ``N x K x 4`` boxes and the prompts."""
+        return decode_classes(
+            self.backbone.prompt_encoder,
+            self.backbone.mask_decoder,
+            flat,
+            boxes=boxes,
+            coarse_logits=prompts.coarse_logits,
+            class_tokens=prompts.class_tokens,
+            output_size=self.window_size,
+        )
 
     def _dtype(self) -> torch.dtype:
         return self.backbone.pixel_mean.dtype

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprompt.devices import Precision, autocast
 from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.encoder_runtime import accelerated_encoder, check_runtime
 
 LITEMEDSAM_SIZE = 39_370_479
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -38,6 +40,10 @@ class SamBackbone(nn.Module):
     Attributes:
         name: registry name (``litemedsam``, ``sam_vit_b``, ...).
         checksum: SHA-256 of the weights file (``"random"`` for the tiny test backbone).
+        encoder_runtime: what runs the image encoder on a CPU without autograd: ``eager`` (PyTorch, the
+            default), ``auto`` (OpenVINO where installed) or ``openvino``
+            (:mod:`autoprompt.modeling.encoder_runtime`).
+        runtime_cache_folder: where exported encoders are kept; None: the user's cache folder.
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class SamBackbone(nn.Module):
         mask_decoder: nn.Module,
         encoder_image_size: int,
         imagenet_normalisation: bool,
+        encoder_runtime: str = "eager",
+        runtime_cache_folder: Path | None = None,
     ) -> None:
         super().__init__()
         if tuple(prompt_encoder.input_image_size) != (encoder_image_size, encoder_image_size):
@@ -64,6 +72,8 @@ class SamBackbone(nn.Module):
         self.mask_decoder = mask_decoder
         self.encoder_image_size = encoder_image_size
         self.imagenet_normalisation = imagenet_normalisation
+        self.encoder_runtime = check_runtime(encoder_runtime)
+        self.runtime_cache_folder = runtime_cache_folder
         self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -89,8 +99,31 @@ class SamBackbone(nn.Module):
         return images
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``."""
-        return self.image_encoder(self.encoder_input(images))
+        """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``.
+
+        On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (PyTorch by default,
+        float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`.
+        """
+        inputs = self.encoder_input(images)
+        compiled = accelerated_encoder(
+            self.image_encoder, inputs, runtime=self.encoder_runtime, cache_folder=self.runtime_cache_folder
+        )
+        return self.image_encoder(inputs) if compiled is None else compiled(inputs)
+
+    def resolved_encoder_runtime(self, precision: Precision) -> str:
+        """Which runtime :meth:`encode` uses at ``precision`` without autograd: ``openvino`` or ``eager``.
+
+        Exports and compiles the OpenVINO encoder now where that is still to do (or falls back, with its notice).
+        """
+        probe = torch.zeros(1, 3, self.model_input_size, self.model_input_size, device=self.pixel_mean.device)
+        with torch.no_grad(), autocast(self.pixel_mean.device, precision):
+            compiled = accelerated_encoder(
+                self.image_encoder,
+                probe,
+                runtime=self.encoder_runtime,
+                cache_folder=self.runtime_cache_folder,
+            )
+        return "eager" if compiled is None else "openvino"
 
 
 BackboneBuilder = Callable[..., SamBackbone]

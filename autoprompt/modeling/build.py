@@ -86,6 +86,8 @@ def build_autoprompt_sam(
         mask_decoder=mask_decoder,
         encoder_image_size=backbone.encoder_image_size,
         imagenet_normalisation=backbone.imagenet_normalisation,
+        encoder_runtime="eager" if encoder_trains else config.encoder_runtime,
+        runtime_cache_folder=backbone.runtime_cache_folder,
     ).to(backbone.pixel_mean.device)
     window = backbone.model_input_size
     if config.prompt_generator == "encoder_head":
@@ -118,6 +120,7 @@ def build_autoprompt_sam(
         ),
         box_source=config.box_source,
         presence_floor=config.presence_floor,
+        box_refinement=config.box_refinement,
     ).to(backbone.pixel_mean.device)
 
 

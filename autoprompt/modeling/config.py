@@ -14,11 +14,15 @@ from typing import Any, Literal
 PromptGeneratorKind = Literal["encoder_head", "coarse_unet"]
 DepthAdapterPlacement = Literal["none", "embedding", "encoder"]
 BoxSource = Literal["head", "coarse_mask"]
+EncoderRuntime = Literal["auto", "eager", "openvino"]
+ENCODER_RUNTIMES: tuple[str, ...] = ("auto", "eager", "openvino")
+"""The values of ``encoder_runtime`` (:mod:`autoprompt.modeling.encoder_runtime`)."""
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "prompt_generator": ("encoder_head", "coarse_unet"),
     "depth_adapter": ("none", "embedding", "encoder"),
     "box_source": ("head", "coarse_mask"),
+    "encoder_runtime": ENCODER_RUNTIMES,
 }
 
 
@@ -50,10 +54,18 @@ class ModelConfig:
         train_prompt_encoder: fine-tune SAM's prompt encoder parts that box and mask prompts use.
         head_channels: width of the prompt generator's heads (and of the encoder_head trunk).
         unet_features: channels per resolution stage of the ``coarse_unet`` (each stage halves the size).
-        box_source: where the boxes given to SAM come from: ``head`` (the regressed boxes) or
-            ``coarse_mask`` (the bounding box of the coarse mask above 0.5).
+        box_source: where the first boxes given to SAM come from: ``head`` (the regressed boxes) or
+            ``coarse_mask`` (the bounding box of each class in the coarse label map: a pixel belongs to
+            the class with the largest coarse logit, if that logit is above 0).
+        box_refinement: extra decoder passes at inference (eval mode), each taking SAM's boxes from the
+            previous pass's label map; 0 switches refinement off. Training always runs one pass.
         head_dropout: dropout in the prompt generator's heads (channel dropout on the trunk's features,
             dropout on the pooled class features); 0 switches it off.
+        encoder_runtime: what runs the frozen image encoder on a CPU: ``eager`` (PyTorch, the default),
+            ``auto`` (OpenVINO where the ``openvino`` package imports, else PyTorch) or ``openvino``
+            (:mod:`autoprompt.modeling.encoder_runtime`). A training encoder and CUDA always run PyTorch.
+            OpenVINO is opt-in until its bf16 embeddings are shown to leave validation Dice unchanged; a
+            bf16 cache built through it has its own cache key.
         presence_floor: the least probability a class's presence may give it: a class is suppressed by at
             most ``log(presence_floor)`` (:func:`autoprompt.modeling.class_decoder.combine_logits`), so a
             confident SAM mask survives an over-confident "absent"; 0 lets presence suppress without bound.
@@ -75,6 +87,8 @@ class ModelConfig:
     box_source: BoxSource = "head"
     head_dropout: float = 0.0
     presence_floor: float = 0.0
+    box_refinement: int = 2
+    encoder_runtime: EncoderRuntime = "eager"
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -98,6 +112,8 @@ class ModelConfig:
             raise ValueError(f"model.head_dropout = {self.head_dropout} must be in [0, 1), e.g. 0.1")
         if not 0.0 <= self.presence_floor < 1.0:
             raise ValueError(f"model.presence_floor = {self.presence_floor} must be in [0, 1), e.g. 0.05")
+        if self.box_refinement < 0:
+            raise ValueError(f"model.box_refinement = {self.box_refinement} must be 0 or more, e.g. 2")
         if self.head_channels < 1:
             raise ValueError(f"model.head_channels = {self.head_channels} must be positive, e.g. 64")
         if len(self.unet_features) < 2 or any(f < 1 for f in self.unet_features):

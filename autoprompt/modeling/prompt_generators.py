@@ -64,6 +64,39 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[..., None], full, boxes)
 
 
+def exclusive_masks(logits: torch.Tensor) -> torch.Tensor:
+    """Per-class masks that share no pixel: each pixel goes to the argmax of (background 0, class logits).
+
+    Args:
+        logits: ``N x K x H x W`` per-class logits (coarse masks or SAM mask logits).
+
+    Returns:
+        ``N x K x H x W`` boolean; class k holds the pixels where its logit is positive and the largest.
+    """
+    labels = torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1).argmax(dim=1)  # N x H x W
+    return label_masks(labels, logits.shape[1])
+
+
+def label_masks(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``N x H x W`` label maps (0 background, 1..K classes) -> ``N x K x H x W`` boolean masks."""
+    classes = torch.arange(1, num_classes + 1, device=labels.device)
+    return labels[:, None] == classes[None, :, None, None]
+
+
+def refined_boxes(masks: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Boxes of ``masks`` where a mask has pixels, else the ``previous`` box.
+
+    Args:
+        masks: ``N x K x H x W`` boolean.
+        previous: ``N x K x 4`` boxes ``xyxy`` in [0, 1].
+
+    Returns:
+        ``N x K x 4``.
+    """
+    empty = ~masks.flatten(2).any(dim=-1)
+    return torch.where(empty[..., None], previous, boxes_from_masks(masks))
+
+
 def _ordered_boxes(raw: torch.Tensor) -> torch.Tensor:
     """``... x 4`` unconstrained values -> ``xyxy`` in [0, 1] with ``min <= max``, smoothly."""
     low = torch.sigmoid(raw[..., :2])

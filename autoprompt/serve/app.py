@@ -250,8 +250,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 job = await run_in_threadpool(
                     store.create, upload=upload.path, filename=upload.filename, kind=upload.kind.value
                 )
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            finally:  # a DICOM zip's unpacked series may be large: removed off the event loop
+                await run_in_threadpool(shutil.rmtree, folder, ignore_errors=True)
         finally:
             receiving[0] -= 1
         jobs.submit(job.id)

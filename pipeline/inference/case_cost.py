@@ -4,8 +4,10 @@ A file's size says little about its cost: a 22 KB NIfTI of 4 x 40 x 40 voxels at
 to thousands of windows, and a 600 KB ``.nii.gz`` of zeros unpacks to gigabytes. :func:`estimate_case_cost`
 follows :func:`pipeline.preprocessing.preprocess_case` on the header alone (slice axis, in-plane
 resampling to the plans' target spacing, the sliding window's tiles, mirroring) and adds up the large
-arrays prediction keeps at its peak; :func:`check_case_cost` refuses a case over :class:`CaseLimits`
-with one line. ``predict`` and ``serve`` check every case this way first.
+arrays prediction keeps at its peak (reading and preprocessing the case, or predicting it slab by slab into
+the label map, with the ``K+1`` probabilities of the whole case only when they are asked for);
+:func:`check_case_cost` refuses a case over :class:`CaseLimits` with one line. ``predict`` and ``serve``
+check every case this way first.
 """
 
 from __future__ import annotations
@@ -71,9 +73,10 @@ class CaseCost:
         input_shape: voxels per axis as read, ``(Z, Y, X)`` (``(1, Y, X)`` for a 2D image).
         resampled_shape: ``(S, H, W)`` after moving the slice axis first and resampling in-plane.
         windows: network windows (slices x in-plane windows, x4 with mirroring TTA).
-        memory_bytes: the large arrays alive at prediction's peak (image, preprocessed data,
-            probabilities before and after reverting, labels; no crop assumed), plus
-            :data:`BASE_MEMORY_BYTES`; the loaded model comes on top.
+        memory_bytes: the large arrays alive at prediction's peak (the image and its preprocessing, or
+            the preprocessed data, a slab of probabilities before and after reverting, the labels and
+            the float16 probabilities when asked for; no crop assumed), plus :data:`BASE_MEMORY_BYTES`;
+            the loaded model comes on top.
     """
 
     input_shape: tuple[int, int, int]
@@ -101,6 +104,7 @@ def estimate_case_cost(
     *,
     tta: bool,
     step_size: float = 0.5,
+    probabilities: bool = False,
 ) -> CaseCost:
     """The cost of predicting a case from its channels' headers (see :func:`pipeline.io.read_image_info`).
 
@@ -110,11 +114,13 @@ def estimate_case_cost(
         configuration: ``"2d"`` or ``"3d"``.
         tta: mirroring test-time augmentation (4 passes per window).
         step_size: in-plane window overlap of the sliding window (its default, 0.5).
+        probabilities: the ``K+1`` probabilities in the input geometry are returned too (float16).
     """
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
     from pipeline.case_io import PSEUDO_SLICE_SPACING_2D
+    from pipeline.inference.sliding_window import DEFAULT_CHUNK_STACKS
 
     plan = plans.configuration(configuration)
     geometry = infos[0].geometry
@@ -148,13 +154,21 @@ def estimate_case_cost(
     n_pad = slices * padded[0] * padded[1]
     itemsize = max(info.itemsize * info.components for info in infos)
     reading = n_in * channels * (2 * itemsize + 3 * 4) + n_out * channels * 3 * 4
-    predicting = n_out * channels * 4 + n_pad * (channels + 2 * outputs + 1) * 4
-    reverting = n_out * channels * 4 + n_pad * outputs * 4 + n_in * (outputs * 12 + 9)
+    # a slab: the unfinished slices of the sliding window, reverted to the input grid before the next one
+    slab = min(slices, DEFAULT_CHUNK_STACKS + plan.stack_depth - 1) / max(slices, 1)
+    slab_bytes = slab * (n_pad * (3 * outputs + 1) * 4 + n_out * outputs * 8 + n_in * (outputs * 4 + 16))
+    predicting = (
+        n_out * channels * 4
+        + n_pad * channels * 4
+        + slab_bytes
+        + n_in * (2 + 8)  # labels, and their connected components in postprocessing
+        + (n_in * outputs * 2 if probabilities else 0)
+    )
     return CaseCost(
         input_shape=tuple(size_zyx),
         resampled_shape=(slices, rows, cols),
         windows=windows,
-        memory_bytes=max(reading, predicting, reverting) + BASE_MEMORY_BYTES,
+        memory_bytes=int(max(reading, predicting)) + BASE_MEMORY_BYTES,
     )
 
 
@@ -192,8 +206,10 @@ def check_case(
     limits: CaseLimits,
     source: str | os.PathLike | None = None,
     step_size: float = 0.5,
+    probabilities: bool = False,
 ) -> CaseCost:
-    """Read the headers of a case's channel files, estimate its cost and refuse it if over ``limits``.
+    """Read the headers of a case's channel files, estimate its cost and refuse it if over ``limits``
+    (``probabilities``: as in :func:`estimate_case_cost`).
 
     Raises:
         AutoPromptError: an unreadable header, or :class:`CaseTooLarge`.
@@ -201,7 +217,9 @@ def check_case(
     from pipeline.io import read_image_info
 
     infos = [read_image_info(path) for path in image_files]
-    cost = estimate_case_cost(infos, plans, configuration, tta=tta, step_size=step_size)
+    cost = estimate_case_cost(
+        infos, plans, configuration, tta=tta, step_size=step_size, probabilities=probabilities
+    )
     check_case_cost(cost, limits, source=source if source is not None else image_files[0])
     return cost
 

@@ -3,9 +3,14 @@
     predictor = Predictor.from_model_folder(folder, folds="all-trained", device="cpu")
     prediction = predictor.predict_case([Path("case_0000.nii.gz")])   # labels in the input geometry
 
-A case goes through the same ``preprocess_case`` as training, then :func:`sliding_window_predict` over
+A case goes through the same ``preprocess_case`` as training, then :func:`sliding_window_slabs` over
 its slices (2d: each slice; 3d: half-overlapping stacks of ``D`` slices, Gaussian-blended) with mirroring
-TTA, then back to the input geometry (``revert_probabilities``), argmax and postprocessing.
+TTA, then back to the input geometry (``revert_probability_slices``), argmax and postprocessing.
+
+Memory: the probabilities are never held for the whole case. Each slab of finished slices is reverted to
+the input geometry and its argmax written into the label map at once (slices are never resampled, so this
+is exactly what reverting the whole case gives); only with ``return_probabilities`` is a ``K+1 x Z x Y x X``
+array kept, in float16.
 
 Speed: the image encoder dominates (see ``benchmarks/inference_speed.py``). When every
 fold's encoder is the same frozen backbone (``uses_frozen_encoder`` and one backbone checksum), each
@@ -18,10 +23,10 @@ A case's voxels are read once (its headers before that, for the cost check).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +37,7 @@ from autoprompt.precision import AUTO, resolve_precision
 from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
-from pipeline.inference.sliding_window import sliding_window_predict
+from pipeline.inference.sliding_window import sliding_window_slabs
 from pipeline.inference.tta import with_mirroring
 from pipeline.io import Geometry
 from pipeline.windows import DEFAULT_STEP_SIZE
@@ -75,7 +80,7 @@ class Prediction:
     Attributes:
         labels: label map ``(Z, Y, X)`` (or ``(Y, X)`` for a 2D image), values from the dataset's labels.
         geometry: the input's geometry (write ``labels`` with it).
-        probabilities: ``K+1 x Z x Y x X`` float32 softmax (background first), when asked for.
+        probabilities: ``K+1 x Z x Y x X`` float16 softmax (background first), when asked for.
     """
 
     labels: np.ndarray
@@ -230,8 +235,37 @@ class Predictor:
             predictor.notes.append(missing_postprocessing_note(without_rules))
         return predictor
 
+    def predict_slabs(self, data: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Softmax probabilities of a preprocessed case, a slab of finished slices at a time.
+
+        Args:
+            data: ``C x S x H x W`` float32 in [0, 1] (``preprocess_case(...).data``).
+
+        Yields:
+            ``(first, probabilities)``: ``K+1 x n x H x W`` float32 (mean over folds and mirrors) of slices
+            ``first .. first + n - 1``, in slice order, covering all ``S`` slices once.
+        """
+        channels = len(self.plans.channel_names)
+        if data.ndim != 4 or data.shape[0] != channels:
+            raise ValueError(f"expected C x S x H x W data with C = {channels}, got shape {data.shape}")
+        window_fn = with_mirroring(self._predict_windows) if self.tta else self._predict_windows
+        slabs = sliding_window_slabs(
+            torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+            window_fn,
+            num_outputs=self.num_outputs,
+            window=self.plan.window_size,
+            depth=self.plan.stack_depth,
+            step_size=self.step_size,
+        )
+        while True:
+            with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
+                slab = next(slabs, None)
+            if slab is None:
+                return
+            yield slab[0], slab[1].numpy()
+
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
-        """Softmax probabilities of a preprocessed case.
+        """Softmax probabilities of a whole preprocessed case (:meth:`predict_slabs` gathered).
 
         Args:
             data: ``C x S x H x W`` float32 in [0, 1] (``preprocess_case(...).data``).
@@ -239,20 +273,43 @@ class Predictor:
         Returns:
             ``K+1 x S x H x W`` float32 probabilities (mean over folds and mirrors).
         """
-        channels = len(self.plans.channel_names)
-        if data.ndim != 4 or data.shape[0] != channels:
-            raise ValueError(f"expected C x S x H x W data with C = {channels}, got shape {data.shape}")
-        window_fn = with_mirroring(self._predict_windows) if self.tta else self._predict_windows
-        with torch.inference_mode():
-            probabilities = sliding_window_predict(
-                torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
-                window_fn,
-                num_outputs=self.num_outputs,
-                window=self.plan.window_size,
-                depth=self.plan.stack_depth,
-                step_size=self.step_size,
-            )
-        return probabilities.numpy()
+        probabilities = np.empty((self.num_outputs, *data.shape[1:]), dtype=np.float32)
+        for first, slab in self.predict_slabs(data):
+            probabilities[:, first : first + slab.shape[1]] = slab
+        return probabilities
+
+    def predict_reverted(
+        self, data: np.ndarray, properties: dict[str, Any], *, return_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (and probabilities) of a preprocessed case in its input geometry, slab by slab.
+
+        Gives what :func:`~pipeline.preprocessing.revert_probabilities` of :meth:`predict_preprocessed`
+        followed by :meth:`labels_from_probabilities` gives, without ever holding ``K+1`` full volumes:
+        each slab of finished slices is reverted and its argmax written into the label map.
+
+        Args:
+            data: ``C x S x H x W`` float32 in [0, 1] (``preprocess_case(...).data``).
+            properties: the case's properties from ``preprocess_case``.
+            return_probabilities: also return the probabilities in the input geometry.
+
+        Returns:
+            The postprocessed label map ``(Z, Y, X)`` (``(Y, X)`` for a 2D input), and the ``K+1 x Z x Y x X``
+            float16 probabilities (background 1 outside the crop) or None.
+        """
+        from pipeline.preprocessing import revert_probability_slices
+
+        original = properties["original_shape"]
+        labels = np.zeros(original, dtype=self._label_dtype)  # label_values[0] is 0, the background
+        probabilities = None
+        if return_probabilities:
+            probabilities = np.zeros((self.num_outputs, *original), dtype=np.float16)
+            probabilities[0] = 1.0
+        for first, slab in self.predict_slabs(data):
+            block, index = revert_probability_slices(slab, properties, first=first)
+            labels[index] = self._label_map(block)
+            if probabilities is not None:
+                probabilities[(slice(None), *index)] = block
+        return apply_postprocessing(labels, self.postprocessing), probabilities
 
     def predict_case(
         self, image_files: Sequence[str | os.PathLike], *, return_probabilities: bool = False
@@ -262,7 +319,7 @@ class Predictor:
         Args:
             image_files: the channel files (or one DICOM series folder per channel; or one colour picture
                 for a three-channel model, nnU-Net's RGB layout).
-            return_probabilities: also return the probabilities in the input geometry.
+            return_probabilities: also return the probabilities in the input geometry (float16).
 
         Returns:
             The label map (postprocessed) in the input's geometry, and optionally the probabilities.
@@ -272,7 +329,7 @@ class Predictor:
                 channels, or a case over :attr:`limits` (:class:`~pipeline.inference.case_cost.CaseTooLarge`).
         """
         from pipeline.case_io import read_case
-        from pipeline.preprocessing import geometry_of, preprocess_case, revert_probabilities
+        from pipeline.preprocessing import geometry_of, preprocess_case
 
         image_files = [Path(file) for file in image_files]
         if self.limits is not None:
@@ -283,25 +340,30 @@ class Predictor:
                 tta=self.tta,
                 limits=self.limits,
                 step_size=self.step_size,
+                probabilities=return_probabilities,
             )
         # the one read of the voxels (check_case read the headers only)
         image = read_case(image_files, num_channels=len(self.plans.channel_names))
         for file, values in zip(image_files, np.split(image[0], len(image_files)), strict=True):
             check_image_content(values, file)
         case = preprocess_case(image_files, self.plans, self.configuration, image=image)
-        probabilities = revert_probabilities(self.predict_preprocessed(case.data), case.properties)
-        labels = self.labels_from_probabilities(probabilities)
-        return Prediction(
-            labels=labels,
-            geometry=geometry_of(case.properties),
-            probabilities=probabilities if return_probabilities else None,
+        del image, values  # the voxels as read (``values`` are views of them) are not needed any more
+        labels, probabilities = self.predict_reverted(
+            case.data, case.properties, return_probabilities=return_probabilities
         )
+        return Prediction(labels=labels, geometry=geometry_of(case.properties), probabilities=probabilities)
 
     def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
         """Argmax over ``K+1 x ...`` probabilities, mapped to label values, postprocessed (uint8 when labels fit)."""
-        dtype = np.uint8 if self.label_values.max() < 256 else np.int16
-        labels = self.label_values.astype(dtype)[np.argmax(probabilities, axis=0)]
-        return apply_postprocessing(labels, self.postprocessing)
+        return apply_postprocessing(self._label_map(probabilities), self.postprocessing)
+
+    @property
+    def _label_dtype(self) -> type[np.integer]:
+        return np.uint8 if self.label_values.max() < 256 else np.int16
+
+    def _label_map(self, probabilities: np.ndarray) -> np.ndarray:
+        """Argmax over ``K+1 x ...`` probabilities mapped to label values (before postprocessing)."""
+        return self.label_values.astype(self._label_dtype)[np.argmax(probabilities, axis=0)]
 
     def _predict_windows(self, images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
         """Mean softmax of all folds for every slice of each stack.

@@ -7,14 +7,15 @@ slice. Overlapping windows are blended with nnU-Net's Gaussian importance map (`
 the network predicts every slice of a stack, and these overlapping predictions are blended with the
 Gaussian of a ``D x h x w`` tile (nnU-Net's 3D blending), so a slice's own stack counts most.
 
-:func:`sliding_window_predict` drives any ``window_fn`` over these windows; the network-specific parts
+:func:`sliding_window_slabs` drives any ``window_fn`` over these windows and hands the blended probabilities
+back a slab of finished slices at a time (:func:`sliding_window_predict` gathers them); the network-specific parts
 (encoder sharing, fold ensembling, mirroring) live in :mod:`pipeline.inference.predictor` and
 :mod:`pipeline.inference.tta`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
@@ -38,7 +39,7 @@ def gaussian_importance(tile: Sequence[int], *, device: torch.device | str = "cp
     )
 
 
-def sliding_window_predict(
+def sliding_window_slabs(
     data: torch.Tensor,
     window_fn: WindowFn,
     *,
@@ -47,16 +48,18 @@ def sliding_window_predict(
     depth: int = 1,
     step_size: float = DEFAULT_STEP_SIZE,
     chunk_stacks: int = DEFAULT_CHUNK_STACKS,
-) -> torch.Tensor:
-    """Predict every slice of a case window by window and blend the windows, as nnU-Net does.
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Predict every slice of a case window by window, blend the windows as nnU-Net does, and yield the
+    finished slices in slabs, so no more than a few slabs of probabilities are ever held.
 
     The tiles are ``D x h x w``: the stack centred on each slice (:func:`stack_indices`, as training
     samples them) times the in-plane windows (:func:`window_slicers`). The network predicts every slice
     of a stack; all these predictions are blended with nnU-Net's Gaussian importance map of the tile, so
-    a slice's own stack and the window centres count most. For each in-plane position the
-    stacks go to ``window_fn`` in chunks of ``chunk_stacks`` together with the slices they need, so
-    memory stays bounded for long volumes and ``window_fn`` can encode each slice once for all stacks
-    that contain it.
+    a slice's own stack and the window centres count most. The stacks go to ``window_fn`` in chunks of
+    ``chunk_stacks`` (at every in-plane position in turn) together with the slices they need, so
+    ``window_fn`` can encode each slice once for all stacks that contain it. A slice is finished once
+    every stack containing it is predicted (the stacks centred up to ``D // 2`` slices past it); the
+    accumulator holds only the unfinished slices, ``chunk_stacks + D - 1`` at most.
 
     Args:
         data: ``C x S x H x W`` preprocessed case (values in [0, 1]).
@@ -69,24 +72,70 @@ def sliding_window_predict(
         step_size: overlap of neighbouring in-plane windows (0.5: half a window).
         chunk_stacks: stacks per call of ``window_fn``.
 
-    Returns:
-        ``num_outputs x S x H x W`` float32 probabilities (Gaussian-weighted mean over overlapping tiles).
+    Yields:
+        ``(start, probabilities)``: ``num_outputs x n x H x W`` float32 probabilities of slices
+        ``start .. start + n - 1`` (Gaussian-weighted mean over overlapping tiles), in slice order,
+        together covering all ``S`` slices once.
     """
     num_slices = data.shape[1]
+    reach = depth // 2
     padded, unpad = pad_to_window(data, window)
     rows, cols = padded.shape[-2:]
+    positions = window_slicers((rows, cols), window, step_size=step_size)
     gaussian = gaussian_importance((depth, *window), device=data.device)  # D x h x w
-    result = torch.zeros((num_outputs, num_slices, rows, cols), dtype=torch.float32, device=data.device)
-    weights = torch.zeros((num_slices, rows, cols), dtype=torch.float32, device=data.device)
-    for row_slice, col_slice in window_slicers((rows, cols), window, step_size=step_size):
-        for stacks in stack_indices(num_slices, depth).split(chunk_stacks):
-            low, high = int(stacks.min()), int(stacks.max()) + 1
+    # the unfinished slices first .. first + len(weights) - 1
+    first = 0
+    result = torch.zeros((num_outputs, 0, rows, cols), dtype=torch.float32, device=data.device)
+    weights = torch.zeros((0, rows, cols), dtype=torch.float32, device=data.device)
+    all_stacks = stack_indices(num_slices, depth)
+    for centre in range(0, num_slices, chunk_stacks):
+        stacks = all_stacks[centre : centre + chunk_stacks]
+        low, high = int(stacks.min()), int(stacks.max()) + 1
+        if high - first > len(weights):
+            grow = high - first - len(weights)
+            result = torch.cat([result, result.new_zeros((num_outputs, grow, rows, cols))], dim=1)
+            weights = torch.cat([weights, weights.new_zeros((grow, rows, cols))])
+        targets = stacks.flatten() - first
+        for row_slice, col_slice in positions:
             images = padded[:, low:high, row_slice, col_slice].transpose(0, 1)
             probabilities = window_fn(images, stacks - low).to(result.device, torch.float32)
             weighted = (probabilities * gaussian[None, :, None]).flatten(0, 1).transpose(0, 1)
-            result[:, :, row_slice, col_slice].index_add_(1, stacks.flatten(), weighted)
-            weights[:, row_slice, col_slice].index_add_(
-                0, stacks.flatten(), gaussian.repeat(len(stacks), 1, 1)
-            )
-    result /= weights
-    return result[(slice(None), slice(None), *unpad[-2:])]
+            result[:, :, row_slice, col_slice].index_add_(1, targets, weighted)
+            weights[:, row_slice, col_slice].index_add_(0, targets, gaussian.repeat(len(stacks), 1, 1))
+        done = centre + len(stacks)
+        finished = (num_slices if done == num_slices else done - reach) - first
+        if finished > 0:
+            slab = result[:, :finished] / weights[:finished]
+            yield first, slab[(slice(None), slice(None), *unpad[-2:])]
+            result, weights = result[:, finished:], weights[finished:]
+            first += finished
+
+
+def sliding_window_predict(
+    data: torch.Tensor,
+    window_fn: WindowFn,
+    *,
+    num_outputs: int,
+    window: Sequence[int],
+    depth: int = 1,
+    step_size: float = DEFAULT_STEP_SIZE,
+    chunk_stacks: int = DEFAULT_CHUNK_STACKS,
+) -> torch.Tensor:
+    """All slices of :func:`sliding_window_slabs` in one tensor (same arguments).
+
+    Returns:
+        ``num_outputs x S x H x W`` float32 probabilities (Gaussian-weighted mean over overlapping tiles).
+    """
+    result = torch.empty((num_outputs, *data.shape[1:]), dtype=torch.float32, device=data.device)
+    slabs = sliding_window_slabs(
+        data,
+        window_fn,
+        num_outputs=num_outputs,
+        window=window,
+        depth=depth,
+        step_size=step_size,
+        chunk_stacks=chunk_stacks,
+    )
+    for first, slab in slabs:
+        result[:, first : first + slab.shape[1]] = slab
+    return result

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from autoprompt.devices import Precision, autocast
-from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+from autoprompt.modeling.autoprompt_sam import AutoPromptSAM, to_three_channels
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
 from pipeline.training.data import TrainingCase, cached_slices, crop_window, fixed_windows
@@ -49,8 +49,14 @@ def cache_key_parts(
     backbone_checksum: str,
     precision: Precision | str,
     slice_stride: int = 1,
+    encoder_runtime: str = "eager",
 ) -> dict[str, object]:
-    """The values the cache key is made of (written to ``cache.json``)."""
+    """The values the cache key is made of (written to ``cache.json``).
+
+    ``encoder_runtime`` (``SamBackbone.resolved_encoder_runtime``) enters the key only for a bf16/fp16
+    cache built through OpenVINO: in fp32 the runtimes agree to rounding, in bf16 they do not
+    (:mod:`autoprompt.modeling.encoder_runtime`).
+    """
     plan = plans.configuration(configuration)
     parts: dict[str, object] = {
         "backbone_checksum": backbone_checksum,
@@ -64,6 +70,9 @@ def cache_key_parts(
     }
     if slice_stride != 1:  # only then, so that stride-1 keys stay what they were
         parts["slice_stride"] = slice_stride
+    # only then, so that the keys of caches built by PyTorch stay what they were
+    if encoder_runtime != "eager" and Precision(precision) is not Precision.FP32:
+        parts["encoder_runtime"] = encoder_runtime
     return parts
 
 
@@ -162,20 +171,17 @@ class EmbeddingCache:
 def encode_windows(model: AutoPromptSAM, images: torch.Tensor, *, precision: Precision) -> torch.Tensor:
     """Frozen-encoder embeddings of independent windows, whatever the model's stack depth.
 
+    A frozen encoder sees every slice of a stack on its own (depth adapters, if any, come after it), so the
+    windows of a 3d model are encoded as they are, never padded into stacks of ``D`` (that would encode a
+    lone window ``D`` times).
+
     Args:
         images: ``N x C x h x w``.
 
     Returns:
-        ``N x 256 x 64 x 64``. For a 3d model the windows are grouped into stacks of ``D`` (the last
-        stack padded by repetition), which a frozen encoder encodes slice by slice.
+        ``N x 256 x 64 x 64``.
     """
-    depth = model.stack_depth
-    count = images.shape[0]
-    if depth > 1:
-        padding = (-count) % depth
-        if padding:
-            images = torch.cat([images, images[-1:].expand(padding, -1, -1, -1)])
-        images = images.reshape(-1, depth, *images.shape[1:])
+    if not model.uses_frozen_encoder:
+        raise ValueError("encode_windows needs a model with a frozen image encoder")
     with torch.inference_mode(), autocast(images.device, precision):
-        embeddings = model.encode(images)
-    return embeddings.reshape(-1, *embeddings.shape[-3:])[:count]
+        return model.backbone.encode(to_three_channels(images))

@@ -6,7 +6,9 @@
   Dice) on the final ``(K+1)``-class logits; the Dice part leaves the background out and is computed
   over the whole batch (nnU-Net's batch Dice), so classes absent from one window do not dominate it;
 * ``coarse``: Dice (MONAI ``DiceLoss``, sigmoid, batch) + binary cross-entropy of the coarse masks
-  against each class's mask;
+  against each class's mask; with ``LossConfig.coarse_softmax`` the coarse masks are scored as one label
+  map instead (softmax over a background logit 0 and the K coarse logits, as the model's coarse label map
+  for boxes): cross-entropy + batch Dice without background, so classes compete for a pixel;
 * ``box``: L1 + generalised IoU (``torchvision.ops.generalized_box_iou_loss``) of the regressed boxes
   against the ground-truth boxes (``boxes_from_masks``), for the classes present in a window only;
 * ``presence``: binary cross-entropy of the presence logits against "class present in the window".
@@ -81,10 +83,15 @@ class AutoPromptLoss(nn.Module):
         box, presence = self._prompt_terms(
             output, one_hot, complete=labels.new_ones(labels.shape[0], dtype=torch.bool)
         )
+        if self.weights.coarse_softmax:
+            coarse = _softmax_coarse(coarse_logits, coarse_target, torch.ones_like(coarse_target[:, :1]))
+        else:
+            coarse = self.coarse_dice(coarse_logits, coarse_target) + F.binary_cross_entropy_with_logits(
+                coarse_logits, coarse_target
+            )
         terms = {
             "ce_dice": self.ce_dice(logits, labels[:, None]),
-            "coarse": self.coarse_dice(coarse_logits, coarse_target)
-            + F.binary_cross_entropy_with_logits(coarse_logits, coarse_target),
+            "coarse": coarse,
             "box": box,
             "presence": presence,
         }
@@ -148,16 +155,39 @@ class AutoPromptLoss(nn.Module):
         if coarse_target.shape[-2:] != coarse_logits.shape[-2:]:
             coarse_target = F.interpolate(coarse_target, size=coarse_logits.shape[-2:], mode="nearest")
             coarse_mask = F.interpolate(mask, size=coarse_logits.shape[-2:], mode="nearest")
-        bce = F.binary_cross_entropy_with_logits(coarse_logits, coarse_target, reduction="none") * coarse_mask
-        coarse = _masked_dice(coarse_logits.sigmoid(), coarse_target, coarse_mask) + bce.sum() / (
-            coarse_mask.sum() * k
-        ).clamp(min=1)
+        if self.weights.coarse_softmax:
+            coarse = _softmax_coarse(coarse_logits, coarse_target, coarse_mask)
+        else:
+            bce = (
+                F.binary_cross_entropy_with_logits(coarse_logits, coarse_target, reduction="none")
+                * coarse_mask
+            )
+            coarse = _masked_dice(coarse_logits.sigmoid(), coarse_target, coarse_mask) + bce.sum() / (
+                coarse_mask.sum() * k
+            ).clamp(min=1)
 
         # windows with ignore voxels: which classes they hold, and where, is unknown
         complete = valid.flatten(1).all(dim=1)  # N
         box, presence = self._prompt_terms(output, one_hot, complete=complete)
         terms = {"ce_dice": cross_entropy + dice, "coarse": coarse, "box": box, "presence": presence}
         return self._with_total(terms)
+
+
+def _softmax_coarse(coarse_logits: torch.Tensor, one_hot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + batch Dice (no background) of the coarse label map, over voxels where ``mask`` is 1.
+
+    Args:
+        coarse_logits: ``N x K x h x w``; the background logit is 0.
+        one_hot: ``N x K x h x w`` class masks (float).
+        mask: ``N x 1 x h x w``, 1 where the label is known.
+    """
+    log_probabilities = torch.cat([torch.zeros_like(coarse_logits[:, :1]), coarse_logits], dim=1).log_softmax(
+        1
+    )
+    target = torch.cat([1.0 - one_hot.sum(dim=1, keepdim=True), one_hot], dim=1)
+    cross_entropy = -(target * log_probabilities).sum(dim=1, keepdim=True) * mask
+    dice = _masked_dice(log_probabilities[:, 1:].exp(), one_hot, mask)
+    return cross_entropy.sum() / mask.sum().clamp(min=1) + dice
 
 
 def _masked_dice(probabilities: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,13 @@ from autoprompt.paths import dataset_folder_name
 from pipeline.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.files import atomic_path
 from pipeline.model_folder import REQUIRED_FILES, ModelFolder, model_folder_path, parse_fold
-from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config, preset_name, preset_path
+from pipeline.trainer_config import (
+    DEFAULT_PRESETS,
+    default_preset,
+    load_trainer_config,
+    preset_name,
+    preset_path,
+)
 from pipeline.training.trainer import DistributedContext, Trainer, TrainingResult
 
 
@@ -55,7 +61,8 @@ def train(
             ``results/DatasetXXX_Name/autoprompt__<preset>__<configuration>``.
         configuration: ``"2d"`` or ``"3d"``; None -> the preset's own (``"2d"`` without a preset).
         config: a preset name (``configs/NAME.yaml``) or a YAML path; None -> ``2d_frozen`` for 2d,
-            ``3d_adapter`` for 3d.
+            for 3d ``3d_adapter`` on a CUDA device, else ``3d_frozen``
+            (:func:`pipeline.trainer_config.default_preset`).
         overrides: ``"key=value"`` settings on top of the preset (``"model.adapter_dim=16"``).
         epochs, iterations_per_epoch, time_budget_minutes, seed: shortcuts for those overrides.
         device: ``auto``, ``cpu``, ``cuda`` or a ``torch.device``; under torchrun a CUDA device means the GPU
@@ -77,12 +84,13 @@ def train(
                 f"{dataset_dir / required}: missing; run 'autoprompt plan-and-preprocess -d {dataset}' first"
             )
     fold = parse_fold(fold)
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     if config is None:
-        config = DEFAULT_PRESETS.get(configuration or "2d")
-        if config is None:
+        if configuration not in (None, *DEFAULT_PRESETS):
             raise AutoPromptError(
                 f"no default preset for configuration '{configuration}'; pass --config NAME"
             )
+        config = default_preset(configuration or "2d", torch_device.type)
     shortcuts = {
         "epochs": epochs,
         "iterations_per_epoch": iterations_per_epoch,
@@ -96,7 +104,6 @@ def train(
     configuration = trainer_config.configuration
 
     dist = distributed or DistributedContext()
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     if dist.world_size > 1:  # one GPU per process (its local rank), or CPU processes over gloo
         cuda = torch_device.type == "cuda"
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")

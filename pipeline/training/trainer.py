@@ -340,12 +340,14 @@ class Trainer:
                 f"cache_slice_stride={stride} cannot be used with '{self.config.configuration}' (stacks of "
                 f"{self.plan.stack_depth} neighbouring slices need every slice); set cache_slice_stride=1"
             )
+        precision = resolve_precision(self.config.encoder_precision, self.device)
         parts = cache_key_parts(
             self.plans,
             self.config.configuration,
             backbone_checksum=self.model.backbone.checksum,
-            precision=resolve_precision(self.config.encoder_precision, self.device),
+            precision=precision,
             slice_stride=stride,
+            encoder_runtime=self.model.backbone.resolved_encoder_runtime(precision),
         )
         cache = EmbeddingCache(self.preprocessed_dataset, parts)
         cases = self.train_cases + [

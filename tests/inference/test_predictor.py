@@ -15,7 +15,7 @@ from autoprompt.modeling.backbone import load_backbone
 from pipeline.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from pipeline.inference.predictor import Predictor
 from pipeline.model_folder import ModelFolder
-from pipeline.preprocessing import preprocess_case
+from pipeline.preprocessing import preprocess_case, revert_probabilities
 from tests.inference.conftest import InferenceSetup
 
 
@@ -58,6 +58,30 @@ def test_3d_stacks_from_shared_embeddings_equal_encoding_every_stack(inference_s
     predictor.shares_encoder = False
     per_stack = predictor.predict_preprocessed(data)
     np.testing.assert_allclose(shared, per_stack, atol=1e-5)
+
+
+def test_case_reverted_slab_by_slab_equals_reverting_all_its_probabilities(
+    inference_setup: InferenceSetup, tmp_path: Path
+) -> None:
+    """predict_case reverts each slab of finished slices as it comes (never K+1 whole volumes): the labels are
+    those of reverting the whole case's probabilities at once, the probabilities those in float16."""
+    folder = ModelFolder(inference_setup.model_3d)
+    source = sitk.ReadImage(str(inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz"))
+    slices = sitk.GetArrayFromImage(source)
+    image = sitk.GetImageFromArray(np.concatenate([slices, slices[::-1]] * 4)[:20])  # 20 slices: two slabs
+    image.SetSpacing(source.GetSpacing())
+    path = tmp_path / "long_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    predictor = Predictor.from_model_folder(folder.path, device="cpu", tta=False)
+    prediction = predictor.predict_case([path], return_probabilities=True)
+
+    case = preprocess_case([path], folder.plans, "3d")
+    slabs = list(predictor.predict_slabs(case.data))
+    assert [(first, slab.shape[1]) for first, slab in slabs] == [(0, 15), (15, 5)]  # D = 3, 16 stacks a chunk
+    whole = revert_probabilities(np.concatenate([slab for _, slab in slabs], axis=1), case.properties)
+    np.testing.assert_array_equal(prediction.labels, predictor.labels_from_probabilities(whole))
+    assert prediction.probabilities.dtype == np.float16 and prediction.probabilities.shape == whole.shape
+    np.testing.assert_allclose(prediction.probabilities, whole, atol=1e-3)
 
 
 def test_from_model_folder_loads_all_trained_folds_with_one_backbone(inference_setup: InferenceSetup) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.inference.sliding_window import gaussian_importance, sliding_window_predict
+from pipeline.inference.sliding_window import (
+    gaussian_importance,
+    sliding_window_predict,
+    sliding_window_slabs,
+)
 from pipeline.inference.tta import mirror_combinations, with_mirroring
 from pipeline.windows import stack_indices, window_slicers
 
@@ -62,9 +66,11 @@ def test_3d_stacks_give_every_slice_its_own_prediction(num_slices: int, depth: i
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_slices_own_stack_counts_most() -> None:
+@pytest.mark.parametrize("chunk", [1, 2, 16])
+def test_a_slices_own_stack_counts_most(chunk: int) -> None:
     """A model that answers class 1 at a stack's centre and class 0 elsewhere: each slice gets 1 / (1 + 2a),
-    a being the Gaussian weight of a stack's edge relative to its centre (D = 3)."""
+    a being the Gaussian weight of a stack's edge relative to its centre (D = 3), also when a slice's stacks
+    fall into different chunks."""
 
     def centre_is_one(images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(*stacks.shape, 2, *images.shape[-2:])
@@ -73,13 +79,33 @@ def test_a_slices_own_stack_counts_most() -> None:
         return out
 
     result = sliding_window_predict(
-        torch.rand(1, 6, 8, 8), centre_is_one, num_outputs=2, window=WINDOW, depth=3
+        torch.rand(1, 6, 8, 8), centre_is_one, num_outputs=2, window=WINDOW, depth=3, chunk_stacks=chunk
     )
     gaussian = gaussian_importance((3, *WINDOW))
     edge = (gaussian[0, 32, 32] / gaussian[1, 32, 32]).item()
     assert 0 < edge < 0.1
     torch.testing.assert_close(result[1], torch.full((6, 8, 8), 1 / (1 + 2 * edge)))
     torch.testing.assert_close(result.sum(dim=0), torch.ones(6, 8, 8))
+
+
+def test_slabs_come_as_soon_as_their_slices_are_finished() -> None:
+    """Each slice is handed back once the stacks reaching it (centred up to D // 2 slices past it) are
+    predicted, before later chunks run: the accumulator never holds the whole case."""
+    data = torch.rand(1, 9, 20, 24, generator=torch.Generator().manual_seed(2))
+    centres_seen: list[int] = []
+
+    def recording_fn(images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
+        centres_seen.append(len(stacks))
+        return pointwise_fn(images, stacks)
+
+    slabs = []
+    for first, slab in sliding_window_slabs(
+        data, recording_fn, num_outputs=3, window=WINDOW, depth=5, chunk_stacks=2
+    ):
+        slabs.append((first, slab.shape[1], sum(centres_seen)))
+        assert slab.dtype == torch.float32 and slab.shape == (3, slab.shape[1], 20, 24)
+    # (first slice, slices, stacks predicted so far): slices 0-1 need the stacks centred up to 3
+    assert slabs == [(0, 2, 4), (2, 2, 6), (4, 2, 8), (6, 3, 9)]
 
 
 def test_mirror_combinations_are_the_four_in_plane_flips() -> None:

@@ -11,13 +11,20 @@ from autoprompt.modeling.config import ModelConfig
 
 @pytest.fixture(scope="session")
 def tiny_backbone() -> SamBackbone:
-    """The seeded tiny backbone; build_autoprompt_sam never changes it (it copies what it adapts)."""
-    return load_backbone("tiny")
+    """The seeded tiny backbone; build_autoprompt_sam never changes it (it copies what it adapts).
+
+    Its encoder runs in PyTorch, as in every model of :func:`tiny_config`: these tests compare adapted and
+    frozen encoders exactly; ``test_encoder_runtime.py`` covers the OpenVINO runtime.
+    """
+    backbone = load_backbone("tiny")
+    backbone.encoder_runtime = "eager"
+    return backbone
 
 
 def tiny_config(**changes: object) -> ModelConfig:
-    """A small, fast ModelConfig on the tiny backbone (narrow heads, 3-stage U-Net)."""
+    """A small, fast ModelConfig on the tiny backbone (narrow heads, 3-stage U-Net, PyTorch encoder)."""
     settings = {"backbone": "tiny", "head_channels": 16, "unet_features": (8, 16, 32), "adapter_dim": 8}
+    settings["encoder_runtime"] = "eager"
     settings.update(changes)
     return ModelConfig(**settings)
 

@@ -50,6 +50,7 @@ def test_depth_adapter_keeps_stacks_apart():
 
 def test_encoder_and_decoder_adapters_wrap_every_transformer_block():
     backbone = load_backbone("tiny")
+    backbone.encoder_runtime = "eager"  # the same PyTorch encoder before and after wrapping, compared exactly
     x = torch.rand(2, 3, 256, 256)  # one stack of D = 2 slices
     with torch.no_grad():
         before = backbone.encode(x)

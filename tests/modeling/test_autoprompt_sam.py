@@ -11,6 +11,7 @@ from autoprompt.modeling.adapters import AdaptedEncoderBlock
 from autoprompt.modeling.autoprompt_sam import to_three_channels
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
+from autoprompt.modeling.prompt_generators import boxes_from_masks, exclusive_masks, label_masks
 from tests.modeling.conftest import tiny_config
 
 
@@ -295,3 +296,53 @@ def test_teacher_boxes_replace_the_generated_boxes_only_where_asked(tiny_backbon
     assert not torch.allclose(forced.class_mask_logits[0], plain.class_mask_logits[0])
     torch.testing.assert_close(forced.class_mask_logits[1], plain.class_mask_logits[1])
     torch.testing.assert_close(forced.boxes, plain.boxes)  # the generated boxes are still returned
+
+
+def _boxes_given_to_sam(model, embeddings: torch.Tensor) -> list[torch.Tensor]:
+    """The ``N x K x 4`` boxes (fractions of the window) of every decoder pass of one forward."""
+    seen = []
+    encoder = model.backbone.prompt_encoder
+    frame_h, frame_w = encoder.input_image_size
+    scale = torch.tensor([frame_w, frame_h, frame_w, frame_h], dtype=torch.float32)
+    hook = encoder.register_forward_hook(
+        lambda _module, _args, kwargs, _out: seen.append(kwargs["boxes"].float() / scale), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            model(embeddings=embeddings)
+    finally:
+        hook.remove()
+    return [boxes.reshape(len(embeddings), model.num_classes, 4) for boxes in seen]
+
+
+def test_coarse_mask_boxes_come_from_the_coarse_label_map(tiny_backbone, tiny_slices):
+    _, embeddings = tiny_slices
+    model = _build(tiny_backbone, classes=3, box_source="coarse_mask", box_refinement=0).eval()
+    _randomise_trainable(model)
+    (boxes,) = _boxes_given_to_sam(model, embeddings[:2])
+    with torch.inference_mode():
+        coarse = model(embeddings=embeddings[:2]).coarse_logits
+    torch.testing.assert_close(boxes, boxes_from_masks(exclusive_masks(coarse)))
+
+
+def test_box_refinement_takes_each_pass_boxes_from_the_previous_label_map_in_eval_only(
+    tiny_backbone, tiny_slices
+):
+    _, embeddings = tiny_slices
+    emb = embeddings[:2]
+    single = _build(tiny_backbone, classes=2, box_refinement=0).eval()
+    _randomise_trainable(single)
+    with torch.no_grad():  # classes judged present, so the label map holds them where their mask logit is > 0
+        single.prompt_generator.heads.presence.bias.fill_(10.0)
+    refined = _build(tiny_backbone, classes=2, box_refinement=2).eval()
+    refined.load_trainable_state_dict(single.trainable_state_dict())
+    passes = _boxes_given_to_sam(refined, emb)
+    assert len(passes) == 3
+    with torch.inference_mode():
+        first = single(embeddings=emb)
+    present = label_masks(first.logits.argmax(dim=1), 2)
+    assert present.flatten(2).any(-1).all()  # every class is in the first label map: its box is refined
+    expected = torch.where(present.flatten(2).any(-1)[..., None], boxes_from_masks(present), passes[0])
+    torch.testing.assert_close(passes[1], expected)
+    assert not torch.allclose(passes[1], passes[0])
+    assert len(_boxes_given_to_sam(refined.train(), emb)) == 1

@@ -7,6 +7,8 @@ from autoprompt.modeling.prompt_generators import (
     CoarseUNetGenerator,
     EncoderHeadGenerator,
     boxes_from_masks,
+    exclusive_masks,
+    refined_boxes,
 )
 
 
@@ -18,6 +20,24 @@ def test_boxes_from_masks_by_hand():
     boxes = boxes_from_masks(masks > 0)
     expected = torch.tensor([[2 / 8, 1 / 4, 6 / 8, 3 / 4], [7 / 8, 0.0, 1.0, 1 / 4], [0.0, 0.0, 1.0, 1.0]])
     assert torch.allclose(boxes, expected)
+
+
+def test_exclusive_masks_give_each_pixel_to_its_most_confident_class_by_hand():
+    logits = torch.full((1, 2, 1, 4), -1.0)
+    logits[0, 0, 0] = torch.tensor([2.0, 3.0, -1.0, -2.0])
+    logits[0, 1, 0] = torch.tensor([1.0, 4.0, 0.5, -3.0])
+    masks = exclusive_masks(logits)
+    assert masks[0, 0, 0].tolist() == [True, False, False, False]  # pixel 1 goes to the larger class 2
+    assert masks[0, 1, 0].tolist() == [False, True, True, False]  # pixel 3: both negative, background
+
+
+def test_refined_boxes_keep_the_previous_box_of_an_empty_mask():
+    masks = torch.zeros(1, 2, 4, 8, dtype=torch.bool)
+    masks[0, 0, 1:3, 2:6] = True
+    previous = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.25, 0.25, 0.75, 0.75]]])
+    boxes = refined_boxes(masks, previous)
+    assert torch.allclose(boxes[0, 0], torch.tensor([2 / 8, 1 / 4, 6 / 8, 3 / 4]))
+    assert torch.equal(boxes[0, 1], previous[0, 1])
 
 
 @pytest.mark.parametrize("generator_kind", ["encoder_head", "coarse_unet"])

@@ -83,7 +83,10 @@ def small_vit() -> SamBackbone:
 
 
 def _config(backbone: SamBackbone, **changes: object) -> ModelConfig:
-    return ModelConfig(backbone=backbone.name, head_channels=16, adapter_dim=8, **changes)
+    """PyTorch's encoder: an OpenVINO export of each random test ViT would cost more than these tests."""
+    return ModelConfig(
+        backbone=backbone.name, head_channels=16, adapter_dim=8, encoder_runtime="eager", **changes
+    )
 
 
 def test_the_vit_b_backbone_takes_its_own_1024_window_and_gives_256_x_64_x_64(vit_b) -> None:

@@ -8,12 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.preprocessing.cropping.cropping import create_nonzero_mask
 
 from autoprompt.cli import main
 from autoprompt.errors import AutoPromptError
 from pipeline.convert.acdc import ACDC_LABELS, convert_acdc
-from pipeline.convert.amos import convert_amos
+from pipeline.convert.amos import AMOS_CT_MAX_ID, convert_amos
 from pipeline.dataset import ACDC_GROUP_REGEX, load_raw_dataset, verify_dataset
+from pipeline.experiment_planning import plan_and_preprocess
+from pipeline.files import load_json
+from pipeline.io import read_image
+from planners.fingerprint import SAMPLES_PER_CASE
+from planners.plans import Plans
 
 SHAPE = (3, 12, 10)  # (Z, Y, X)
 SPACING = (1.5, 1.5, 10.0)
@@ -153,9 +159,46 @@ AMOS_ORGANS = [
 ]  # fmt: skip
 
 
+AMOS_SHAPE = (4, 144, 128)  # (Z, Y, X): slices of a size the planner keeps at their spacing
+AMOS_SPACING = (0.8, 0.8, 5.0)
+AMOS_ORGAN_CENTRES = {1: (50, 40), 6: (60, 85), 2: (90, 60)}  # spleen, liver, right kidney: (row, column)
+
+
+def _write_amos_scan(image_path: Path, label_path: Path | None, *, number: int) -> None:
+    """A scan and its labels: three organs in a body. CT (``number <= 500``): int16 Hounsfield units, air
+    around the body, a spine brighter than any organ (unlabelled), liver and kidney contrast differing per
+    case; MRI: uint16 arbitrary units on a zero background, scaled per case."""
+    rng = np.random.default_rng(number)
+    _, y, x = np.meshgrid(*[np.arange(size) for size in AMOS_SHAPE], indexing="ij")
+    body = ((y - 72) / 66) ** 2 + ((x - 64) / 60) ** 2 <= 1
+    spine = ((y - 120) / 8) ** 2 + ((x - 64) / 7) ** 2 <= 1
+    label = np.zeros(AMOS_SHAPE, dtype=np.uint8)
+    for organ, (row, column) in AMOS_ORGAN_CENTRES.items():
+        label[((y - row) / 14) ** 2 + ((x - column) / 12) ** 2 <= 1] = organ
+    noise = rng.normal(0.0, 10.0, AMOS_SHAPE)
+    if number <= AMOS_CT_MAX_ID:
+        organ_values = {1: 45, 6: 60 + 5 * number, 2: 150 + 4 * number}
+        image = np.where(body, 40.0, -1000.0) + noise
+        image[spine] = 900.0 + noise[spine]
+        dtype = np.int16
+    else:
+        scale = 1.0 + number / 1000
+        organ_values = {1: 600 * scale, 6: 900 * scale, 2: 400 * scale}
+        image = np.where(body, 300.0 * scale + noise, 0.0)
+        dtype = np.uint16
+    for organ, value in organ_values.items():
+        image[label == organ] = value + noise[label == organ]
+    for array, path in ((np.round(image).astype(dtype), image_path), (label, label_path)):
+        if path is not None:
+            itk = sitk.GetImageFromArray(array)
+            itk.SetSpacing(AMOS_SPACING)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(itk, str(path))
+
+
 @pytest.fixture
 def amos(tmp_path: Path) -> Path:
-    """An amos22 folder: CT (id < 500) and MRI (id >= 500) cases in training, validation and test."""
+    """An amos22 folder: CT (id <= 500) and MRI (id > 500) cases in training, validation and test."""
     root = tmp_path / "amos22"
     splits = {"training": [5, 540], "validation": [8, 510], "test": [2, 590]}
     folders = {
@@ -177,7 +220,7 @@ def amos(tmp_path: Path) -> Path:
                 entry["label"] = f"./{labels}/{case}.nii.gz"
             source[split].append(entry)
             label = root / labels / f"{case}.nii.gz" if labels else None
-            _write_pair(root / images / f"{case}.nii.gz", label, seed=number, num_labels=15)
+            _write_amos_scan(root / images / f"{case}.nii.gz", label, number=number)
     (root / "dataset.json").write_text(json.dumps(source))
     return root
 
@@ -222,3 +265,55 @@ def test_amos_errors(amos: Path, tmp_path: Path, capsys) -> None:
     assert main(["convert", "amos", str(amos), "-o", str(raw), "--dataset-id", "300"]) == 2
     err = capsys.readouterr().err
     assert f"{amos / 'dataset.json'}: missing" in err and "imagesVa" in err
+
+
+def test_amos_ct_plans_clip_at_the_datasets_foreground_percentiles(amos: Path, tmp_path: Path) -> None:
+    """Task 1 converted, planned and preprocessed: the channel named CT is clipped at the 0.5/99.5 percentiles
+    of the foreground voxels of all training cases together, and every case is scaled by that one line (air
+    and the unlabelled spine clipped), not by its own percentiles."""
+    raw = convert_amos(amos, tmp_path / "raw", ct_only=True)
+    preprocessed = plan_and_preprocess(
+        raw, tmp_path / "preprocessed", configurations=("2d",), num_processes=1
+    )
+    plans = Plans.load(preprocessed / "plans.json")
+    plan = plans.configuration("2d")
+    assert plan.slice_axis == 0 and plan.inplane_rule == "median"  # no resampling: voxels compare one to one
+    cases = ["amos_0005", "amos_0008"]
+    images = {case: read_image(raw / "imagesTr" / f"{case}_0000.nii.gz")[0] for case in cases}
+    labels = {case: read_image(raw / "labelsTr" / f"{case}.nii.gz")[0] for case in cases}
+    assert all(
+        (labels[case] > 0).sum() <= SAMPLES_PER_CASE for case in cases
+    )  # the fingerprint sees them all
+    foreground = np.concatenate([images[case][labels[case] > 0] for case in cases])
+    lower, upper = np.percentile(foreground, [0.5, 99.5])
+    per_image = [np.percentile(images[case][labels[case] > 0], 99.5) for case in cases]
+    assert abs(per_image[0] - per_image[1]) > 5  # per-image percentiles would scale the cases differently
+    [norm] = plans.normalization
+    assert norm.scheme == "ct" and (norm.lower, norm.upper) == pytest.approx((lower, upper))
+    for case, image in images.items():
+        data = np.load(preprocessed / plan.data_identifier / f"{case}.npy")
+        np.testing.assert_allclose(data[0], np.clip((image - lower) / (upper - lower), 0.0, 1.0), atol=1e-6)
+        assert data[0][image < -500].max() == 0.0 and data[0][image > 700].min() == 1.0  # air, spine
+
+
+def test_amos_ct_and_mri_plans_normalise_each_image_on_its_own(amos: Path, tmp_path: Path) -> None:
+    """Task 2 (channel "either_CT_or_MR"): no dataset-wide clipping can suit both modalities, so each CT and
+    MRI image is clipped at its own nonzero region's 0.5/99.5 percentiles."""
+    raw = convert_amos(amos, tmp_path / "raw")
+    preprocessed = plan_and_preprocess(
+        raw, tmp_path / "preprocessed", configurations=("2d",), num_processes=1
+    )
+    plans = Plans.load(preprocessed / "plans.json")
+    plan = plans.configuration("2d")
+    assert plan.slice_axis == 0 and plan.inplane_rule == "median"
+    [norm] = plans.normalization
+    assert (norm.scheme, norm.lower, norm.upper) == ("mr", 0.5, 99.5)
+    for case in ("amos_0005", "amos_0540"):  # CT, MRI
+        image = read_image(raw / "imagesTr" / f"{case}_0000.nii.gz")[0]
+        crop = load_json(preprocessed / plan.data_identifier / f"{case}.json")["crop_bbox"]
+        cropped = image[tuple(slice(low, high) for low, high in crop)]
+        inside = create_nonzero_mask(cropped[None])  # the MRI's body, all of the CT (nnU-Net's mask)
+        low, high = np.percentile(cropped[inside], [0.5, 99.5])
+        expected = np.where(inside, np.clip((cropped - low) / (high - low), 0.0, 1.0), 0.0)
+        data = np.load(preprocessed / plan.data_identifier / f"{case}.npy")
+        np.testing.assert_allclose(data[0], expected, atol=1e-6)

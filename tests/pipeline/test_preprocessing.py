@@ -13,7 +13,13 @@ import SimpleITK as sitk
 from autoprompt.errors import AutoPromptError
 from pipeline.dataset import load_raw_dataset
 from pipeline.io import read_image
-from pipeline.preprocessing import geometry_of, preprocess_case, revert_probabilities, revert_segmentation
+from pipeline.preprocessing import (
+    geometry_of,
+    preprocess_case,
+    revert_probabilities,
+    revert_probability_slices,
+    revert_segmentation,
+)
 from planners.fingerprint import extract_fingerprint
 from planners.planner import plan_dataset
 from planners.plans import ChannelNormalization, Plans
@@ -52,6 +58,17 @@ def check_round_trip(
     outside[tuple(slice(lo, hi) for lo, hi in crop[-label.ndim :])] = False
     assert outside.any() and np.all(probabilities[0][outside] == 1.0)
     assert geometry_of(properties).matches(label_geometry)
+
+    # slab by slab (as prediction reverts): the very values of the whole case reverted at once
+    mixed = np.random.default_rng(0).random(one_hot.shape, dtype=np.float32)
+    whole = revert_probabilities(mixed, properties)
+    pieced = np.zeros_like(whole)
+    pieced[0] = 1.0
+    cuts = sorted({0, *(cut for cut in (1, 3) if cut < mixed.shape[1]), mixed.shape[1]})
+    for first, stop in zip(cuts, cuts[1:], strict=False):
+        block, index = revert_probability_slices(mixed[:, first:stop], properties, first=first)
+        pieced[(slice(None), *index)] = block
+    assert np.array_equal(pieced, whole)
 
 
 @pytest.mark.parametrize(("spacing", "slice_axis"), [((0.8, 0.8, 3.0), 0), ((3.0, 0.8, 0.8), 2)])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import shutil
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -121,7 +124,8 @@ def _dicom_series(folder: Path, volume: sitk.Image) -> None:
         writer.Execute(slice_)
 
 
-def test_dicom_zip_gives_nifti_in_the_series_geometry(client: TestClient, tmp_path: Path) -> None:
+def _dicom_zip(tmp_path: Path) -> Path:
+    """``series.zip``: a 3 x 40 x 44 DICOM series in ``study/series/``; the series folder stays next to it."""
     volume = sitk.ReadImage(str(write_scan(tmp_path / "v.nii.gz", shape=(3, 40, 44), seed=3)))
     volume.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     _dicom_series(tmp_path / "study" / "series", volume)
@@ -129,11 +133,43 @@ def test_dicom_zip_gives_nifti_in_the_series_geometry(client: TestClient, tmp_pa
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in sorted((tmp_path / "study").rglob("*")):
             zipped.write(path, path.relative_to(tmp_path))
+    return archive
+
+
+def test_dicom_zip_gives_nifti_in_the_series_geometry(client: TestClient, tmp_path: Path) -> None:
+    archive = _dicom_zip(tmp_path)
     status = wait_for_job(client, _upload(client, archive).json()["id"])
     assert status["state"] == "done", status["error"]
     assert status["result"]["download_name"] == "series_seg.nii.gz"
     (tmp_path / "out.nii.gz").write_bytes(client.get(f"/api/jobs/{status['id']}/result").content)
     assert read_image(tmp_path / "out.nii.gz")[1].matches(read_image(tmp_path / "study" / "series")[1])
+
+
+def test_an_unpacked_upload_is_removed_outside_the_event_loop(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DICOM zip unpacks to up to 4x the upload limit; deleting that must not stall ``/api/health``."""
+    removals: list[tuple[Path, bool]] = []
+    rmtree = shutil.rmtree
+
+    def watched_rmtree(path: str | Path, *args: object, **kwargs: object) -> None:
+        try:
+            asyncio.get_running_loop()
+            in_event_loop = True
+        except RuntimeError:
+            in_event_loop = False
+        removals.append((Path(path), in_event_loop))
+        return rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", watched_rmtree)
+    response = _upload(client, _dicom_zip(tmp_path))
+    assert response.status_code == 201, response.text
+    wait_for_job(client, response.json()["id"])
+    incoming = client.app.state.store.incoming_dir
+    uploads = [(path, in_loop) for path, in_loop in removals if path.parent == incoming]
+    assert uploads, removals  # the received upload's folder (with the unpacked series) was removed
+    assert not any(in_loop for _, in_loop in uploads)
+    assert list(incoming.iterdir()) == []
 
 
 def test_refused_uploads_leave_nothing_stored(client: TestClient, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Fixtures of the training tests: one small synthetic dataset, planned and preprocessed for the session.
 
 Its embedding cache (tiny backbone) is built by the first training run and reused by the others, so
-every test after the first pays only for its optimiser steps.
+every test after the first pays only for its optimiser steps. The "2d" and "3d" configurations share
+the preprocessed cases, the cache and (with the same view settings) the augmented views.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import pytest
 from tests.synthetic_data import make_synthetic_dataset
 
 DATASET = "Dataset901_Synthetic"
-# 2 classes, 6 cases (5 folds need 5), 2 slices of 40 x 32: with the planner's finer_to_fill spacing
-# every slice fits one 256 x 256 window, so the tiny backbone encodes 12 windows in all.
-SHAPE = (2, 40, 32)
+# 2 classes, 6 cases (5 folds need 5), 3 slices of 40 x 32: with the planner's finer_to_fill spacing
+# every slice fits one 256 x 256 window, so the tiny backbone encodes 18 windows in all; "3d" stacks
+# all 3 slices (stack depth 3).
+SHAPE = (3, 40, 32)
 TINY = ["final_validation=false"]
 
 
@@ -36,5 +38,5 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> PlannedDataset:
 
     root = tmp_path_factory.mktemp("training")
     raw = make_synthetic_dataset(root / "raw", shape=SHAPE, num_cases=6, num_classes=2)
-    plan_and_preprocess(raw, root / "preprocessed", configurations=("2d",), num_processes=1)
+    plan_and_preprocess(raw, root / "preprocessed", configurations=("2d", "3d"), num_processes=1)
     return PlannedDataset(raw=root / "raw", preprocessed=root / "preprocessed")

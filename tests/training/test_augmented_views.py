@@ -156,3 +156,47 @@ def test_views_are_reused_and_rebuilt_when_their_settings_change(
     assert any(drawn) and not all(drawn)
     for image, target in zip(batch.images, batch.target, strict=True):
         assert ((image[0] > 0.5) == (target > 0)).float().mean() > 0.97
+
+
+def test_a_stack_draws_one_view_and_every_slice_shows_the_same_transform(
+    tmp_path: Path, tiny_backbone: SamBackbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3d: a training stack takes one view of its window, image, labels and embeddings of all its slices."""
+    model = build_autoprompt_sam(
+        ModelConfig(backbone="tiny", head_channels=16, adapter_dim=8),
+        num_classes=2,
+        in_channels=1,
+        stack_depth=3,
+        backbone=tiny_backbone,
+    )
+    encoded = []
+    original = SamBackbone.encode
+    monkeypatch.setattr(SamBackbone, "encode", lambda self, x: encoded.append(len(x)) or original(self, x))
+    case = ellipse_case(slices=3, size=200)  # three equal slices: any two differ only by their transforms
+    views = view_cache(tmp_path, count=3, augmentation=GEOMETRY_ONLY)
+    assert views.build(model, [case], device=torch.device("cpu"), batch_size=1) == 1
+    assert sum(encoded) == 2 * 3  # views 1-2 of 3 slices, each window once (never padded into a stack)
+    np.save(tmp_path / "base.npy", np.zeros((3, 1, 256, 64, 64), dtype=np.float16))
+    sampler = WindowSampler([case], window=(256, 256), oversample_foreground=0.0, fixed=True)
+    dataset = BatchDataset(
+        sampler,
+        batch_size=16,
+        stack_depth=3,
+        seed=0,
+        stream=0,
+        epoch=0,
+        length=1,
+        embedding_files=[tmp_path / "base.npy"],
+        views=views,
+    )
+    batch = dataset[0]
+    assert batch.images.shape == (16, 3, 1, 256, 256) and batch.target.shape == (16, 3, 256, 256)
+    assert batch.embeddings.shape == (16, 3, 256, 64, 64)
+    identity = torch.from_numpy(crop_window(case.seg, 0, 0, (256, 256))[0].astype(np.int64))
+    transformed = 0
+    for images, target, embeddings in zip(batch.images, batch.target, batch.embeddings, strict=True):
+        for depth in (1, 2):
+            assert torch.equal(target[depth], target[0]) and torch.equal(images[depth], images[0])
+            torch.testing.assert_close(embeddings[depth], embeddings[0], atol=1e-2, rtol=1e-2)
+        transformed += not torch.equal(target[0], identity)
+    assert 0 < transformed < 16  # stacks of the window itself and of its views (mirror, random)

@@ -9,6 +9,7 @@ import pytest
 from autoprompt.errors import AutoPromptError
 from pipeline.trainer_config import (
     TrainerConfig,
+    default_preset,
     load_trainer_config,
     preset_name,
     preset_names,
@@ -27,7 +28,12 @@ def test_defaults_per_configuration() -> None:
     assert load_trainer_config("2d_frozen").configuration == "2d"
     three_d = load_trainer_config("3d_adapter")
     assert three_d.configuration == "3d"
-    assert three_d.model.encoder_adapters
+    assert three_d.model.encoder_adapters and three_d.model.depth_adapter == "encoder"
+    cached = load_trainer_config("3d_frozen")  # encoder frozen: its embeddings can be cached
+    assert cached.configuration == "3d" and cached.cache_embeddings is None
+    assert not cached.model.encoder_adapters and cached.model.depth_adapter == "embedding"
+    assert [default_preset(c, "cpu") for c in ("2d", "3d")] == ["2d_frozen", "3d_frozen"]
+    assert [default_preset(c, "cuda") for c in ("2d", "3d")] == ["2d_frozen", "3d_adapter"]
 
 
 @pytest.mark.parametrize(

@@ -32,9 +32,10 @@ def _output(logits: torch.Tensor) -> AutoPromptOutput:
     )
 
 
-def test_masked_loss_equals_the_unmasked_one_without_ignore_voxels() -> None:
+@pytest.mark.parametrize("coarse_softmax", [False, True])
+def test_masked_loss_equals_the_unmasked_one_without_ignore_voxels(coarse_softmax: bool) -> None:
     torch.manual_seed(0)
-    loss = AutoPromptLoss(K, LossConfig())
+    loss = AutoPromptLoss(K, LossConfig(coarse_softmax=coarse_softmax))
     target = torch.randint(0, K + 1, (2, SIZE, SIZE))
     logits = torch.randn(2, K + 1, SIZE, SIZE)
     plain = loss(_output(logits), target)

@@ -61,6 +61,31 @@ def test_a_correct_output_has_near_zero_loss_and_a_wrong_one_does_not() -> None:
     assert torch.isclose(reweighted["total"], weighted)
 
 
+def test_softmax_coarse_term_is_monais_dice_ce_on_the_coarse_label_map() -> None:
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(2)
+    target = torch.randint(0, K + 1, (2, SIZE, SIZE))
+    coarse = torch.randn(2, K, SIZE, SIZE) * 3
+    output = AutoPromptOutput(
+        logits=torch.randn(2, K + 1, SIZE, SIZE),
+        class_mask_logits=coarse,
+        coarse_logits=coarse,
+        boxes=torch.tensor([[0.1, 0.1, 0.6, 0.6]]).repeat(2, K, 1),
+        presence_logits=torch.zeros(2, K),
+    )
+    label_map = torch.cat([torch.zeros_like(coarse[:, :1]), coarse], dim=1)
+    expected = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)(
+        label_map, target[:, None]
+    )
+    coarse_term = AutoPromptLoss(K, LossConfig(coarse_softmax=True))(output, target)["coarse"]
+    assert float(coarse_term) == pytest.approx(float(expected), rel=1e-4)
+    # two classes claiming one pixel cost more as a label map than as independent masks
+    assert float(coarse_term) != pytest.approx(
+        float(AutoPromptLoss(K, LossConfig())(output, target)["coarse"])
+    )
+
+
 def test_boxes_of_absent_classes_are_not_penalised() -> None:
     loss = AutoPromptLoss(K, LossConfig())
     target = target_map()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,8 +15,9 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.files import load_json, save_json
 from pipeline.model_folder import ModelFolder
 from pipeline.training.run import train
-from pipeline.training.trainer import Trainer, TrainingResult
+from pipeline.training.trainer import TrainingResult
 from tests.training.conftest import DATASET, TINY, PlannedDataset
+from tests.training.helpers import assert_same_run, kill_after_first_epoch_and_resume
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -97,45 +97,21 @@ def test_model_folder_loads_the_trained_weights(trained: TrainingResult, tmp_pat
         ModelFolder(copy)
 
 
-class Killed(Exception):
-    """Stands for the process being killed right after an epoch's checkpoint was written."""
-
-
 def test_kill_and_resume_equals_an_uninterrupted_run(
     trained: TrainingResult, planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``trained`` is the uninterrupted run; the same run killed after epoch 1 and resumed must match it."""
-    options = dict(
-        preprocessed=planned.preprocessed, results=tmp_path, config="tiny", overrides=TINY, device="cpu"
+    resumed = kill_after_first_epoch_and_resume(
+        monkeypatch,
+        tmp_path / DATASET / "autoprompt__tiny__2d" / "fold_0",
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        overrides=TINY,
+        device="cpu",
     )
-    original = Trainer.on_epoch_end
-
-    def kill_after_first_epoch(self: Trainer, epoch: int, record: dict) -> None:
-        original(self, epoch, record)
-        if epoch == 0:
-            raise Killed
-
-    monkeypatch.setattr(Trainer, "on_epoch_end", kill_after_first_epoch)
-    with pytest.raises(Killed):
-        train(DATASET, 0, **options)
-    monkeypatch.setattr(Trainer, "on_epoch_end", original)
-    fold_dir = tmp_path / DATASET / "autoprompt__tiny__2d" / "fold_0"
-    assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 1
-    assert not (fold_dir / "checkpoint_final.pt").exists()
-    with pytest.raises(AutoPromptError, match="pass --resume"):
-        train(DATASET, 0, **options)
-    resumed = train(DATASET, 0, resume=True, **options)
-
-    assert resumed.steps == trained.steps == 6
-    assert len(resumed.history) == len(trained.history) == 2
-    final_whole = load_checkpoint(trained.fold_dir / "checkpoint_final.pt")["model"]
-    final_resumed = load_checkpoint(resumed.fold_dir / "checkpoint_final.pt")["model"]
-    assert final_whole.keys() == final_resumed.keys()
-    for key in final_whole:
-        torch.testing.assert_close(final_resumed[key], final_whole[key], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        [r["train_loss"] for r in resumed.history], [r["train_loss"] for r in trained.history], rtol=1e-5
-    )
+    assert resumed.steps == 6 and len(resumed.history) == 2
+    assert_same_run(resumed, trained)
 
 
 def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -1,0 +1,251 @@
+"""The frozen image encoder on a CPU through OpenVINO: exported once per backbone, cached on disk.
+
+PyTorch eager runs LiteMedSAM's TinyViT as hundreds of small kernels with a Python call each; OpenVINO
+compiles the whole graph (fused attention, layer norms and GELUs, bf16 matrix products on AVX512-BF16 or
+AMX) and runs it several times faster on the same cores (``python -m benchmarks.speed`` measures both).
+
+When it runs: :meth:`~autoprompt.modeling.backbone.SamBackbone.encode` asks :func:`accelerated_encoder`
+for every call. It gives a compiled encoder only for float32 CPU inputs, with the encoder frozen (no
+parameter trains) or autograd off, and the backbone's ``encoder_runtime`` ``auto`` or ``openvino``;
+otherwise (CUDA, a training encoder, ``eager``) PyTorch runs, unchanged. So the embedding cache, predict,
+serve, segment and embed all use it without knowing.
+
+Runtimes (:data:`RUNTIMES`): ``auto`` = the fastest available (OpenVINO where the package imports, else
+PyTorch eager), ``eager`` = PyTorch always, ``openvino`` = OpenVINO, falling back to PyTorch like ``auto``.
+A fallback (package missing, export or compilation failing) prints one line to stderr, once per process.
+
+Precision: the caller resolves it (:mod:`autoprompt.precision`) and runs the encoder inside
+:func:`autoprompt.devices.autocast`; the CPU autocast state seen here becomes OpenVINO's
+``INFERENCE_PRECISION_HINT`` (bf16 autocast -> ``bf16``, none -> ``f32``). The hint is always set, as
+OpenVINO on its own would pick bf16 on such CPUs even for an fp32 request. Outputs are float32.
+
+Exported model: ``<cache folder>/openvino/<key>/encoder.xml`` (+ ``encoder.bin``, fp32 weights), key =
+SHA-256 of the encoder's weights (:func:`weights_digest`: for a pristine backbone one export per weights file,
+i.e. per backbone checksum; other weights or inserted adapters give another key), the input size and the
+OpenVINO version. The cache folder is the user's (``~/.cache/autoprompt``, :func:`default_cache_folder`)
+unless the backbone names another. ``.bin`` then ``.xml`` are written through
+:func:`pipeline.files.atomic_path`, so a present ``.xml`` means a complete export; concurrent processes (DDP
+ranks) at worst export twice. Loading reads the files only, and the export runs OpenVINO's converter with
+its telemetry switched off: nothing goes over the network. The export is traced, and
+TinyViT's traced graph holds the batch size as a constant, so it is exported for one window and a batch
+runs window by window.
+
+Embedding cache key (:func:`pipeline.training.embedding_cache.cache_key_parts`): in fp32 OpenVINO's
+embeddings equal PyTorch's up to summation order (relative L2 error below :data:`FP32_TOLERANCE`), so an
+fp32 cache does not record the runtime. In bf16 the two round to bf16 at different places, and their
+embeddings differ from each other about as much as each differs from fp32 (OpenVINO's bf16 stays within
+1.5 times PyTorch's bf16 distance from fp32; ``tests/modeling/test_encoder_runtime.py`` checks both on the
+real LiteMedSAM weights): a change of the size for which the key already holds the precision. So a bf16 cache built through OpenVINO
+records ``encoder_runtime: openvino`` in its key, and caches built by PyTorch keep the keys they had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import hashlib
+import importlib
+import json
+import sys
+import tempfile
+import warnings
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.config import ENCODER_RUNTIMES as RUNTIMES
+from pipeline.files import atomic_path
+
+FP32_TOLERANCE = 1e-4
+"""Largest relative L2 error of OpenVINO's fp32 embeddings against eager PyTorch's fp32 embeddings."""
+
+_NOTICES: set[str] = set()
+_FAILED_EXPORTS: set[Path] = set()
+_DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+
+EncoderFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_runtime(name: str) -> str:
+    """``name`` if it is one of :data:`RUNTIMES`.
+
+    Raises:
+        AutoPromptError: any other name (with "did you mean").
+    """
+    if name not in RUNTIMES:
+        close = difflib.get_close_matches(str(name), RUNTIMES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AutoPromptError(f"unknown encoder_runtime '{name}'{hint}; choose one of {', '.join(RUNTIMES)}")
+    return name
+
+
+def default_cache_folder() -> Path:
+    """The user's cache folder for exported encoders, ``~/.cache/autoprompt``."""
+    return Path.home() / ".cache" / "autoprompt"
+
+
+def notice(message: str) -> None:
+    """Print ``autoprompt: <message>`` to stderr, once per process and message."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(f"autoprompt: {message}", file=sys.stderr)
+
+
+def accelerated_encoder(
+    encoder: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    runtime: str,
+    cache_folder: Path | None = None,
+) -> EncoderFn | None:
+    """The compiled encoder to run ``inputs`` with, or None where PyTorch runs them (see the module docstring).
+
+    Args:
+        encoder: the backbone's image encoder (``B x 3 x S x S`` -> ``B x 256 x 64 x 64``).
+        inputs: ``B x 3 x S x S``, already in the encoder's input scale.
+        runtime: one of :data:`RUNTIMES`.
+        cache_folder: where exported encoders live; None: :func:`default_cache_folder`.
+
+    Returns:
+        A function ``B x 3 x S x S`` float32 -> ``B x 256 x 64 x 64`` float32 on the CPU, or None.
+    """
+    if runtime == "eager" or inputs.device.type != "cpu" or inputs.dtype != torch.float32:
+        return None
+    if torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters()):
+        return None  # the encoder trains: its gradients need PyTorch
+    try:
+        import openvino  # noqa: F401 - is it installed?
+    except ImportError:
+        notice(
+            "the openvino package is not installed; the image encoder runs in PyTorch (pip install openvino)"
+        )
+        return None
+    folder = default_cache_folder() if cache_folder is None else Path(cache_folder)
+    xml = folder / "openvino" / export_key(encoder, input_size=inputs.shape[-1]) / "encoder.xml"
+    if xml in _FAILED_EXPORTS:
+        return None
+    try:
+        if not xml.is_file():
+            export_encoder(encoder, xml, input_size=inputs.shape[-1])
+        compiled = _compiled(str(xml), _precision_hint(), torch.get_num_threads())
+    except Exception as error:  # noqa: BLE001 - any export/compile failure means: run PyTorch instead
+        _FAILED_EXPORTS.add(xml)
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        notice(
+            f"{xml}: OpenVINO could not export or compile the image encoder ({error.__class__.__name__}: "
+            f"{first_line}); it runs in PyTorch (encoder_runtime=eager silences this)"
+        )
+        return None
+    return functools.partial(_run, compiled)
+
+
+def export_key(encoder: nn.Module, *, input_size: int) -> str:
+    """First 16 hex digits of the SHA-256 naming one exported encoder (see the module docstring)."""
+    import openvino
+
+    parts = {
+        "weights": weights_digest(encoder),
+        "input_size": int(input_size),
+        "openvino": openvino.__version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, dtypes, values), computed once per state.
+
+    Remembered per module with the tensors' in-place version counters, so weights loaded into the same
+    module later (``load_state_dict``) give a new digest.
+    """
+    state = module.state_dict()
+    versions = tuple(tensor._version for tensor in state.values())
+    known = _DIGESTS.get(module)
+    if known is not None and known[0] == versions:
+        return known[1]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    _DIGESTS[module] = (versions, digest.hexdigest())
+    return digest.hexdigest()
+
+
+def export_encoder(encoder: nn.Module, xml: Path, *, input_size: int) -> None:
+    """Convert ``encoder`` to OpenVINO IR (one window, fp32 weights) at ``xml`` (+ ``.bin``), atomically.
+
+    Args:
+        encoder: the image encoder, in eval mode.
+        xml: the final ``encoder.xml``; ``encoder.bin`` goes next to it.
+        input_size: S of the ``B x 3 x S x S`` input.
+    """
+    import openvino
+
+    xml.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache folder fails before the slow part
+    notice(f"exporting the image encoder to OpenVINO once, into {xml.parent}")
+    example = torch.zeros(1, 3, input_size, input_size)
+    # traced in fp32 whatever autocast the caller runs in: the precision is chosen when compiling
+    no_autocast = torch.autocast(device_type="cpu", enabled=False)
+    with torch.no_grad(), no_autocast, warnings.catch_warnings(), _converter_telemetry_off():
+        warnings.simplefilter("ignore")  # tracing warnings about the encoder's shape asserts: noise to a user
+        model = openvino.convert_model(encoder, example_input=example)
+    model.reshape({model.inputs[0]: openvino.PartialShape([1, 3, input_size, input_size])})
+    with tempfile.TemporaryDirectory(dir=xml.parent) as scratch:
+        staged = Path(scratch) / xml.name
+        openvino.save_model(model, staged, compress_to_fp16=False)
+        with atomic_path(xml) as xml_tmp, atomic_path(xml.with_suffix(".bin")) as bin_tmp:
+            staged.with_suffix(".bin").replace(bin_tmp)
+            staged.replace(xml_tmp)
+
+
+@contextlib.contextmanager
+def _converter_telemetry_off() -> Iterator[None]:
+    """Run OpenVINO's converter with its own telemetry stub: it would otherwise report usage over the network."""
+    try:
+        stub = importlib.import_module("openvino.tools.ovc.telemetry_stub")
+    except ImportError:
+        yield
+        return
+    saved = []
+    for name in ("convert_impl", "telemetry_utils", "utils"):
+        module = importlib.import_module(f"openvino.tools.ovc.{name}")
+        if hasattr(module, "tm"):
+            saved.append((module, module.tm))
+            module.tm = stub
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.tm = original
+
+
+def _precision_hint() -> str:
+    """OpenVINO's inference precision for the CPU autocast state around the call."""
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return "bf16" if bf16 else "f32"
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(xml: str, precision: str, threads: int) -> Any:
+    """One compiled model per exported file, precision and thread count, shared by the whole process."""
+    import openvino
+
+    config = {
+        "INFERENCE_PRECISION_HINT": precision,
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    return openvino.Core().compile_model(xml, "CPU", config)
+
+
+def _run(compiled: Any, inputs: torch.Tensor) -> torch.Tensor:
+    """``B x 3 x S x S`` -> ``B x 256 x 64 x 64`` float32 through a compiled one-window encoder."""
+    array = inputs.detach().numpy()
+    windows = [compiled(np.ascontiguousarray(array[i : i + 1]))[0] for i in range(len(array))]
+    return torch.from_numpy(np.concatenate(windows).astype(np.float32, copy=False))

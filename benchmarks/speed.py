@@ -1,0 +1,311 @@
+"""Speed on this machine in one run: the encoder per runtime, predict next to nnU-Net, the ACDC cache, the demo.
+
+Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu.json`` by default):
+
+- ``encoder``: the LiteMedSAM image encoder on random 256 x 256 windows, batches of 1 and 4, PyTorch eager
+  in fp32 and bf16 and the OpenVINO runtime (:mod:`autoprompt.modeling.encoder_runtime`) at the same
+  precisions: seconds per window (median over rounds; the variants are timed in turn within each round, so
+  other jobs on a shared machine load them alike), process CPU seconds per window (the work itself, which
+  other jobs change less than the wall time), the relative L2 error against eager at the same precision and
+  against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
+- ``predict``: seconds per volume of ``autoprompt predict`` (one fold, the precision and runtime ``auto``)
+  and, with an nnU-Net model folder, of nnU-Net's predictor (``nnUNetv2_predict_from_modelfolder``, the
+  code behind ``nnUNetv2_predict``), same volumes, same TTA setting, each a child process timed with its
+  start-up and model loading (:func:`autoprompt.benchmarking.nnunet_baseline.run_logged`). Needs trained
+  models: ``--acdc-model`` / ``--hippocampus-model`` (and ``--acdc-nnunet-model`` /
+  ``--hippocampus-nnunet-model``); a dataset without one is skipped with the reason printed.
+- ``cache``: minutes to build the embedding cache of the preprocessed ACDC cases (``--acdc-preprocessed``,
+  a ``PREPROCESSED/Dataset027_ACDC`` folder), the frozen LiteMedSAM encoder at precision ``auto``, written
+  into a scratch folder so nothing cached before is reused.
+- ``demo``: the wall time of ``make demo`` without the install (``python -m autoprompt.demo``), from
+  scratch (``--demo``).
+
+    .venv/bin/python -m benchmarks.speed                                   # the encoder only
+    .venv/bin/python -m benchmarks.speed --demo \\
+        --acdc-model RESULTS/Dataset027_ACDC/autoprompt__2d_frozen__2d \\
+        --acdc-nnunet-model NNUNET_RESULTS/Dataset027_ACDC/nnUNetTrainer__nnUNetPlans__2d \\
+        --hippocampus-model RESULTS/Dataset004_Hippocampus/autoprompt__2d_frozen__2d \\
+        --hippocampus-nnunet-model NNUNET_RESULTS/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__2d \\
+        --acdc-preprocessed PREPROCESSED/Dataset027_ACDC
+
+The volumes: ``--cases`` validation cases of ``--fold`` in ``splits_patient_70_10.json`` for ACDC (every
+case where the file is missing), the first ``--cases`` cases for Hippocampus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoprompt.allocator import retain_freed_memory
+from autoprompt.benchmarking.nnunet_baseline import run_logged
+from autoprompt.devices import Precision, autocast
+from autoprompt.modeling.backbone import SamBackbone, load_backbone
+from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.config import ModelConfig
+from autoprompt.precision import read_cpu_flags, resolve_precision
+from benchmarks.inference_speed import candidate_cases, console_script, link_inputs
+from pipeline.files import save_json
+from pipeline.training.data import load_training_cases
+from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
+from pipeline.training.trainer import encoder_batch_size
+from planners.plans import Plans
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+CPU = torch.device("cpu")
+VARIANTS = (
+    ("eager", Precision.FP32),
+    ("eager", Precision.BF16),
+    ("openvino", Precision.FP32),
+    ("openvino", Precision.BF16),
+)
+"""(runtime, precision) of the encoder rows; OpenVINO is compared with eager at the same precision."""
+
+
+def _encode(backbone: SamBackbone, images: torch.Tensor, runtime: str, precision: Precision) -> torch.Tensor:
+    backbone.encoder_runtime = runtime
+    with torch.inference_mode(), autocast(CPU, precision):
+        return backbone.encode(images).float()
+
+
+def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | None) -> list[dict]:
+    """One row per runtime, precision and batch size (see the module docstring)."""
+    backbone = load_backbone("litemedsam")
+    backbone.runtime_cache_folder = cache_folder
+    rows = []
+    for batch in batch_sizes:
+        images = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(batch))
+        outputs, first_call = {}, {}
+        for runtime, precision in VARIANTS:
+            started = time.perf_counter()
+            outputs[runtime, precision] = _encode(backbone, images, runtime, precision)
+            first_call[runtime, precision] = time.perf_counter() - started
+        backbone.encoder_runtime = "openvino"
+        openvino_runs = backbone.resolved_encoder_runtime(Precision.FP32) == "openvino"
+        wall: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
+        cpu: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
+        for _ in range(rounds):
+            for runtime, precision in VARIANTS:
+                started, cpu_started = time.perf_counter(), time.process_time()
+                _encode(backbone, images, runtime, precision)
+                wall[runtime, precision].append((time.perf_counter() - started) / batch)
+                cpu[runtime, precision].append((time.process_time() - cpu_started) / batch)
+        fp32 = outputs["eager", Precision.FP32]
+        for runtime, precision in VARIANTS:
+            output, reference = outputs[runtime, precision], outputs["eager", precision]
+            error = float((output - reference).norm() / reference.norm())
+            rows.append(
+                {
+                    "runtime": runtime if runtime == "eager" or openvino_runs else "eager (no openvino)",
+                    "precision": precision.value,
+                    "batch": batch,
+                    "s_per_window": round(statistics.median(wall[runtime, precision]), 4),
+                    "cpu_s_per_window": round(statistics.median(cpu[runtime, precision]), 4),
+                    "relative_error_vs_eager": error,
+                    "relative_error_vs_eager_fp32": float((output - fp32).norm() / fp32.norm()),
+                    "first_call_s": round(first_call[runtime, precision], 2),
+                }
+            )
+            print(
+                f"  encoder {runtime:8s} {precision.value:4s} batch {batch}: {rows[-1]['s_per_window']:.3f} s/window "
+                f"({rows[-1]['cpu_s_per_window']:.3f} CPU s), relative error {error:.1e} "
+                f"({rows[-1]['relative_error_vs_eager_fp32']:.1e} against eager fp32)",
+                flush=True,
+            )
+    return rows
+
+
+def predict_rows(
+    dataset: str, raw: Path, *, model: Path, nnunet_model: Path | None, cases: list[str], fold: int, tta: bool,
+    work: Path,
+) -> list[dict]:  # fmt: skip
+    """Seconds per volume of autoprompt (and nnU-Net) predicting ``cases`` of ``raw``, one fold."""
+    inputs = link_inputs(raw, cases, work / dataset / "input")
+    log = work / dataset / "log.txt"
+    tools = {"autoprompt": model, **({"nnU-Net": nnunet_model} if nnunet_model else {})}
+    rows = []
+    for tool, folder in tools.items():
+        output = work / dataset / f"output_{tool}"
+        shutil.rmtree(output, ignore_errors=True)
+        if tool == "autoprompt":
+            command = [sys.executable, "-m", "autoprompt", "predict", "-i", str(inputs), "-o", str(output),
+                       "--model-dir", str(folder), "-f", str(fold), "--device", "cpu",
+                       "--tta" if tta else "--no-tta"]  # fmt: skip
+        else:
+            nnunet_fold = str(fold) if (folder / f"fold_{fold}").is_dir() else "all"
+            command = [console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(output),
+                       "-m", str(folder), "-f", nnunet_fold, "-device", "cpu", "-npp", "1", "-nps", "1",
+                       "--disable_progress_bar"] + ([] if tta else ["--disable_tta"])  # fmt: skip
+        usage = run_logged(command, env=dict(os.environ), log_file=log, what=f"{tool} prediction")
+        rows.append(
+            {
+                "dataset": dataset,
+                "tool": tool,
+                "volumes": len(cases),
+                "tta": tta,
+                "s_per_volume": round(usage.seconds / len(cases), 2),
+                "peak_rss_mib": round(usage.peak_rss_mib),
+            }
+        )
+        print(f"  predict {dataset} {tool}: {rows[-1]['s_per_volume']:.2f} s/volume", flush=True)
+    return rows
+
+
+def cache_row(preprocessed: Path, work: Path, *, cases: int | None) -> dict:
+    """Minutes to build the 2d embedding cache of the preprocessed cases (the first ``cases``, or all)."""
+    plans = Plans.load(preprocessed / "plans.json")
+    folder = preprocessed / plans.configuration("2d").data_identifier
+    case_ids = sorted(p.name[: -len(".npy")] for p in folder.glob("*.npy") if not p.name.endswith("_seg.npy"))
+    labels = sorted(plans.foreground_labels.values())
+    loaded = load_training_cases(folder, case_ids[:cases], labels=labels, seed=0)
+    model = build_autoprompt_sam(ModelConfig(), num_classes=len(labels), in_channels=len(plans.normalization))
+    precision = resolve_precision("auto", CPU)
+    runtime = model.backbone.resolved_encoder_runtime(precision)
+    parts = cache_key_parts(
+        plans, "2d", backbone_checksum=model.backbone.checksum, precision=precision, encoder_runtime=runtime
+    )
+    scratch = work / "cache"
+    shutil.rmtree(scratch, ignore_errors=True)
+    cache = EmbeddingCache(scratch, parts)
+    windows = sum(int(np.prod(cache.expected_shape(case)[:2])) for case in loaded)
+    started = time.perf_counter()
+    cache.build(model, loaded, device=CPU, batch_size=encoder_batch_size(CPU))
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch, ignore_errors=True)
+    row = {
+        "dataset": preprocessed.name,
+        "cases": len(loaded),
+        "windows": windows,
+        "precision": precision.value,
+        "encoder_runtime": runtime,
+        "minutes": round(seconds / 60, 2),
+        "s_per_window": round(seconds / windows, 4),
+    }
+    print(f"  cache {preprocessed.name}: {row['minutes']:.2f} min for {windows} windows", flush=True)
+    return row
+
+
+def demo_row(work: Path, *, extra: list[str]) -> dict:
+    """Wall time of the demo from scratch (``python -m autoprompt.demo``, what ``make demo`` runs)."""
+    output = work / "demo"
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, "-m", "autoprompt.demo", "-o", str(output), *extra]
+    usage = run_logged(command, env=dict(os.environ), log_file=work / "demo_log.txt", what="demo")
+    print(f"  demo: {usage.seconds / 60:.1f} min", flush=True)
+    return {
+        "arguments": extra,
+        "minutes": round(usage.seconds / 60, 2),
+        "peak_rss_mib": round(usage.peak_rss_mib),
+    }
+
+
+def _machine() -> dict:
+    import openvino
+
+    return {
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "bf16_instructions": sorted(read_cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+        "auto_precision": resolve_precision("auto", CPU).value,
+        "torch": torch.__version__,
+        "openvino": openvino.__version__,
+        "load_average_before": round(os.getloadavg()[0], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 4], help="encoder batches (default: 1 4)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="timed encoder rounds after a warm-up (default: 3)"
+    )
+    parser.add_argument("--no-encoder", action="store_true", help="skip the encoder part")
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder with Dataset027_ACDC, Dataset004_Hippocampus"
+    )
+    for name in ("acdc", "hippocampus"):
+        parser.add_argument(f"--{name}-model", type=Path, help=f"trained autoprompt model folder for {name}")
+        parser.add_argument(
+            f"--{name}-nnunet-model", type=Path, help=f"trained nnU-Net 2d model folder for {name}"
+        )
+    parser.add_argument("--cases", type=int, default=20, help="volumes per dataset (default: 20)")
+    parser.add_argument("--fold", type=int, default=0, help="the one fold predicted (default: 0)")
+    parser.add_argument("--tta", action="store_true", help="mirroring on, for both tools (default: off)")
+    parser.add_argument("--acdc-preprocessed", type=Path, help="PREPROCESSED/Dataset027_ACDC: time its cache")
+    parser.add_argument("--cache-cases", type=int, help="cache only the first N cases (default: all)")
+    parser.add_argument("--demo", action="store_true", help="time the demo from scratch")
+    parser.add_argument(
+        "--demo-args", nargs=argparse.REMAINDER, default=[], help="arguments for the demo (last)"
+    )
+    parser.add_argument("--work", type=Path, default=Path("/tmp/autoprompt_speed"), help="scratch folder")
+    parser.add_argument(
+        "--export-cache", type=Path, help="exported encoders (default: the user's cache folder)"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "speed_cpu.json",
+        help="JSON result",
+    )
+    args = parser.parse_args(argv)
+    retain_freed_memory()  # as the autoprompt command does
+    args.work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": _machine(), "skipped": {}}
+    print(f"machine: {result['machine']}", flush=True)
+    if not args.no_encoder:
+        result["encoder"] = encoder_rows(
+            batch_sizes=args.batch_sizes, rounds=args.rounds, cache_folder=args.export_cache
+        )
+    result["predict"] = []
+    datasets = {"acdc": "Dataset027_ACDC", "hippocampus": "Dataset004_Hippocampus"}
+    for name, dataset in datasets.items():
+        model, nnunet_model = getattr(args, f"{name}_model"), getattr(args, f"{name}_nnunet_model")
+        if model is None:
+            result["skipped"][f"predict {dataset}"] = (
+                f"no --{name}-model given (a trained autoprompt model folder)"
+            )
+            print(f"  predict {dataset}: skipped, {result['skipped'][f'predict {dataset}']}", flush=True)
+            continue
+        if nnunet_model is None:
+            result["skipped"][f"nnU-Net {dataset}"] = f"no --{name}-nnunet-model given: autoprompt alone"
+            print(f"  predict {dataset}: {result['skipped'][f'nnU-Net {dataset}']}", flush=True)
+        raw = args.data / dataset
+        splits = raw / "splits_patient_70_10.json"
+        cases = candidate_cases(raw, splits=splits if splits.is_file() else None, fold=args.fold)[
+            : args.cases
+        ]
+        result["predict"] += predict_rows(dataset, raw, model=model, nnunet_model=nnunet_model, cases=cases,
+                                          fold=args.fold, tta=args.tta, work=args.work)  # fmt: skip
+    if args.acdc_preprocessed:
+        result["cache"] = cache_row(args.acdc_preprocessed, args.work, cases=args.cache_cases)
+    else:
+        result["skipped"]["cache"] = "no --acdc-preprocessed given"
+        print("  cache: skipped, no --acdc-preprocessed given", flush=True)
+    if args.demo:
+        result["demo"] = demo_row(args.work, extra=args.demo_args)
+    else:
+        result["skipped"]["demo"] = "no --demo"
+    result["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+    save_json(result, args.output)
+    print(f"written {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
