@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autoprompt.benchmarking.cases import ALL
+from autoprompt.benchmarking.cases import ALL, group_of
 from pipeline.files import atomic_path, save_json
 
 METHODS = ("autoprompt", "nnunet")
 METHOD_TITLES = {"autoprompt": "autoprompt", "nnunet": "nnU-Net"}
+LOST_DICE = 0.1
+"""A class present in a test case's reference counts as lost where its Dice is below this."""
 
 
 def summarise_run(
@@ -23,12 +25,14 @@ def summarise_run(
     stamps: dict[str, dict],
     evaluation: dict,
     num_test_cases: int,
+    group_regex: str | None,
 ) -> dict:
-    """One method x training size, for report.json: metrics (Dice, HD95) and costs.
+    """One method x training size, for report.json: metrics (Dice, HD95), their spread and costs.
 
     Args:
         stamps: the four part stamps (``seconds``, ``peak_rss_mib``; ``epochs`` in "trained").
         evaluation: the summary of :func:`pipeline.evaluation.evaluate_folders`.
+        group_regex: test cases with equal regex group 1 are one group (a patient) for the worst group.
     """
     per_class = {
         name: {metric: _metric(evaluation["mean"][str(value)], metric) for metric in ("dice", "hd95")}
@@ -42,6 +46,7 @@ def summarise_run(
         "train_cases": list(train_cases),
         "per_class": per_class,
         "mean": {metric: _metric(evaluation["foreground_mean"], metric) for metric in ("dice", "hd95")},
+        **_spread(evaluation, group_regex),
         "preprocessing_minutes": stamps["preprocessed"]["seconds"] / 60.0,
         "training_minutes": stamps["trained"]["seconds"] / 60.0,
         "epochs": stamps["trained"].get("epochs"),
@@ -50,6 +55,29 @@ def summarise_run(
         "peak_rss_mib": {
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
         },
+    }
+
+
+def _spread(evaluation: dict, group_regex: str | None) -> dict:
+    """``worst_group``: the test group (patient) with the lowest mean Dice over its cases and classes, and
+    ``lost``: the ``case/class`` pairs where a class of the reference got a Dice below :data:`LOST_DICE`."""
+    names = {str(value): name for name, value in evaluation["labels"].items()}
+    by_group: dict[str, list[float]] = {}
+    lost = []
+    for case in evaluation["metric_per_case"]:
+        dice = {label: m["Dice"] for label, m in case["metrics"].items() if label in names}
+        scored = [d for d in dice.values() if d is not None and np.isfinite(d)]
+        if scored:
+            by_group.setdefault(group_of(case["case"], group_regex), []).append(float(np.mean(scored)))
+        lost += [
+            f"{case['case']}/{names[label]}"
+            for label, value in dice.items()
+            if case["metrics"][label]["n_ref"] > 0 and (value is None or value < LOST_DICE)
+        ]
+    worst = min(by_group, key=lambda group: np.mean(by_group[group]), default=None)
+    return {
+        "worst_group": None if worst is None else {"name": worst, "dice": float(np.mean(by_group[worst]))},
+        "lost": lost,
     }
 
 
@@ -69,6 +97,15 @@ def _epochs_cell(run: dict) -> str:
     return f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
 
 
+def _worst_cell(run: dict) -> str:
+    worst = run.get("worst_group")  # absent from reports written before the spread was recorded
+    return "-" if worst is None else f"{worst['name']} ({worst['dice']:.4f})"
+
+
+def _lost_cell(run: dict) -> str:
+    return "-" if "lost" not in run else (", ".join(run["lost"]) or "none")
+
+
 def _size_title(runs: list[dict], grouped: bool) -> str:
     run = runs[0]
     unit = "groups" if grouped else "cases"
@@ -82,6 +119,7 @@ def format_report(report: dict) -> str:
     """report.md: settings, then per training size a per-class Dice/HD95 table and a cost table."""
     settings = report["settings"]
     grouped = settings["group_regex"] is not None
+    unit = "groups" if grouped else "cases"
     sizes = list(dict.fromkeys(run["train_size"] for run in report["runs"]))
     by_size = {
         size: {run["method"]: run for run in report["runs"] if run["train_size"] == size} for size in sizes
@@ -99,6 +137,10 @@ def format_report(report: dict) -> str:
         f"- training budget: {settings['budget_minutes']:g} min of epochs per method, device {settings['device']}, "
         "all training cases (fold 'all'), final checkpoint",
         f"- autoprompt: configuration {settings['configuration']}, preset {preset}{overrides}",
+        *(
+            f"- merged from {source['report']} (autoprompt overrides: {', '.join(source['autoprompt_overrides']) or 'none'})"
+            for source in settings.get("merged_from", [])
+        ),
         f"- nnU-Net v2: configuration {settings['nnunet_configuration']}, nnUNetTrainer"
         + (
             f", {settings['nnunet_iterations_per_epoch']} iterations per epoch"
@@ -134,8 +176,10 @@ def format_report(report: dict) -> str:
         dice = [_cell(runs[m]["mean"]["dice"], 4) for m in METHODS]
         hd95 = [_cell(runs[m]["mean"]["hd95"], 2) for m in METHODS]
         lines.append("| **mean** | " + " | ".join(f"**{v}**" for v in dice + hd95) + " |")
-        lines += ["", "| cost | " + " | ".join(titles) + " |", "|---" * (1 + len(METHODS)) + "|"]
-        costs = [
+        lines += ["", "| spread and cost | " + " | ".join(titles) + " |", "|---" * (1 + len(METHODS)) + "|"]
+        rows = [
+            (f"worst test {unit[:-1]} (its mean Dice)", _worst_cell),
+            (f"classes lost (Dice < {LOST_DICE:g} where present)", _lost_cell),
             ("preprocessing (min)", lambda r: _cell(r["preprocessing_minutes"], 1)),
             ("training (min)", lambda r: _cell(r["training_minutes"], 1)),
             ("epochs trained (optimiser steps)", _epochs_cell),
@@ -144,11 +188,8 @@ def format_report(report: dict) -> str:
             ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),
             ("peak memory, inference (MiB)", lambda r: _cell(r["peak_rss_mib"]["predicted"], 0)),
         ]
-        lines += [
-            f"| {label} | " + " | ".join(cell(runs[m]) for m in METHODS) + " |" for label, cell in costs
-        ]
+        lines += [f"| {label} | " + " | ".join(cell(runs[m]) for m in METHODS) + " |" for label, cell in rows]
     if len(sizes) > 1:
-        unit = "groups" if grouped else "cases"
         lines += [
             "",
             "## Data efficiency",

@@ -245,6 +245,7 @@ def run_benchmark(
                     stamps=stamps,
                     evaluation=evaluation,
                     num_test_cases=len(selection.test),
+                    group_regex=group_regex,
                 )
             )
     report = {"settings": asdict(settings), "labels": raw.labels, "runs": runs}

@@ -25,9 +25,10 @@ Start a web service around one trained model: open the page in a browser, upload
 the class overlay and per-class volumes, the label map in the input's format and geometry, a PNG overlay,
 and a box mode (draw a box on a slice to segment that object with the pretrained promptable SAM).
 
-Jobs run one after another in the background (--workers at a time) with the model loaded once; each job's
-state is kept under --data-dir, so a reloaded page (or a restarted server) finds it again. Finished jobs
-are deleted after --job-ttl-hours; a deleted job stays deleted, even when its work ends later.
+Jobs run one after another in the background (--workers at a time), in worker processes that each load the
+model, so the server keeps answering while scans are segmented. Each job's state is kept under --data-dir,
+so a reloaded page (or a restarted server) finds it again. Finished jobs are deleted after --job-ttl-hours;
+a deleted job stays deleted, even when its work ends later.
 
 An upload's size does not bound its cost (a small file can hold a huge or coarsely spaced volume), so each
 scan's memory and network windows are estimated from its header and the model's plans as it arrives, and
@@ -72,7 +73,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=1,
-        help="jobs segmented at the same time, sharing the one model (default: 1)",
+        help="jobs segmented at the same time, each in its own process with its own copy of the model "
+        "(each worker needs the model's memory; default: 1)",
     )
     service.add_argument(
         "--data-dir",

@@ -2,7 +2,7 @@
 
 Modules: ``app`` (FastAPI routes, :func:`create_app`), ``settings`` (:class:`ServeSettings`), ``uploads``
 (streamed, size-limited, content-typed uploads and safe zips), ``jobs`` (job state on disk), ``worker``
-(background queue running the jobs), ``engine`` (the model, loaded once; box mode), ``render`` (slice
+(background queue running the jobs in worker processes), ``engine`` (the model; box mode), ``render`` (slice
 PNGs), ``static/`` (the page: plain HTML, CSS and JavaScript).
 """
 

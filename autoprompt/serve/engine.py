@@ -1,5 +1,6 @@
-"""The service's models: the trained fold ensemble (loaded once, shared by all jobs) and, for box mode,
-the pretrained promptable SAM of the same backbone (loaded on the first box)."""
+"""The service's models: the trained fold ensemble (loaded by each job worker process, which reports the
+load to the server's :class:`Engine`) and, for box mode, the pretrained promptable SAM of the same backbone
+(loaded in the server process on the first box)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ class ClassInfo:
 
 
 class Engine:
-    """The trained model of one model folder, loaded once and shared by the job worker threads.
+    """The trained model of one model folder: its classes and limits, and the fold ensemble, loaded once.
+
+    The job worker processes each build one and load the ensemble; the server's engine loads none for jobs
+    and learns of theirs through :meth:`worker_loaded` (so :attr:`loaded`, :attr:`load_error` and
+    :attr:`tta` describe the workers' model).
 
     Args:
         settings: the service settings (model folder, folds, checkpoint, device, TTA).
@@ -74,6 +79,7 @@ class Engine:
         self._load_lock = threading.Lock()
         self._box_lock = threading.Lock()
         self.load_error: str | None = None
+        self._loaded_by_worker = False
         self.limits = CaseLimits(
             max_memory_gb=settings.max_case_memory_gb, max_windows=settings.max_case_windows
         )
@@ -85,7 +91,14 @@ class Engine:
 
     @property
     def loaded(self) -> bool:
-        return self._predictor is not None
+        return self._predictor is not None or self._loaded_by_worker
+
+    def worker_loaded(self, *, error: str | None, tta: bool | None) -> None:
+        """Record a job worker process's model load: ``error`` if it failed, else the ``tta`` it predicts with."""
+        if error is None:
+            self._loaded_by_worker, self._tta, self.load_error = True, tta, None
+        else:
+            self._loaded_by_worker, self.load_error = False, error
 
     def info(self) -> dict[str, Any]:
         """What ``GET /api/model`` reports."""
@@ -96,7 +109,7 @@ class Engine:
             "folds": [str(fold) for fold in self.folds],
             "checkpoint": self.settings.checkpoint,
             "backbone": self.backbone_name,
-            "tta": self._predictor.tta if self._predictor is not None else self.settings.tta,
+            "tta": self.tta if self.loaded else self.settings.tta,
             "channels": list(self.folder.plans.channel_names.values()),
             "classes": [vars(info) for info in self.classes],
             "max_upload_mb": self.settings.max_upload_mb,
@@ -109,7 +122,7 @@ class Engine:
         }
 
     def predictor(self) -> Predictor:
-        """The fold ensemble, loaded on the first call (by whichever thread comes first) and kept."""
+        """The fold ensemble, loaded on the first call and kept."""
         with self._load_lock:
             if self._predictor is None:
                 from pipeline.inference.predictor import Predictor

@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import secrets
@@ -89,11 +90,13 @@ def is_job_id(text: str) -> bool:
 
 
 class JobStore:
-    """Job folders under ``root``; every change of ``job.json`` goes through one lock.
+    """Job folders under ``root``; every change of ``job.json`` goes through one lock (:meth:`lock`).
 
     A deleted job's folder is never re-created by work that finishes late: :meth:`update` writes only
     while the job exists, and results are written outside the job (:meth:`staging_folder`) and moved
-    in by :meth:`commit`, under the same lock as :meth:`delete`, or discarded.
+    in by :meth:`commit`, under the same lock as :meth:`delete`, or discarded. The lock excludes the
+    other threads and the other processes (the job workers) using the same ``root``; it relies on
+    ``fcntl.flock``, so the store runs on Linux and macOS only.
     """
 
     def __init__(self, root: Path) -> None:
@@ -102,7 +105,19 @@ class JobStore:
         self.incoming_dir = self.root / "incoming"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._thread_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's lock: a thread lock for this process's threads, and an exclusive ``flock`` on the
+        jobs folder for other processes (dropped by the system if the holder dies)."""
+        with self._thread_lock:
+            handle = os.open(self.jobs_dir, os.O_RDONLY)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(handle)  # releases the flock
 
     def folder(self, job_id: str) -> Path:
         """The folder of a job id (which must have the id pattern)."""
@@ -126,7 +141,7 @@ class JobStore:
             The updated job, or None (and nothing written) if the job was deleted meanwhile.
         """
         try:
-            with self._lock:
+            with self.lock():
                 job = self.get(job_id)
                 if job is None:
                     return None
@@ -172,19 +187,19 @@ class JobStore:
 
     def update(self, job_id: str, **changes: Any) -> Job | None:
         """Change fields of a job and store it; None (and nothing written) if the job was deleted."""
-        with self._lock:
+        with self.lock():
             job = self.get(job_id)
             return None if job is None else self._update(job, changes)
 
     def _update(self, job: Job, changes: dict[str, Any]) -> Job:
-        """Store ``job`` with ``changes`` (the caller holds the lock and has seen the job exist)."""
+        """Store ``job`` with ``changes`` (the caller holds :meth:`lock` and has seen the job exist)."""
         job = replace(job, **changes, updated=time.time())
         save_json(job.to_dict(), self.folder(job.id) / "job.json")
         return job
 
     def fail(self, job_id: str, message: str) -> Job | None:
         """Mark a job failed with ``message`` and remove everything of it but its state."""
-        with self._lock:
+        with self.lock():
             folder = self.folder(job_id)
             for child in folder.iterdir() if folder.is_dir() else ():
                 if child.is_dir():
@@ -195,7 +210,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> bool:
         """Remove a job's folder; False if there was no such job."""
-        with self._lock:
+        with self.lock():
             if self.get(job_id) is None:
                 return False
             shutil.rmtree(self.folder(job_id), ignore_errors=True)

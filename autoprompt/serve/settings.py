@@ -21,7 +21,8 @@ class ServeSettings:
         model_dir: the trained model folder (``RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>``).
         data_dir: where jobs (uploads, state, results) are kept.
         max_upload_mb: largest accepted upload in MiB; larger ones get HTTP 413.
-        workers: jobs run at the same time (threads sharing the one loaded model).
+        workers: jobs run at the same time, each in its own process with its own copy of the model (each
+            worker loads the model: memory grows with ``workers``).
         job_ttl_hours: finished jobs are deleted this long after their last change.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         folds: folds to ensemble; None: every trained fold.

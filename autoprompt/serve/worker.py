@@ -1,19 +1,27 @@
-"""Running jobs in the background: a queue served by worker threads sharing the one loaded model.
+"""Running jobs in the background: a queue served by worker processes, each with its own loaded model.
 
-Inference runs in these threads, never in the web server's event loop, so the server keeps answering
-while a scan is segmented. A job's steps update its ``job.json`` (stage and progress); a user's mistake
-(an unreadable scan, a DICOM zip with two series, ...) fails the job with one line, and a failed job
-keeps nothing but its state.
+Inference runs in these processes, never in the web server's process, so the server keeps answering
+while a scan is segmented. The server hands each idle worker one job id at a time through its own pipe
+and keeps the waiting jobs itself, so a worker that dies (e.g. killed for memory) takes nothing else with
+it: its job fails with one line and a new worker takes its place. A job's steps update its ``job.json``
+(stage and progress); a user's mistake (an unreadable scan, a DICOM zip with two series, ...) fails the job
+with one line, and a failed job keeps nothing but its state.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
-import queue
+import multiprocessing
 import re
 import shutil
+import signal
 import threading
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +30,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.serve.engine import Engine
 from autoprompt.serve.jobs import JobState, JobStore
 from autoprompt.serve.render import intensity_window
+from autoprompt.serve.settings import ServeSettings
 from autoprompt.serve.uploads import UploadKind, unpack_zip
 from pipeline.io import Geometry, read_image, write_image
 
@@ -136,66 +145,199 @@ def _write_result(
     }
 
 
+def _serve_jobs(settings: ServeSettings, root: Path, connection: Connection) -> None:
+    """A worker process: load the model, report the load, then run each job id received until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the server, which stops its workers
+    store, engine = JobStore(root), Engine(settings)
+    try:
+        engine.predictor()
+    except Exception:  # reported by /api/health and by each job that needs the model
+        LOGGER.exception("loading the model failed")
+    connection.send(("loaded", engine.load_error, engine.tta if engine.loaded else None))
+    while (job_id := connection.recv()) is not None:
+        try:
+            run_job(store, engine, job_id)
+        except Exception:  # e.g. a full disk under job.json: the worker must outlive any one job
+            LOGGER.exception("job %s could not be run", job_id)
+        connection.send(("done", job_id))
+
+
+@dataclass
+class _Worker:
+    """The server's handle on one worker process and what it was sent."""
+
+    process: BaseProcess
+    connection: Connection
+    ready: bool = False  # its model load was reported and it is alive: jobs may be sent
+    loaded: bool = False  # it reported its model load (a worker that ends before that is not replaced)
+    job: str | None = None  # the job it runs now
+    stopping: bool = False  # it was sent the stop signal
+    ended: bool = False  # its end was handled
+
+
 class JobQueue:
-    """Worker threads taking job ids from a queue; the first thread also loads the model at start.
+    """Worker processes (``spawn``) that each load the model and run the jobs the server hands them.
+
+    The waiting jobs stay in the server process; a watcher thread there takes the workers' reports (model
+    loaded, job done), hands waiting jobs to idle workers, and replaces a worker that ends unexpectedly,
+    failing the job it ran.
 
     Args:
-        store: the job store.
-        engine: the shared model.
-        workers: number of threads (jobs run at the same time).
+        store: the job store (the workers open the same folder).
+        engine: the server's engine: its settings build each worker's, and it learns the workers' model load.
+        workers: number of worker processes (jobs run at the same time; each loads the model).
     """
 
     def __init__(self, store: JobStore, engine: Engine, *, workers: int = 1) -> None:
         self.store = store
         self.engine = engine
         self.workers = workers
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self.running = 0
-        self._count_lock = threading.Lock()
+        self._context = multiprocessing.get_context("spawn")
+        self._waiting: collections.deque[str] = collections.deque()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._watcher: threading.Thread | None = None
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        """Jobs queued and not yet handed to a worker."""
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Jobs a worker runs now."""
+        return sum(worker.job is not None for worker in self._workers)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current worker processes."""
+        return [worker.process.pid for worker in self._workers]
 
     def start(self) -> None:
-        """Start the threads; jobs left queued or running by a previous server run are queued again."""
+        """Start the workers; jobs left queued or running by a previous server run are queued again."""
         for job in self.store.all():
             if job.state in (JobState.QUEUED, JobState.RUNNING):
                 self.store.update(job.id, state=JobState.QUEUED, progress=0.0, stage="waiting in the queue")
                 self.submit(job.id)
-        self._threads = [
-            threading.Thread(
-                target=self._serve, args=(index == 0,), name=f"autoprompt-job-{index}", daemon=True
-            )
-            for index in range(self.workers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._workers = [self._start_worker(index) for index in range(self.workers)]
+        self._watcher = threading.Thread(target=self._watch, name="autoprompt-jobs", daemon=True)
+        self._watcher.start()
 
     def submit(self, job_id: str) -> None:
-        self._queue.put(job_id)
+        with self._lock:
+            self._waiting.append(job_id)
+            self._dispatch()
 
     def stop(self, *, timeout: float = 5.0) -> None:
-        """Ask the threads to finish after their current job and wait up to ``timeout`` seconds each."""
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout)
+        """Ask the workers to end once no job waits, wait up to ``timeout`` seconds for each, and end those
+        still running (their jobs are queued again at the next start)."""
+        with self._lock:
+            self._stopping = True
+            self._dispatch()
+            workers = list(self._workers)
+        for worker in workers:
+            if not wait([worker.process.sentinel], timeout):
+                worker.process.terminate()
+        if self._watcher is not None:
+            self._watcher.join()  # it handles the ends (and reaps the processes), then returns
 
-    def _serve(self, load_model: bool) -> None:
-        if load_model:
+    def _start_worker(self, index: int) -> _Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve_jobs,
+            args=(self.engine.settings, self.store.root, theirs),
+            name=f"autoprompt-job-{index}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs (or, when stopping and none wait, the stop signal) to idle workers; the caller
+        holds ``_lock``."""
+        for worker in self._workers:
+            if worker.ended or not worker.ready or worker.job is not None or worker.stopping:
+                continue
+            message = self._waiting[0] if self._waiting else None
+            if message is None and not self._stopping:
+                return
             try:
-                self.engine.predictor()
-            except Exception:  # reported by /api/health and by each job that needs the model
-                LOGGER.exception("loading the model failed")
-        while (job_id := self._queue.get()) is not None:
-            with self._count_lock:
-                self.running += 1
-            try:
-                run_job(self.store, self.engine, job_id)
-            except Exception:  # e.g. a full disk under job.json: the worker must outlive any one job
-                LOGGER.exception("job %s could not be run", job_id)
-            finally:
-                with self._count_lock:
-                    self.running -= 1
+                worker.connection.send(message)
+            except OSError:  # it ended; the watcher replaces it
+                worker.ready = False
+                continue
+            if message is None:
+                worker.stopping = True
+            else:
+                worker.job = self._waiting.popleft()
+
+    def _watch(self) -> None:
+        """Take the workers' reports and handle their ends until, when stopping, every worker has ended."""
+        while True:
+            with self._lock:
+                if self._stopping and all(worker.ended for worker in self._workers):
+                    return
+                owners = {
+                    waitable: worker
+                    for worker in self._workers
+                    if not worker.ended
+                    for waitable in (worker.connection, worker.process.sentinel)
+                }
+            for waitable in wait(list(owners), timeout=1.0):
+                worker = owners[waitable]
+                if worker.ended:  # handled in this round
+                    continue
+                if waitable is worker.connection:
+                    self._receive(worker)
+                else:
+                    self._ended(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        """Take the reports ``worker`` sent: its model load, its jobs done."""
+        with contextlib.suppress(EOFError, OSError):  # it ended: its sentinel tells
+            while worker.connection.poll():
+                kind, *details = worker.connection.recv()
+                if kind == "loaded":
+                    error, tta = details
+                    worker.loaded = True
+                    self.engine.worker_loaded(error=error, tta=tta)
+                with self._lock:
+                    worker.ready, worker.job = True, None
+                    self._dispatch()
+
+    def _ended(self, worker: _Worker) -> None:
+        """A worker process ended: unless stopping, start a replacement and fail the job it ran; one that ended
+        before its model load was reported is not replaced, and the model counts as failed."""
+        with self._lock:
+            worker.ended = True
+        self._receive(worker)  # a job done just before the end is done
+        worker.process.join()
+        worker.connection.close()
+        with self._lock:
+            if self._stopping:
+                return
+            job_id, index = worker.job, self._workers.index(worker)
+        code = worker.process.exitcode
+        if not worker.loaded:  # it could not even load the model: a replacement would fail alike, forever
+            LOGGER.error("a worker process ended while loading the model (exit code %s)", code)
+            self.engine.worker_loaded(
+                error=f"the worker process ended while loading the model (exit code {code}); see the server log",
+                tta=None,
+            )
+            return
+        replacement = self._start_worker(index)
+        with self._lock:
+            worker.job, self._workers[index] = None, replacement
+            self._dispatch()
+        if job_id is None:
+            LOGGER.error("a worker process ended unexpectedly (exit code %s)", code)
+            return
+        LOGGER.error("the worker process running job %s ended unexpectedly (exit code %s)", job_id, code)
+        try:
+            self.store.fail(
+                job_id, f"the worker process ended unexpectedly (exit code {code}); see the server log"
+            )
+        except Exception:  # e.g. a full disk: the queue must outlive any one job
+            LOGGER.exception("job %s could not be marked failed", job_id)

@@ -104,15 +104,23 @@ def test_training_subsets_count_patients_and_are_nested():
 
 
 # ------------------------------------------------------------------------------------------- report
-def _evaluation(dice: dict[int, float | None], hd95: dict[int, float | None]) -> dict:
+def _evaluation(
+    dice: dict[int, float | None], hd95: dict[int, float | None], per_case: list[dict] | None = None
+) -> dict:
+    """A summary as pipeline.evaluation writes it; ``per_case``: its metric_per_case (default: every test
+    case as the mean, all classes present)."""
     mean = {
         str(k): {"Dice": dice[k], "IoU": None, "HD95": hd95[k], "ASD": None, "num_cases": 2} for k in dice
     }
     present = [v for v in dice.values() if v is not None]
+    if per_case is None:
+        metrics = {str(k): {"Dice": dice[k], "n_ref": 10} for k in dice}
+        per_case = [{"case": f"p{i}_frame01", "metrics": metrics} for i in (1, 2)]
     return {
         "labels": {"RV": 1, "LV": 2},
         "mean": mean,
         "foreground_mean": {"Dice": sum(present) / len(present), "HD95": float(np.mean(list(hd95.values())))},
+        "metric_per_case": per_case,
     }
 
 
@@ -130,6 +138,34 @@ SETTINGS = {
     "device": "cpu", "configuration": "2d", "autoprompt_config": "2d_frozen", "autoprompt_overrides": [],
     "nnunet_configuration": "2d", "nnunet_iterations_per_epoch": None, "tta": True, "group_regex": ACDC_GROUP_REGEX,
 }  # fmt: skip
+GROUP = r"^(p\d+)_frame\d+$"
+
+
+def test_spread_names_the_worst_patient_and_lost_classes():
+    def case(name: str, rv: float | None, lv: float, rv_present: bool = True) -> dict:
+        return {
+            "case": name,
+            "metrics": {"1": {"Dice": rv, "n_ref": 5 if rv_present else 0}, "2": {"Dice": lv, "n_ref": 9}},
+        }
+
+    per_case = [
+        case("p1_frame01", 0.9, 0.9),
+        case("p1_frame02", 0.05, 0.9),  # p1: mean 0.6875, RV lost in frame02
+        case("p2_frame01", 0.7, 0.7),
+        case("p2_frame02", None, 0.6, rv_present=False),  # p2: 0.7 and 0.6
+        case("p3_frame01", float("nan"), 0.95, rv_present=False),  # both empty: not scored, not lost
+    ]
+    run = summarise_run(
+        method="autoprompt", size="3", train_cases=["p9_frame01"], num_groups=1, stamps=_stamps(60.0, 1),
+        evaluation=_evaluation({1: 0.5, 2: 0.8}, {1: 1.0, 2: 1.0}, per_case), num_test_cases=5, group_regex=GROUP,
+    )  # fmt: skip
+    assert run["worst_group"] == {"name": "p2", "dice": pytest.approx(0.65)}
+    assert run["lost"] == ["p1_frame02/RV"]
+    by_case = summarise_run(
+        method="autoprompt", size="3", train_cases=["p9_frame01"], num_groups=1, stamps=_stamps(60.0, 1),
+        evaluation=_evaluation({1: 0.5, 2: 0.8}, {1: 1.0, 2: 1.0}, per_case), num_test_cases=5, group_regex=None,
+    )  # fmt: skip
+    assert by_case["worst_group"] == {"name": "p1_frame02", "dice": pytest.approx(0.475)}
 
 
 def test_report_tables_from_given_metrics():
@@ -137,11 +173,13 @@ def test_report_tables_from_given_metrics():
     runs = [
         summarise_run(
             method="autoprompt", size="5", train_cases=["p1_f1", "p1_f2"] * 5, num_groups=5,
-            stamps=_stamps(3600.0, 12), evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2,
+            stamps=_stamps(3600.0, 12), evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
         ),
         summarise_run(
             method="nnunet", size="5", train_cases=["p1_f1", "p1_f2"] * 5, num_groups=5,
-            stamps=_stamps(3660.0, 20, steps=380), evaluation=_evaluation({1: 0.25, 2: None}, {1: 20.0, 2: 8.0}), num_test_cases=2,
+            stamps=_stamps(3660.0, 20, steps=380), evaluation=_evaluation({1: 0.25, 2: None}, {1: 20.0, 2: 8.0}, [
+                {"case": "p1_frame01", "metrics": {"1": {"Dice": 0.5, "n_ref": 3}, "2": {"Dice": 0.0, "n_ref": 4}}},
+            ]), num_test_cases=2, group_regex=GROUP,
         ),
     ]  # fmt: skip
     assert runs[0]["per_class"] == {"RV": {"dice": 0.5, "hd95": 10.0}, "LV": {"dice": 0.75, "hd95": 4.0}}
@@ -157,6 +195,8 @@ def test_report_tables_from_given_metrics():
     assert "| epochs trained (optimiser steps) | 12 | 20 (380) |" in lines
     assert "| inference (s / volume) | 25.0 | 25.0 |" in lines
     assert "| peak memory, inference (MiB) | 1500 | 1500 |" in lines
+    assert "| worst test group (its mean Dice) | p1 (0.6250) | p1 (0.2500) |" in lines
+    assert "| classes lost (Dice < 0.1 where present) | none | p1_frame01/LV |" in lines
     assert "Data efficiency" not in text  # one size only
     assert not any("background" in line for line in lines if line.startswith("|"))
 
@@ -165,7 +205,7 @@ def test_data_efficiency_table_and_plots(tmp_path: Path):
     runs = [
         summarise_run(
             method=method, size=size, train_cases=["c"] * (2 * groups), num_groups=groups,
-            stamps=_stamps(60.0, 3), evaluation=_evaluation({1: dice, 2: dice}, {1: 5.0, 2: 5.0}), num_test_cases=2,
+            stamps=_stamps(60.0, 3), evaluation=_evaluation({1: dice, 2: dice}, {1: 5.0, 2: 5.0}), num_test_cases=2, group_regex=GROUP,
         )
         for size, groups, dices in (("5", 5, (0.4, 0.6)), (ALL, 70, (0.8, 0.9)))
         for method, dice in zip(("autoprompt", "nnunet"), dices, strict=True)
@@ -316,3 +356,35 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     # other settings in the same report folder are refused, not mixed in
     assert main([*args, "--nnunet-iterations", "3"]) == 2
     assert "other settings (nnunet_iterations_per_epoch: null -> 3)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- curve
+def test_curve_merges_runs_of_several_benchmarks_in_size_order(tmp_path: Path):
+    from benchmarks.curve import merge_reports
+
+    def report(groups: int, dice: float, **settings) -> dict:
+        runs = [
+            summarise_run(
+                method=method, size=str(groups), train_cases=["c"] * (2 * groups), num_groups=groups,
+                stamps=_stamps(60.0, 3), evaluation=_evaluation({1: d, 2: d}, {1: 5.0, 2: 5.0}),
+                num_test_cases=2, group_regex=GROUP,
+            )
+            for method, d in (("autoprompt", dice), ("nnunet", dice - 0.1))
+        ]  # fmt: skip
+        return {
+            "settings": {**SETTINGS, **settings},
+            "labels": {"background": 0, "RV": 1, "LV": 2},
+            "runs": runs,
+        }
+
+    merged = merge_reports([report(7, 0.8), report(3, 0.7, autoprompt_overrides=["a=1"])], ["seven", "three"])
+    assert [(run["method"], run["num_train_groups"]) for run in merged["runs"]] == [
+        ("autoprompt", 3), ("nnunet", 3), ("autoprompt", 7), ("nnunet", 7)
+    ]  # fmt: skip
+    assert merged["settings"]["merged_from"][1] == {"report": "three", "autoprompt_overrides": ["a=1"]}
+    write_report(merged, tmp_path)
+    assert "| 3 | 0.7000 | 0.6000 |" in (tmp_path / "report.md").read_text().splitlines()
+    with pytest.raises(ValueError, match="differs from seven in budget_minutes"):
+        merge_reports([report(7, 0.8), report(3, 0.7, budget_minutes=10.0)], ["seven", "three"])
+    with pytest.raises(ValueError, match="given twice"):
+        merge_reports([report(7, 0.8), report(7, 0.7)], ["seven", "again"])

@@ -21,7 +21,7 @@ from autoprompt.serve import ServeSettings, create_app
 from autoprompt.serve.worker import run_job
 from tests.hostile.conftest import Setup, scan, write_volume
 from tests.hostile.test_commands import header_only_nifti
-from tests.serve.conftest import wait_for_job, write_scan
+from tests.serve.conftest import wait_for_job, wait_for_model, write_scan
 
 
 def _settings(setup: Setup, data_dir: Path, **changes: object) -> ServeSettings:
@@ -43,9 +43,10 @@ def _stored(client: TestClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def client(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The service with its worker running."""
+    """The service with its worker process running and its model loaded."""
     app = create_app(_settings(setup, tmp_path_factory.mktemp("serve") / "jobs"))
     with TestClient(app) as test_client:
+        wait_for_model(lambda: test_client.get("/api/health").json())
         yield test_client
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ from pipeline.trainer_config import TrainerConfig
 from tests.synthetic_data import make_synthetic_dataset, make_volume
 
 SYNTHETIC = "Dataset901_Synthetic"
+WORKER_START_S = 900.0
+"""Safety limit on a worker process's start (importing torch, loading the model): minutes on a busy machine."""
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +70,21 @@ def settings(tiny_model_dir: Path, serve_root: Path) -> ServeSettings:
 
 @pytest.fixture(scope="session")
 def client(settings: ServeSettings) -> Iterator[TestClient]:
-    """The app with its worker thread running (the lifespan runs inside the ``with``), shared by all tests."""
+    """The app with its worker process running and its model loaded (the lifespan runs inside the ``with``),
+    shared by all tests."""
     with TestClient(create_app(settings)) as test_client:
+        wait_for_model(lambda: test_client.get("/api/health").json())
         yield test_client
+
+
+def wait_for_model(health: Callable[[], dict], *, timeout_s: float = WORKER_START_S) -> None:
+    """Poll ``health()`` (``GET /api/health``) until the workers' model is loaded (a safety limit, not a
+    timing check)."""
+    deadline = time.monotonic() + timeout_s
+    while (model := health()["model"]) == "loading":
+        assert time.monotonic() < deadline, f"the worker did not load the model within {timeout_s} s"
+        time.sleep(0.2)
+    assert model == "ready", health()
 
 
 def write_scan(path: Path, *, shape: tuple[int, ...] = (3, 48, 40), seed: int = 0) -> Path:

@@ -18,7 +18,7 @@ from PIL import Image
 from autoprompt.serve.jobs import JobState, JobStore, is_job_id
 from autoprompt.serve.worker import JobQueue
 from pipeline.io import read_image
-from tests.serve.conftest import wait_for_job, write_scan
+from tests.serve.conftest import WORKER_START_S, wait_for_job, write_scan
 
 
 def _upload(client: TestClient, path: Path, name: str | None = None):
@@ -37,7 +37,7 @@ def test_nifti_upload_gives_a_label_map_in_the_input_geometry(client: TestClient
     job_id = response.json()["id"]
     assert is_job_id(job_id) and response.json()["state"] == "queued"
 
-    seen_running = False  # the server answers while the job's prediction runs in the worker thread
+    seen_running = False  # the server answers while the job's prediction runs in the worker process
     status = client.get(f"/api/jobs/{job_id}").json()
     while status["state"] in ("queued", "running"):
         if status["stage"] == "segmenting":
@@ -278,8 +278,8 @@ def test_jobs_left_by_a_stopped_server_are_run_after_a_restart(client: TestClien
     job = store.create(upload=upload, filename="left.nii.gz", kind=".nii.gz")
     store.update(job.id, state=JobState.RUNNING, stage="segmenting")  # the server died during this job
     queue = JobQueue(store, client.app.state.engine, workers=1)
-    queue.start()  # a new server on the same data folder (sharing the loaded model)
-    queue.stop(timeout=300.0)  # the stop signal queues behind the re-queued job
+    queue.start()  # a new server on the same data folder (its worker process loads the model)
+    queue.stop(timeout=WORKER_START_S)  # the stop signal waits for the new worker and the re-queued job
     assert store.get(job.id).state is JobState.DONE
 
 

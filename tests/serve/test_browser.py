@@ -6,9 +6,11 @@ fails, it does not skip.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from playwright.sync_api import Page, sync_playwright
 from autoprompt.serve import ServeSettings, create_app
 from pipeline.io import read_image
 from tests.conftest import REPO_ROOT
-from tests.serve.conftest import write_scan
+from tests.serve.conftest import wait_for_model, write_scan
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "serve_result.png"
@@ -35,7 +37,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server_url(settings: ServeSettings, tmp_path: Path) -> Iterator[str]:
-    """uvicorn serving a fresh app on 127.0.0.1 and a free port, in a background thread."""
+    """uvicorn serving a fresh app on 127.0.0.1 and a free port, in a background thread, its model loaded."""
     app = create_app(replace(settings, data_dir=tmp_path / "jobs"))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -45,7 +47,9 @@ def server_url(settings: ServeSettings, tmp_path: Path) -> Iterator[str]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    wait_for_model(lambda: json.load(urllib.request.urlopen(f"{url}/api/health")))
+    yield url
     server.should_exit = True
     thread.join(30)
 
