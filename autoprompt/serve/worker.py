@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import signal
@@ -35,6 +36,8 @@ from autoprompt.serve.uploads import UploadKind, unpack_zip
 from pipeline.io import Geometry, read_image, write_image
 
 LOGGER = logging.getLogger("autoprompt.serve")
+WORKER_NICENESS = 10
+"""Added to the worker processes' nice value: their inference yields the CPU to the server's answers."""
 _KNOWN_ENDINGS = (".nii.gz", ".nii", ".mha", ".nrrd", ".zip", ".png", ".jpeg", ".jpg")
 
 
@@ -148,6 +151,7 @@ def _write_result(
 def _serve_jobs(settings: ServeSettings, root: Path, connection: Connection) -> None:
     """A worker process: load the model, report the load, then run each job id received until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C stops the server, which stops its workers
+    os.nice(WORKER_NICENESS)  # the web server gets the CPU first, however busy the jobs keep it
     store, engine = JobStore(root), Engine(settings)
     try:
         engine.predictor()

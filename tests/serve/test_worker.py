@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from autoprompt.serve import ServeSettings, create_app
 from autoprompt.serve.jobs import JobStore
-from autoprompt.serve.worker import JobQueue
+from autoprompt.serve.worker import WORKER_NICENESS, JobQueue
 from tests.serve.conftest import WORKER_START_S, wait_for_job, write_scan
 
 SAFETY_S = 120.0
@@ -43,6 +43,8 @@ def test_jobs_run_in_a_worker_process_not_in_the_server(
     jobs: JobQueue = client.app.state.jobs
     pids = jobs.worker_pids
     assert len(pids) == 1 and os.getpid() not in pids
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pids[0]) == min(19, server_nice + WORKER_NICENESS)
 
     def no_inference_here(image_file: Path):
         raise AssertionError("the server process ran a job's prediction")
