@@ -117,6 +117,9 @@ class TrainerConfig:
         loss: auxiliary loss weights.
         augmentation: augmentation switches and ranges.
         views: augmented views cached with a frozen encoder (:class:`ViewConfig`).
+        weight_average_decay: 0 -> off; else validate, checkpoint and predict with an exponential moving
+            average of the weights, updated after every step with this decay (0.99 averages over roughly the
+            last 100 steps; :mod:`pipeline.training.weight_average`).
         prompt_teacher_forcing: probability that a training sample gives SAM's prompt encoder boxes from
             its ground truth (jittered, as MedSAM trains) instead of the generated ones.
         cache_embeddings: None -> use the embedding cache when the encoder is frozen and the plans
@@ -157,6 +160,7 @@ class TrainerConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
+    weight_average_decay: float = 0.0
     prompt_teacher_forcing: float = 0.0
     cache_embeddings: bool | None = None
     cache_slice_stride: int = 1
@@ -188,6 +192,7 @@ class TrainerConfig:
             "encoder_precision": self.encoder_precision in ("auto", "fp32", "bf16"),
             "amp": self.amp in AMP_MODES,
             "prompt_teacher_forcing": 0.0 <= self.prompt_teacher_forcing <= 1.0,
+            "weight_average_decay": 0.0 <= self.weight_average_decay < 1.0,
             "views.count": self.views.count is None or self.views.count >= 1,
             "views.budget_gib": self.views.budget_gib >= 0,
             "views.max_count": self.views.max_count >= 1,

@@ -64,6 +64,7 @@ from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
 from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler, epochs_in_budget
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 from pipeline.training.teacher_prompts import jittered_truth_boxes
+from pipeline.training.weight_average import WeightAverage
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
 # the autocast dtype of each precision in training (None: no autocast)
@@ -277,6 +278,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.train_model = self._wrap_distributed(self.model)
+        decay = self.config.weight_average_decay
+        self.weight_average = WeightAverage(self.model, decay) if decay > 0 else None
         if self.resume:
             self._load_latest()
         self._log_setup()
@@ -508,6 +511,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.weight_average is not None:
+                self.weight_average.update(self.model)
             self.step += 1
             for name in sums:
                 sums[name] += float(terms[name].detach())
@@ -536,7 +541,8 @@ class Trainer:
         k = self.plans.num_foreground_classes
         if not self.dist.is_main or self.config.val_iterations == 0:
             return {"val_loss": math.nan, "val_dice": [math.nan] * k, "val_seconds": 0.0}
-        self.model.eval()
+        model = self.evaluated_model
+        model.eval()
         dataset = self._dataset(
             self.val_sampler, stream=VAL_STREAM, epoch=0, length=self.config.val_iterations, augment=False
         )
@@ -545,7 +551,7 @@ class Trainer:
         with torch.inference_mode():
             for batch in batch_loader(dataset, num_workers=0, pin_memory=False):
                 batch = batch.to(self.device)
-                output, terms = self._forward(self.model, batch)
+                output, terms = self._forward(model, batch)
                 loss_sum += float(terms["total"])
                 predicted = output.logits.argmax(dim=-3)
                 for c in range(1, k + 1):
@@ -681,8 +687,12 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- checkpoints
     def _state(self, epochs_done: int) -> dict[str, Any]:
+        average = self.weight_average
         return {
-            "model": self.model.trainable_state_dict(),
+            "model": self.evaluated_model.trainable_state_dict(),
+            "weight_average": None
+            if average is None
+            else {"trained_model": self.model.trainable_state_dict(), "updates": average.updates},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "grad_scaler": self.scaler.state_dict() if self.use_scaler else None,
@@ -711,6 +721,12 @@ class Trainer:
         if self.views is None or self.views.count < 2:
             return None
         return {"count": self.views.count, "key": self.views.key}
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The network that is validated, checkpointed as ``model`` and predicts: the weight average when
+        ``weight_average_decay`` is on, else the trained network itself."""
+        return self.model if self.weight_average is None else self.weight_average.model
 
     @property
     def trained_precision(self) -> Precision:
@@ -753,7 +769,10 @@ class Trainer:
             raise AutoPromptError(
                 f"{path}: was trained with another model config; resume with the same --config/--set options"
             )
-        self.model.load_trainable_state_dict(state["model"])
+        saved_average = state.get("weight_average")  # None: saved without weight averaging
+        self.model.load_trainable_state_dict(saved_average["trained_model"] if saved_average else state["model"])
+        if self.weight_average is not None and saved_average:
+            self.weight_average.restore(state["model"], saved_average["updates"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.planned_epochs = state["planned_epochs"]
         self.schedule.total_steps = self.planned_epochs * self.config.iterations_per_epoch
