@@ -770,7 +770,9 @@ class Trainer:
                 f"{path}: was trained with another model config; resume with the same --config/--set options"
             )
         saved_average = state.get("weight_average")  # None: saved without weight averaging
-        self.model.load_trainable_state_dict(saved_average["trained_model"] if saved_average else state["model"])
+        self.model.load_trainable_state_dict(
+            saved_average["trained_model"] if saved_average else state["model"]
+        )
         if self.weight_average is not None and saved_average:
             self.weight_average.restore(state["model"], saved_average["updates"])
         self.optimizer.load_state_dict(state["optimizer"])

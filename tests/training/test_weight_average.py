@@ -27,7 +27,9 @@ def test_the_average_is_the_saved_model_and_resumes_exactly(
     assert any(not torch.equal(final["model"][key], trained[key]) for key in trained)
 
     fold_dir = tmp_path / "resumed" / DATASET / "autoprompt__tiny__2d" / "fold_0"
-    resumed = kill_after_first_epoch_and_resume(monkeypatch, fold_dir, results=tmp_path / "resumed", **options)
+    resumed = kill_after_first_epoch_and_resume(
+        monkeypatch, fold_dir, results=tmp_path / "resumed", **options
+    )
     assert_same_run(resumed, whole)
     resumed_trained = load_checkpoint(fold_dir / "checkpoint_final.pt")["weight_average"]["trained_model"]
     for key in trained:
