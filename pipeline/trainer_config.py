@@ -109,6 +109,10 @@ class TrainerConfig:
         batch_size: windows (2d) or stacks (3d) per step; None -> the plans' batch size.
         learning_rate: peak AdamW learning rate (reached after the warm-up).
         weight_decay: AdamW weight decay.
+        pretrained_learning_rate_scale: learning-rate factor for the backbone's own weights that train (the
+            mask decoder, the prompt encoder's box and mask parts, the image encoder when it trains); the
+            new parts (prompt generator, adapters) train at ``learning_rate``. Below 1 keeps the
+            pretrained weights nearer SAM's prior.
         warmup_epochs: epochs of linear warm-up from 0, then polynomial decay to 0.
         poly_exponent: exponent of the polynomial decay.
         grad_clip: maximum gradient norm (0 switches clipping off).
@@ -152,6 +156,7 @@ class TrainerConfig:
     batch_size: int | None = None
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    pretrained_learning_rate_scale: float = 1.0
     warmup_epochs: int = 1
     poly_exponent: float = 0.9
     grad_clip: float = 1.0
@@ -184,6 +189,7 @@ class TrainerConfig:
             "val_iterations": self.val_iterations >= 0,
             "batch_size": self.batch_size is None or self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,
+            "pretrained_learning_rate_scale": self.pretrained_learning_rate_scale > 0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "oversample_foreground": 0.0 <= self.oversample_foreground <= 1.0,
             "num_workers": self.num_workers >= 0,

@@ -234,11 +234,14 @@ class AutoPromptSAM(nn.Module):
                 "load them with the trainer config and plans they were trained with"
             ) from error
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts: ``total``, ``trainable`` and per part.
+    PRETRAINED_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
+    def parameter_parts(self) -> dict[str, str]:
+        """The part each parameter belongs to, by parameter name.
 
         Parts: ``image_encoder``, ``encoder_adapters``, ``depth_adapters``, ``prompt_encoder``,
-        ``mask_decoder``, ``decoder_adapters``, ``prompt_generator`` (includes the class tokens).
+        ``mask_decoder``, ``decoder_adapters``, ``prompt_generator`` (includes the class tokens). The
+        parts in :attr:`PRETRAINED_PARTS` hold the backbone's weights; the others are new.
         """
         adapter_ids = {
             part: {
@@ -253,6 +256,17 @@ class AutoPromptSAM(nn.Module):
                 ("decoder_adapters", "mask_decoder", BottleneckAdapter),
             )
         }
+        parts = {}
+        for name, parameter in self.named_parameters():
+            part = next((part for part, ids in adapter_ids.items() if id(parameter) in ids), None)
+            if part is None:
+                top, _, rest = name.partition(".")
+                part = rest.partition(".")[0] if top == "backbone" else top
+            parts[name] = "depth_adapters" if part == "depth_adapter" else part
+        return parts
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: ``total``, ``trainable`` and per part (:meth:`parameter_parts`)."""
         counts = dict.fromkeys(
             (
                 "total",
@@ -267,15 +281,12 @@ class AutoPromptSAM(nn.Module):
             ),
             0,
         )
+        parts = self.parameter_parts()
         for name, parameter in self.named_parameters():
             size = parameter.numel()
             counts["total"] += size
             counts["trainable"] += size if parameter.requires_grad else 0
-            part = next((part for part, ids in adapter_ids.items() if id(parameter) in ids), None)
-            if part is None:
-                top, _, rest = name.partition(".")
-                part = rest.partition(".")[0] if top == "backbone" else top
-            counts["depth_adapters" if part == "depth_adapter" else part] += size
+            counts[parts[name]] += size
         return counts
 
     def _trainable_keys(self) -> set[str]:

@@ -30,11 +30,29 @@ class WarmupPolySchedule:
 
 
 def build_optimizer(
-    parameters: Iterable[torch.nn.Parameter], *, learning_rate: float, weight_decay: float
+    parameters: Iterable[torch.nn.Parameter],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    pretrained: Iterable[torch.nn.Parameter] = (),
+    pretrained_scale: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters."""
+    """AdamW over the trainable ``parameters``; those also in ``pretrained`` (the backbone's weights being
+    fine-tuned) at ``learning_rate * pretrained_scale``, the others at ``learning_rate``.
+
+    With a scale of 1 there is one parameter group, else two (new, then pretrained; an empty one is left
+    out); the schedule scales every group alike.
+    """
+    trainable = [p for p in parameters if p.requires_grad]
+    if pretrained_scale == 1.0:
+        return torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
+    pretrained_ids = {id(p) for p in pretrained}
+    groups = [
+        {"params": [p for p in trainable if id(p) not in pretrained_ids]},
+        {"params": [p for p in trainable if id(p) in pretrained_ids], "lr": learning_rate * pretrained_scale},
+    ]
     return torch.optim.AdamW(
-        [p for p in parameters if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
+        [group for group in groups if group["params"]], lr=learning_rate, weight_decay=weight_decay
     )
 
 
