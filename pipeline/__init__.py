@@ -1,1 +1,1 @@
-"""Data pipeline: I/O, dataset checks, preprocessing, training, inference, evaluation, benchmarks."""
+"""Data pipeline: I/O, dataset checks, preprocessing, training, inference, evaluation, converters."""

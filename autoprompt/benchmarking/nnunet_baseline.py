@@ -9,8 +9,8 @@ its first epoch and then sets the number of epochs (and the poly learning-rate s
 fits the budget, never more than nnU-Net's own 1000 epochs. Unless the caller fixes the iterations per
 epoch, a few timed steps at the start size them (:func:`iterations_for_budget`) so that at least
 :data:`MIN_EPOCHS_IN_BUDGET` epochs fit: on a CPU one standard epoch (250 iterations) can outlast the
-whole budget (over 70 minutes for ACDC 2d on 2 cores), which would leave nnU-Net one epoch and an
-unused budget. On a GPU the 250 fit and nothing changes. The subclass carries the name
+whole budget (ACDC 2d on 2 cores: docs/results.md, "ACDC, 70/10 patient split"), which would leave nnU-Net
+one epoch and an unused budget. On a GPU the 250 fit and nothing changes. The subclass carries the name
 ``nnUNetTrainer`` (the network, loss and inference are nnUNetTrainer's), so its model folder and
 checkpoints are the ones ``nnUNetv2_predict_from_modelfolder`` expects.
 
@@ -49,8 +49,8 @@ def iterations_for_budget(
 ) -> int:
     """Training iterations per epoch so that ``min_epochs`` epochs fit ``budget_seconds``.
 
-    At most nnU-Net's 250 and at least 1: ``iterations_for_budget(3600, 16.8) == 19`` (ACDC 2d on 2 CPU
-    cores), ``iterations_for_budget(3600, 0.2) == 250`` (a GPU).
+    At most nnU-Net's 250 and at least 1: ``iterations_for_budget(3600, 16.8) == 19`` (a slow CPU
+    step), ``iterations_for_budget(3600, 0.2) == 250`` (a fast GPU step).
     """
     if budget_seconds <= 0 or seconds_per_step <= 0:
         raise ValueError(f"budget and step time must be positive, got {budget_seconds}, {seconds_per_step}")
