@@ -9,7 +9,10 @@ The same trained network (no retraining) decodes every validation slice in the f
   class with the largest positive coarse logit), then n refinement passes (each from the previous label
   map): ``model.box_source=coarse_mask`` with ``model.box_refinement=n``;
 - ``label_map_largest_component``: the label map's largest connected component per class;
-- ``label_map_expanded_10``: the label-map boxes widened by 10 % of their size on every side.
+- ``label_map_expanded_10``: the label-map boxes widened by 10 % of their size on every side;
+- ``heart``: one box for every class, around all classes of the label map together (the organ group is
+  easier to find than each class; the class tokens and coarse masks then tell the classes apart);
+- ``truth``: each class's ground-truth box (an upper bound: how good the decoder is given the right box).
 
 Per case, the Dice of each class is pooled over all its windows (the absent-class windows count, so false
 positives cost); reported are per-class means over cases, the mean, the worst case and the number of
@@ -68,8 +71,10 @@ def labels_with_boxes(model: AutoPromptSAM, embeddings: torch.Tensor, boxes: tor
     return out.logits.argmax(dim=1)
 
 
-def variant_labels(model: AutoPromptSAM, embeddings: torch.Tensor, passes: int) -> dict[str, torch.Tensor]:
-    """Every variant's ``W x S x S`` label maps for one slice's windows."""
+def variant_labels(
+    model: AutoPromptSAM, embeddings: torch.Tensor, labels: torch.Tensor, passes: int
+) -> dict[str, torch.Tensor]:
+    """Every variant's ``W x S x S`` label maps for one slice's windows (``labels``: ``W x S x S`` truth)."""
     model.box_source, model.box_refinement = "coarse_mask", 0
     first = model(embeddings=embeddings)
     label_map = exclusive_masks(first.coarse_logits)
@@ -78,6 +83,10 @@ def variant_labels(model: AutoPromptSAM, embeddings: torch.Tensor, passes: int) 
         "head": lambda: first.boxes,
         "label_map_largest_component": lambda: boxes_from_masks(largest_components(label_map)),
         "label_map_expanded_10": lambda: expanded(boxes_from_masks(label_map), 0.1),
+        "heart": lambda: boxes_from_masks(label_map.any(dim=1))[:, None].expand(-1, label_map.shape[1], -1),
+        "truth": lambda: boxes_from_masks(
+            labels[:, None] == torch.arange(1, label_map.shape[1] + 1)[None, :, None, None]
+        ),
     }
     results = {name: labels_with_boxes(model, embeddings, make()) for name, make in boxes.items()}
     for refinement in range(passes + 1):
@@ -102,7 +111,7 @@ def main() -> None:
         folder, fold, args.checkpoint, Path(args.preprocessed)
     ):
         with torch.inference_mode():
-            predictions = variant_labels(model, embeddings, args.passes)
+            predictions = variant_labels(model, embeddings, labels, args.passes)
         for variant, predicted in predictions.items():
             tally = counts.setdefault(variant, {}).setdefault(case, np.zeros((k, 2)))
             for c in range(k):
