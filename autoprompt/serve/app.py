@@ -13,6 +13,7 @@ The API is described at the running app's ``/openapi.json`` (OpenAPI 3). FastAPI
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.resources
 import shutil
 from collections.abc import AsyncIterator
@@ -131,8 +132,16 @@ class JobStatus(BaseModel):
 
 
 class Health(BaseModel):
+    """``GET /api/health``: the server answers; whether the worker processes can take jobs; the queue."""
+
     status: Literal["ok"]
-    model: Literal["loading", "ready", "failed"]
+    model: Literal["loading", "ready", "failed"] = Field(
+        description="ready: a worker process has the model loaded and takes jobs; loading: none has yet (at "
+        "start-up, or while the replacement of a crashed worker loads the model; jobs wait in the queue); "
+        "failed: the model cannot be loaded (see load_error of /api/model)"
+    )
+    workers_ready: int = Field(description="worker processes that can take jobs")
+    workers: int = Field(description="worker processes configured (--workers)")
     queued: int
     running: int
 
@@ -151,6 +160,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs.start()
+        engine.prepare_checks()
+        _freeze_start_up_heap()
         sweeper = asyncio.create_task(_sweep(store, settings))
         yield
         sweeper.cancel()
@@ -187,9 +198,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/api/health", response_model=Health, tags=["service"])
     async def health() -> dict[str, Any]:
-        """Whether the service answers, the model's state and the queue length."""
-        model = "ready" if engine.loaded else ("failed" if engine.load_error else "loading")
-        return {"status": "ok", "model": model, "queued": jobs.waiting, "running": jobs.running}
+        """Whether the service answers, whether a worker process can take jobs, and the queue length."""
+        ready = jobs.ready_workers
+        model = "failed" if engine.load_error else ("ready" if ready else "loading")
+        return {
+            "status": "ok",
+            "model": model,
+            "workers_ready": ready,
+            "workers": settings.workers,
+            "queued": jobs.waiting,
+            "running": jobs.running,
+        }
 
     @app.get("/api/model", tags=["service"])
     async def model() -> dict[str, Any]:
@@ -258,7 +277,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return job.to_dict()
 
     @app.get("/api/jobs/{job_id}", response_model=JobStatus, tags=["jobs"], responses={404: {}})
-    async def job_status(job_id: str) -> dict[str, Any]:
+    def job_status(job_id: str) -> dict[str, Any]:
         """State, progress, error, and for a finished job the classes with their volumes."""
         return _job(store, job_id).to_dict()
 
@@ -359,6 +378,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
         return FileResponse(folder / "result" / _box_file(job), filename=box["download_name"])
 
     return app
+
+
+def _freeze_start_up_heap() -> None:
+    """Take the objects alive after start-up (torch, numpy, the app) out of the cyclic garbage collector.
+
+    They live as long as the server; a full collection would otherwise walk them all, and every request
+    waits while it does.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _sweep(store: JobStore, settings: ServeSettings) -> None:

@@ -4,6 +4,7 @@ load to the server's :class:`Engine`) and, for box mode, the pretrained promptab
 
 from __future__ import annotations
 
+import gc
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ import numpy as np
 from autoprompt.errors import AutoPromptError
 from autoprompt.serve.render import class_colors
 from autoprompt.serve.settings import ServeSettings
-from pipeline.inference.case_cost import CaseCost, CaseLimits, check_case
+from pipeline.inference.case_cost import CaseCost, CaseLimits, check_case, estimate_case_cost
+from pipeline.io import Geometry, ImageInfo
 from pipeline.model_folder import ModelFolder, parse_fold
 
 if TYPE_CHECKING:
@@ -158,6 +160,13 @@ class Engine:
             [image_file], self.folder.plans, self.folder.configuration, tta=self.tta, limits=self.limits
         )
 
+    def prepare_checks(self) -> None:
+        """Import what :meth:`check_case` needs (nnU-Net's resampling rule, which brings pandas) by estimating
+        a one-pixel picture: the server does this at start-up, not in its first upload."""
+        pixel = Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), size=(1, 1))
+        plans, configuration = self.folder.plans, self.folder.configuration
+        estimate_case_cost([ImageInfo(pixel, components=1, itemsize=1)], plans, configuration, tta=False)
+
     @property
     def tta(self) -> bool:
         """Whether predictions use mirroring TTA: the setting, else what the folds were trained with."""
@@ -197,6 +206,7 @@ class Engine:
                 model = self.folder.trainer_config.model
                 backbone = load_configured_backbone(model)
                 self._interactive = InteractivePredictor(backbone, device=self.settings.device)
+                gc.freeze()  # the backbone and its imports stay: out of the cyclic collector's full walks
             if self._interactive_key != key:
                 self._interactive.set_image(pixels, intensity_range=intensity_range)
                 self._interactive_key = key

@@ -214,6 +214,12 @@ class JobQueue:
         return sum(worker.job is not None for worker in self._workers)
 
     @property
+    def ready_workers(self) -> int:
+        """Worker processes that reported their model load and can take jobs (a replacement that still loads
+        the model is not one of them)."""
+        return sum(worker.ready and not worker.ended for worker in self._workers)
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the current worker processes."""
         return [worker.process.pid for worker in self._workers]

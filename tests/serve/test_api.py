@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import SimpleITK as sitk
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from autoprompt.serve import ServeSettings, create_app
 from autoprompt.serve.jobs import JobState, JobStore, is_job_id
 from autoprompt.serve.worker import JobQueue
 from pipeline.io import read_image
@@ -170,6 +174,58 @@ def test_an_unpacked_upload_is_removed_outside_the_event_loop(
     assert uploads, removals  # the received upload's folder (with the unpacked series) was removed
     assert not any(in_loop for _, in_loop in uploads)
     assert list(incoming.iterdir()) == []
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _recorded(call: Callable, name: str, calls: list[tuple[str, bool]]) -> Callable:
+    """``call``, noting in ``calls`` its ``name`` and whether it ran on an event loop."""
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        calls.append((name, _in_event_loop()))
+        return call(*args, **kwargs)
+
+    return recorded
+
+
+def test_upload_checks_and_job_reads_run_outside_the_event_loop(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's header, the disk bound and job.json are file work: on the event loop they would stall
+    ``/api/health``."""
+    calls: list[tuple[str, bool]] = []
+    engine, store = client.app.state.engine, client.app.state.store
+    for owner, name in ((engine, "check_case"), (store, "disk_usage"), (store, "create"), (store, "get")):
+        monkeypatch.setattr(owner, name, _recorded(getattr(owner, name), name, calls))
+    response = _upload(client, write_scan(tmp_path / "a.png", shape=(30, 30)))
+    assert response.status_code == 201, response.text
+    wait_for_job(client, response.json()["id"])  # GET /api/jobs/{id}: job.json
+    assert {name for name, _ in calls} == {"check_case", "disk_usage", "create", "get"}
+    assert [name for name, in_loop in calls if in_loop] == []
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(
+    settings: ServeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full collection walks every tracked object while requests wait; the objects alive after start-up
+    (torch, numpy, the app) are frozen out of it."""
+    monkeypatch.setattr(JobQueue, "start", lambda self: None)  # the server's start-up alone, no worker
+    app = create_app(replace(settings, data_dir=tmp_path / "data"))
+    engine = app.state.engine
+
+    def collectable() -> bool:
+        return any(tracked is engine for tracked in gc.get_objects())
+
+    assert gc.is_tracked(engine) and collectable()
+    with TestClient(app) as started:
+        assert not collectable()  # in the permanent generation
+        assert started.get("/api/health").json()["model"] == "loading"
 
 
 def test_refused_uploads_leave_nothing_stored(client: TestClient, tmp_path: Path) -> None:

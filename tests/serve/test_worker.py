@@ -112,6 +112,42 @@ def test_a_killed_worker_fails_its_job_and_is_replaced(client: TestClient, tmp_p
     assert status["state"] == "done", status["error"]
 
 
+def test_health_is_loading_while_the_replacement_of_a_killed_worker_loads(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs: JobQueue = client.app.state.jobs
+    engine = client.app.state.engine
+    _until(lambda: jobs.running == 0 and jobs.waiting == 0, "the queue is idle")
+    assert client.get("/api/health").json()["model"] == "ready"
+    reported, release = threading.Event(), threading.Event()
+    worker_loaded = engine.worker_loaded
+
+    def held_report(**report: object) -> None:  # the server takes the replacement's load report on release
+        reported.set()
+        release.wait(WORKER_START_S)
+        worker_loaded(**report)
+
+    monkeypatch.setattr(engine, "worker_loaded", held_report)
+    [killed] = jobs.worker_pids
+    try:
+        os.kill(killed, signal.SIGKILL)
+        _until(lambda: jobs.worker_pids != [killed], "a replacement is started")
+        health = client.get("/api/health").json()
+        assert health["model"] == "loading" and health["workers_ready"] == 0, health
+        job_id = _upload(client, write_scan(tmp_path / "d.png", shape=(30, 30)))
+        assert reported.wait(WORKER_START_S)  # the replacement has loaded; the server holds its report
+        health = client.get("/api/health").json()
+        assert health["model"] == "loading" and health["workers_ready"] == 0, health
+        assert health["queued"] == 1  # the job waits: no worker can take it
+    finally:
+        release.set()
+    _until(lambda: client.get("/api/health").json()["model"] == "ready", "health says ready again")
+    health = client.get("/api/health").json()
+    assert health["workers_ready"] == health["workers"] == 1, health
+    status = wait_for_job(client, job_id, timeout_s=SAFETY_S)
+    assert status["state"] == "done", status["error"]
+
+
 def test_a_worker_dying_while_loading_the_model_is_not_restarted_forever(
     settings: ServeSettings, tmp_path: Path
 ) -> None:
