@@ -35,6 +35,7 @@ Writes ``benchmarks/results/serve_health_load_cpu.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import multiprocessing
@@ -397,7 +398,10 @@ def post_scan(url: str, name: str, body: bytes, outcome: dict) -> None:
 
 def _poll_health_in_process(url: str, interval: float, stop, results) -> None:
     """The health polling of :func:`hostile_load`, in a process of its own: the 22 upload threads of the
-    measuring process would otherwise delay its polls (one GIL) and count as the server's latency."""
+    measuring process would otherwise delay its polls (one GIL) and count as the server's latency. The
+    objects it inherits from the measuring process are frozen out of its garbage collector, whose full
+    collections over them would pause the poller itself."""
+    gc.freeze()
     with httpx.Client(base_url=url, timeout=10) as client:
         results.put(health_load(client, seconds=1e9, interval=interval, stop=stop))
 
