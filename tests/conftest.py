@@ -22,6 +22,13 @@ def missing_requirement(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _encoder_exports_in_a_temporary_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """OpenVINO exports of the test backbones go to a session folder, not the user's ``~/.cache``; child
+    processes (serve workers, CLI runs) inherit it."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (ACDC and Hippocampus in nnU-Net format); read it, never write into it."""

@@ -40,8 +40,8 @@ class SamBackbone(nn.Module):
     Attributes:
         name: registry name (``litemedsam``, ``sam_vit_b``, ...).
         checksum: SHA-256 of the weights file (``"random"`` for the tiny test backbone).
-        encoder_runtime: what runs the image encoder on a CPU without autograd: ``eager`` (PyTorch, the
-            default), ``auto`` (OpenVINO where installed) or ``openvino``
+        encoder_runtime: what runs the image encoder on a CPU without autograd: ``auto`` (the default:
+            OpenVINO where installed, else PyTorch), ``eager`` (PyTorch) or ``openvino``
             (:mod:`autoprompt.modeling.encoder_runtime`).
         runtime_cache_folder: where exported encoders are kept; None: the user's cache folder.
     """
@@ -56,7 +56,7 @@ class SamBackbone(nn.Module):
         mask_decoder: nn.Module,
         encoder_image_size: int,
         imagenet_normalisation: bool,
-        encoder_runtime: str = "eager",
+        encoder_runtime: str = "auto",
         runtime_cache_folder: Path | None = None,
     ) -> None:
         super().__init__()
@@ -101,8 +101,8 @@ class SamBackbone(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``.
 
-        On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (PyTorch by default,
-        float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`.
+        On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (OpenVINO where
+        installed by default, float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`.
         """
         inputs = self.encoder_input(images)
         compiled = accelerated_encoder(

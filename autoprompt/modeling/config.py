@@ -61,11 +61,11 @@ class ModelConfig:
             previous pass's label map; 0 switches refinement off. Training always runs one pass.
         head_dropout: dropout in the prompt generator's heads (channel dropout on the trunk's features,
             dropout on the pooled class features); 0 switches it off.
-        encoder_runtime: what runs the frozen image encoder on a CPU: ``eager`` (PyTorch, the default),
-            ``auto`` (OpenVINO where the ``openvino`` package imports, else PyTorch) or ``openvino``
+        encoder_runtime: what runs the frozen image encoder on a CPU: ``auto`` (the default: OpenVINO
+            where the ``openvino`` package imports, else PyTorch), ``eager`` (PyTorch) or ``openvino``
             (:mod:`autoprompt.modeling.encoder_runtime`). A training encoder and CUDA always run PyTorch.
-            OpenVINO is opt-in until its bf16 embeddings are shown to leave validation Dice unchanged; a
-            bf16 cache built through it has its own cache key.
+            A bf16 cache built through OpenVINO has its own cache key; a trained model keeps the runtime
+            it was trained with (its trainer config).
         presence_floor: the least probability a class's presence may give it: a class is suppressed by at
             most ``log(presence_floor)`` (:func:`autoprompt.modeling.class_decoder.combine_logits`), so a
             confident SAM mask survives an over-confident "absent"; 0 lets presence suppress without bound.
@@ -88,7 +88,7 @@ class ModelConfig:
     head_dropout: float = 0.0
     presence_floor: float = 0.0
     box_refinement: int = 2
-    encoder_runtime: EncoderRuntime = "eager"
+    encoder_runtime: EncoderRuntime = "auto"
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():

@@ -22,7 +22,8 @@ OpenVINO on its own would pick bf16 on such CPUs even for an fp32 request. Outpu
 Exported model: ``<cache folder>/openvino/<key>/encoder.xml`` (+ ``encoder.bin``, fp32 weights), key =
 SHA-256 of the encoder's weights (:func:`weights_digest`: for a pristine backbone one export per weights file,
 i.e. per backbone checksum; other weights or inserted adapters give another key), the input size and the
-OpenVINO version. The cache folder is the user's (``~/.cache/autoprompt``, :func:`default_cache_folder`)
+OpenVINO version. The cache folder is the user's (``~/.cache/autoprompt`` or under ``$XDG_CACHE_HOME``,
+:func:`default_cache_folder`)
 unless the backbone names another. ``.bin`` then ``.xml`` are written through
 :func:`pipeline.files.atomic_path`, so a present ``.xml`` means a complete export; concurrent processes (DDP
 ranks) at worst export twice. Loading reads the files only, and the export runs OpenVINO's converter with
@@ -47,6 +48,7 @@ import functools
 import hashlib
 import importlib
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -87,8 +89,9 @@ def check_runtime(name: str) -> str:
 
 
 def default_cache_folder() -> Path:
-    """The user's cache folder for exported encoders, ``~/.cache/autoprompt``."""
-    return Path.home() / ".cache" / "autoprompt"
+    """The user's cache folder for exported encoders: ``$XDG_CACHE_HOME/autoprompt``, by default
+    ``~/.cache/autoprompt``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoprompt"
 
 
 def notice(message: str) -> None:

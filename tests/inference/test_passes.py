@@ -27,7 +27,10 @@ def count_voxel_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def count_encoded_windows(predictor: Predictor) -> list[int]:
-    """Windows per image-encoder call of the predictor's (shared) backbone."""
+    """Windows per image-encoder call of the predictor's (shared) backbone (run by PyTorch, whose module
+    calls a hook can count)."""
+    for model in predictor.models:
+        model.backbone.encoder_runtime = "eager"
     encoders = {id(model.backbone.image_encoder): model.backbone.image_encoder for model in predictor.models}
     assert len(encoders) == 1  # the folds share one frozen encoder
     batches: list[int] = []

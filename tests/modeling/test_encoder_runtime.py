@@ -56,7 +56,7 @@ def _fresh_process_state(monkeypatch):
 @pytest.mark.slow
 def test_openvino_gives_eager_embeddings_of_real_litemedsam():
     backbone = load_backbone("litemedsam")  # the user's cache folder: exported once per machine, as in use
-    backbone.encoder_runtime = "openvino"  # opt-in (the default is eager)
+    backbone.encoder_runtime = "openvino"
     assert backbone.resolved_encoder_runtime(Precision.BF16) == "openvino"
     window = _window()
     embeddings = {}
@@ -167,7 +167,7 @@ def test_the_runtime_is_a_model_setting(tiny_backbone):
         backbone=tiny_backbone,
     )
     assert adapted.backbone.encoder_runtime == "eager"  # its encoder trains: PyTorch, even for inference
-    assert ModelConfig().encoder_runtime == "eager"  # OpenVINO is opt-in
+    assert ModelConfig().encoder_runtime == "auto"  # OpenVINO where it imports
     assert ModelConfig.from_dict(ModelConfig(encoder_runtime="auto").to_dict()).encoder_runtime == "auto"
 
 
