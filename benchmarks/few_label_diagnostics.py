@@ -5,7 +5,8 @@ present in it (at least ``--min-pixels`` ground-truth pixels), the terms of the 
 decoder are scored against the ground truth:
 
 - ``presence``: sigmoid of the presence logit (1 = "present");
-- ``box_iou``: IoU of the regressed box with the ground-truth box;
+- ``box_iou``: IoU of SAM's first box (the regressed box, or the coarse label map's box with
+  ``box_source: coarse_mask``) with the ground-truth box;
 - ``coarse_dice``: Dice of the coarse mask (logit > 0);
 - ``decoder_dice``: Dice of SAM's mask for the class (logit > 0) before presence;
 - ``teacher_dice``: the same with the ground-truth box given to SAM instead of the generated one (one
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoprompt.modeling.prompt_generators import boxes_from_masks
+from autoprompt.modeling.prompt_generators import boxes_from_masks, exclusive_masks
 from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json, save_json
 from pipeline.model_folder import ModelFolder
@@ -166,6 +167,9 @@ def main() -> None:
             )
             model.box_refinement = refinement
         final = out.logits.argmax(dim=1)
+        first_boxes = (
+            out.boxes if model.box_source == "head" else boxes_from_masks(exclusive_masks(out.coarse_logits))
+        )
         for w in range(len(labels)):
             for c in range(k):
                 if int(one_hot[w, c].sum()) < args.min_pixels:
@@ -178,7 +182,7 @@ def main() -> None:
                     "class": names[c],
                     "pixels": int(truth.sum()),
                     "presence": float(torch.sigmoid(out.presence_logits[w, c])),
-                    "box_iou": box_iou(out.boxes[w, c], truth_boxes[w, c]),
+                    "box_iou": box_iou(first_boxes[w, c], truth_boxes[w, c]),
                     "coarse_dice": dice(out.coarse_logits[w, c] > 0, truth),
                     "decoder_dice": dice(out.class_mask_logits[w, c] > 0, truth),
                     "teacher_dice": dice(teacher.class_mask_logits[w, c] > 0, truth),
