@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoprompt.modeling.prompt_generators import boxes_from_masks, exclusive_masks
+from autoprompt.modeling.prompt_generators import boxes_from_masks
 from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json, save_json
 from pipeline.model_folder import ModelFolder
@@ -167,9 +167,7 @@ def main() -> None:
             )
             model.box_refinement = refinement
         final = out.logits.argmax(dim=1)
-        first_boxes = (
-            out.boxes if model.box_source == "head" else boxes_from_masks(exclusive_masks(out.coarse_logits))
-        )
+        first_boxes = model.first_boxes(boxes=out.boxes, coarse_logits=out.coarse_logits)
         for w in range(len(labels)):
             for c in range(k):
                 if int(one_hot[w, c].sum()) < args.min_pixels:

@@ -178,10 +178,7 @@ class AutoPromptSAM(nn.Module):
             flat = self.depth_adapter(flat, depth=self.stack_depth)
 
         prompts = self.prompt_generator(embeddings=flat, images=flat_images)
-        if self.box_source == "head":
-            sam_boxes = prompts.boxes
-        else:
-            sam_boxes = boxes_from_masks(exclusive_masks(prompts.coarse_logits))
+        sam_boxes = self.first_boxes(boxes=prompts.boxes, coarse_logits=prompts.coarse_logits)
         if teacher_boxes is not None and teacher_mask is not None:
             use = teacher_mask.reshape(-1, 1, 1).to(sam_boxes.device)
             sam_boxes = torch.where(
@@ -200,6 +197,13 @@ class AutoPromptSAM(nn.Module):
             boxes=prompts.boxes.reshape(*lead, *prompts.boxes.shape[1:]),
             presence_logits=prompts.presence_logits.reshape(*lead, self.num_classes),
         )
+
+    def first_boxes(self, *, boxes: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
+        """SAM's boxes in the first decoder pass, by :attr:`box_source`: the regressed ``N x K x 4`` ``boxes``
+        (``head``) or the boxes of the coarse label map made from ``N x K x S x S`` ``coarse_logits``."""
+        if self.box_source == "head":
+            return boxes
+        return boxes_from_masks(exclusive_masks(coarse_logits))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly the trainable parameters, plus the persistent buffers of the modules that own them."""
@@ -264,6 +268,11 @@ class AutoPromptSAM(nn.Module):
                 part = rest.partition(".")[0] if top == "backbone" else top
             parts[name] = "depth_adapters" if part == "depth_adapter" else part
         return parts
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the parts in :attr:`PRETRAINED_PARTS` (the backbone's own weights)."""
+        parts = self.parameter_parts()
+        return [p for name, p in self.named_parameters() if parts[name] in self.PRETRAINED_PARTS]
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: ``total``, ``trainable`` and per part (:meth:`parameter_parts`)."""

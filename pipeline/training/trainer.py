@@ -264,14 +264,11 @@ class Trainer:
         )
         self.augmentation = None if fixed else build_augmentation(self.config.augmentation, window)
         self.loss = AutoPromptLoss(self.plans.num_foreground_classes, self.config.loss)
-        parts = self.model.parameter_parts()
         self.optimizer = build_optimizer(
             self.model.parameters(),
             learning_rate=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
-            pretrained=[
-                p for name, p in self.model.named_parameters() if parts[name] in self.model.PRETRAINED_PARTS
-            ],
+            pretrained=self.model.pretrained_parameters(),
             pretrained_scale=self.config.pretrained_learning_rate_scale,
         )
         iterations = self.config.iterations_per_epoch
