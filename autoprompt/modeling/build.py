@@ -97,6 +97,7 @@ def build_autoprompt_sam(
             num_classes=num_classes,
             window_size=window,
             dropout=config.head_dropout,
+            context_levels=config.head_context_levels,
         )
     else:
         generator = CoarseUNetGenerator(

@@ -59,6 +59,9 @@ class ModelConfig:
             the class with the largest coarse logit, if that logit is above 0).
         box_refinement: extra decoder passes at inference (eval mode), each taking SAM's boxes from the
             previous pass's label map; 0 switches refinement off. Training always runs one pass.
+        head_context_levels: for ``encoder_head``, coarser levels of the trunk's context pyramid (each halves
+            the 64 x 64 embedding grid, then the levels are upsampled and added back): widens what the coarse
+            masks and boxes see from 5 x 5 embedding positions to the whole window; 0 switches it off.
         head_dropout: dropout in the prompt generator's heads (channel dropout on the trunk's features,
             dropout on the pooled class features); 0 switches it off.
         encoder_runtime: what runs the frozen image encoder on a CPU: ``auto`` (the default: OpenVINO
@@ -86,6 +89,7 @@ class ModelConfig:
     unet_features: tuple[int, ...] = (16, 32, 64, 128, 256)
     box_source: BoxSource = "head"
     head_dropout: float = 0.0
+    head_context_levels: int = 0
     presence_floor: float = 0.0
     box_refinement: int = 2
     encoder_runtime: EncoderRuntime = "auto"
@@ -114,6 +118,10 @@ class ModelConfig:
             raise ValueError(f"model.presence_floor = {self.presence_floor} must be in [0, 1), e.g. 0.05")
         if self.box_refinement < 0:
             raise ValueError(f"model.box_refinement = {self.box_refinement} must be 0 or more, e.g. 2")
+        if not 0 <= self.head_context_levels <= 4:
+            raise ValueError(
+                f"model.head_context_levels = {self.head_context_levels} must be 0 (off) to 4, e.g. 2"
+            )
         if self.head_channels < 1:
             raise ValueError(f"model.head_channels = {self.head_channels} must be positive, e.g. 64")
         if len(self.unet_features) < 2 or any(f < 1 for f in self.unet_features):

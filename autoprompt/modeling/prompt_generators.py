@@ -161,12 +161,20 @@ class EncoderHeadGenerator(nn.Module):
         num_classes: K.
         window_size: S (256).
         dropout: channel dropout on the trunk's features and dropout in the heads (0: none).
+        context_levels: levels of the :class:`ContextPyramid` after the trunk (0: none).
     """
 
     needs_images = False
 
     def __init__(
-        self, *, embed_dim: int, channels: int, num_classes: int, window_size: int, dropout: float = 0.0
+        self,
+        *,
+        embed_dim: int,
+        channels: int,
+        num_classes: int,
+        window_size: int,
+        dropout: float = 0.0,
+        context_levels: int = 0,
     ) -> None:
         super().__init__()
         groups = _group_count(channels)
@@ -178,6 +186,8 @@ class EncoderHeadGenerator(nn.Module):
             nn.GroupNorm(groups, channels),
             nn.GELU(),
         )
+        if context_levels:
+            self.trunk.append(ContextPyramid(channels, levels=context_levels))
         self.feature_dropout = nn.Dropout2d(dropout)
         self.heads = PromptHeads(
             channels, num_classes=num_classes, token_dim=embed_dim, window_size=window_size, dropout=dropout
@@ -186,6 +196,47 @@ class EncoderHeadGenerator(nn.Module):
     def forward(self, *, embeddings: torch.Tensor, images: torch.Tensor | None = None) -> Prompts:
         """``embeddings`` ``N x 256 x 64 x 64`` -> :class:`Prompts`; ``images`` is not used."""
         return self.heads(self.feature_dropout(self.trunk(embeddings)))
+
+
+class ContextPyramid(nn.Module):
+    """Wider context for a feature map: ``levels`` stride-2 conv stages down, then back up, each level
+    upsampled and added to the one above (a small U-Net with additive skips), residual around the whole.
+
+    The last convolution starts at zero, so a new pyramid leaves its input unchanged until it learns.
+
+    Args:
+        channels: W, channels in and out.
+        levels: L, number of halvings (a ``h x w`` map goes down to ``h / 2**L x w / 2**L``).
+    """
+
+    def __init__(self, channels: int, *, levels: int) -> None:
+        super().__init__()
+        groups = _group_count(channels)
+
+        def conv_block(stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(channels, channels, kernel_size=3, padding=1, stride=stride),
+                nn.GroupNorm(groups, channels),
+                nn.GELU(),
+            )
+
+        self.down = nn.ModuleList(conv_block(2) for _ in range(levels))
+        self.up = nn.ModuleList(conv_block(1) for _ in range(levels))
+        self.out = nn.Conv2d(channels, channels, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``N x W x h x w`` -> ``N x W x h x w``."""
+        skips = [features]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        context = skips.pop()
+        for up, skip in zip(reversed(self.up), reversed(skips), strict=True):
+            context = up(
+                F.interpolate(context, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
+            )
+        return features + self.out(context)
 
 
 class CoarseUNetGenerator(nn.Module):

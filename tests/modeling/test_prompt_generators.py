@@ -5,6 +5,7 @@ import torch
 
 from autoprompt.modeling.prompt_generators import (
     CoarseUNetGenerator,
+    ContextPyramid,
     EncoderHeadGenerator,
     boxes_from_masks,
     exclusive_masks,
@@ -65,3 +66,22 @@ def test_generators_give_valid_prompts_per_class(generator_kind):
     assert bool((boxes[..., 2:] >= boxes[..., :2]).all())
     # the class tokens differ between classes (learned per-class embeddings)
     assert not torch.allclose(prompts.class_tokens[:, 0], prompts.class_tokens[:, 1])
+
+
+def test_context_pyramid_starts_as_identity_and_then_sees_the_whole_map():
+    torch.manual_seed(0)
+    pyramid = ContextPyramid(8, levels=3)
+    features = torch.randn(1, 8, 32, 32)
+    assert torch.equal(pyramid(features), features)  # a new pyramid changes nothing
+    torch.nn.init.normal_(pyramid.out.weight)
+    features.requires_grad_(True)
+    pyramid(features)[0, :, 0, 0].sum().backward()  # the top-left output position ...
+    assert features.grad[0, :, -1, -1].abs().sum() > 0  # ... depends on the bottom-right input position
+    assert pyramid(torch.randn(2, 8, 64, 64)).shape == (2, 8, 64, 64)
+
+
+def test_encoder_head_with_context_levels_has_the_pyramid_and_gives_prompts():
+    head = EncoderHeadGenerator(embed_dim=32, channels=16, num_classes=2, window_size=64, context_levels=2)
+    assert any(isinstance(module, ContextPyramid) for module in head.modules())
+    prompts = head(embeddings=torch.randn(1, 32, 16, 16))
+    assert prompts.coarse_logits.shape == (1, 2, 64, 64)
