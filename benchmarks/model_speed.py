@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
-import resource
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from autoprompt.allocator import retain_freed_memory
+from autoprompt.benchmarking.measurement import (
+    load_average,
+    machine_info,
+    markdown_table,
+    median_seconds,
+    peak_memory_mib,
+)
 from autoprompt.devices import resolve_device
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
@@ -42,27 +44,6 @@ SETUPS: dict[str, tuple[ModelConfig, int]] = {
     "3d (D=5) embedding depth adapter": (ModelConfig(depth_adapter="embedding"), 5),
     "3d (D=5) encoder + depth adapters": (ModelConfig(encoder_adapters=True, depth_adapter="encoder"), 5),
 }
-
-
-def _peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def _median_seconds(run: Callable[[], object], *, device: torch.device, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _timings(
@@ -116,13 +97,13 @@ def _timings(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with torch.set_grad_enabled(needs_grad):
-            seconds = _median_seconds(run, device=device, repeats=repeats)
+            seconds = median_seconds(run, device=device, repeats=repeats)
         rows.append(
             {
                 "part": name,
                 "batch": batch,
                 "ms_per_slice": round(1000 * seconds / batch, 1),
-                "peak_memory_mib": round(_peak_memory_mib(device), 1),
+                "peak_memory_mib": round(peak_memory_mib(device), 1),
             }
         )
         print(f"  {name:<36} batch {batch}: {rows[-1]['ms_per_slice']} ms/slice", file=sys.stderr)
@@ -139,12 +120,6 @@ def _parameter_rows(backbone: SamBackbone, *, classes: int) -> list[dict[str, ob
         counts = model.parameter_counts()
         rows.append({"setup": name, "frozen_encoder": model.uses_frozen_encoder, **counts})
     return rows
-
-
-def _markdown(rows: list[dict[str, object]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,32 +145,23 @@ def main(argv: list[str] | None = None) -> int:
 
     device = resolve_device(args.device)
     backbone = load_backbone(args.backbone).to(device)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     timings = [
         row
         for batch in args.batch_sizes
         for row in _timings(backbone, device=device, batch=batch, classes=args.classes, repeats=args.repeats)
     ]
     parameters = _parameter_rows(backbone, classes=args.classes)
-    machine = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_before": round(load_before, 2),
-        "load_average_after": round(os.getloadavg()[0], 2),
-        "torch": torch.__version__,
-    }
+    machine = machine_info(device, load_average_before=load_before)
     save_json(
         {"machine": machine, "backbone": args.backbone, "timings": timings, "parameters": parameters},
         args.output,
     )
     print(f"Machine: {machine}\n")
-    print(_markdown(timings, ["part", "batch", "ms_per_slice", "peak_memory_mib"]) + "\n")
+    print(markdown_table(timings, ["part", "batch", "ms_per_slice", "peak_memory_mib"]) + "\n")
     columns = ["setup", "frozen_encoder", "total", "trainable", "prompt_generator", "decoder_adapters"]
     columns += ["encoder_adapters", "depth_adapters"]
-    print(_markdown(parameters, columns))
+    print(markdown_table(parameters, columns))
     print(f"\nwritten {args.output}")
     return 0
 

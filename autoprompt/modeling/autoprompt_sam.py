@@ -35,7 +35,8 @@ class AutoPromptOutput:
 
     Attributes:
         logits: ``L x (K+1) x S x S`` background + classes, for a softmax over dim -3.
-        class_mask_logits: ``L x K x S x S`` per-class SAM decoder logits (before presence).
+        class_mask_logits: ``L x K x S x S`` per-class SAM decoder logits (before presence);
+            ``ABSENT_LOGIT`` for a class skipped in a slice (``skip_presence_below``).
         coarse_logits: ``L x K x S x S`` the prompt generator's coarse masks.
         boxes: ``L x K x 4`` the prompt generator's regressed boxes, ``xyxy`` in [0, 1] of the window.
         presence_logits: ``L x K``.
@@ -69,6 +70,10 @@ class AutoPromptSAM(nn.Module):
         presence_floor: bound on the presence suppression (:func:`combine_logits`).
         box_refinement: R, extra decoder passes in eval mode: each takes its boxes from the previous
             pass's label map (a class absent from it keeps its box). Training runs one pass.
+        skip_presence_below: in eval mode, a class whose presence probability in a slice is below this
+            is not decoded in that slice (in no decoder pass) and its mask logits are
+            :data:`~autoprompt.modeling.class_decoder.ABSENT_LOGIT`, whatever ``presence_floor``.
+            0 decodes every class.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class AutoPromptSAM(nn.Module):
         box_source: str = "head",
         presence_floor: float = 0.0,
         box_refinement: int = 0,
+        skip_presence_below: float = 0.0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -94,6 +100,7 @@ class AutoPromptSAM(nn.Module):
         self.box_source = box_source
         self.presence_floor = presence_floor
         self.box_refinement = box_refinement
+        self.skip_presence_below = skip_presence_below
         self.backbone.eval()
 
     @property
@@ -184,11 +191,12 @@ class AutoPromptSAM(nn.Module):
             sam_boxes = torch.where(
                 use, teacher_boxes.reshape(sam_boxes.shape).to(sam_boxes.dtype), sam_boxes
             )
-        class_logits = self._decode(flat, prompts, sam_boxes)
+        keep = self.decoded_classes(prompts.presence_logits)
+        class_logits = self._decode(flat, prompts, sam_boxes, keep)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
             sam_boxes = refined_boxes(label_masks(logits.argmax(dim=1), self.num_classes), sam_boxes)
-            class_logits = self._decode(flat, prompts, sam_boxes)
+            class_logits = self._decode(flat, prompts, sam_boxes, keep)
             logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         return AutoPromptOutput(
             logits=logits.reshape(*lead, *logits.shape[1:]),
@@ -204,6 +212,14 @@ class AutoPromptSAM(nn.Module):
         if self.box_source == "head":
             return boxes
         return boxes_from_masks(exclusive_masks(coarse_logits))
+
+    def decoded_classes(self, presence_logits: torch.Tensor) -> torch.Tensor | None:
+        """``N x K`` bool, the (slice, class) pairs the decoder runs for ``N x K`` ``presence_logits``: those
+        with presence probability at least :attr:`skip_presence_below` in eval mode; None (all) in
+        training or with skipping off."""
+        if self.training or self.skip_presence_below == 0:
+            return None
+        return torch.sigmoid(presence_logits.float()) >= self.skip_presence_below
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly the trainable parameters, plus the persistent buffers of the modules that own them."""
@@ -310,8 +326,11 @@ class AutoPromptSAM(nn.Module):
             keys.update(prefix + name for name, _ in module.named_buffers(recurse=False))
         return keys & self.state_dict().keys()
 
-    def _decode(self, flat: torch.Tensor, prompts: Prompts, boxes: torch.Tensor) -> torch.Tensor:
-        """``N x K x S x S`` class mask logits from SAM's decoder for ``N x K x 4`` boxes and the prompts."""
+    def _decode(
+        self, flat: torch.Tensor, prompts: Prompts, boxes: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``N x K x S x S`` class mask logits from SAM's decoder for ``N x K x 4`` boxes and the prompts,
+        of the ``N x K`` pairs in ``keep`` (None: all)."""
         return decode_classes(
             self.backbone.prompt_encoder,
             self.backbone.mask_decoder,
@@ -320,6 +339,7 @@ class AutoPromptSAM(nn.Module):
             coarse_logits=prompts.coarse_logits,
             class_tokens=prompts.class_tokens,
             output_size=self.window_size,
+            keep=keep,
         )
 
     def _dtype(self) -> torch.dtype:

@@ -122,6 +122,7 @@ def build_autoprompt_sam(
         box_source=config.box_source,
         presence_floor=config.presence_floor,
         box_refinement=config.box_refinement,
+        skip_presence_below=config.skip_presence_below,
     ).to(backbone.pixel_mean.device)
 
 

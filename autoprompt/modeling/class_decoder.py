@@ -14,6 +14,8 @@ Decisions:
   segment-anything's always repeats every image once per prompt (one image, many prompts), LiteMedSAM's
   only when the counts differ. So the image embeddings are added to the dense prompt embeddings here
   (one per prompt) and the decoder gets one zero image: both compute the same ``src`` for ``N*K`` prompts.
+  The same holds for any subset of the prompts, so skipping classes (``keep``) decodes the kept ones as
+  one smaller batch, each prompt with its own slice's embedding.
 - The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
   so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed. With a
   presence floor ``f`` the suppression is at most ``log f``: presence learnt from a few patients can
@@ -28,6 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ABSENT_LOGIT = -1.0e4
+"""The mask logit of a class that is not decoded (:func:`decode_classes` with ``keep``): absent from any
+label map, and finite in fp16 and bf16, so a softmax over it is 0, never NaN."""
+
 
 def decode_classes(
     prompt_encoder: nn.Module,
@@ -38,8 +44,9 @@ def decode_classes(
     coarse_logits: torch.Tensor,
     class_tokens: torch.Tensor,
     output_size: int,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Decode K classes per slice as one batch of ``N*K`` through SAM's prompt encoder and mask decoder.
+    """Decode K classes per slice as one batch of ``N*K`` prompts (or of the ``keep`` pairs) through SAM.
 
     Args:
         prompt_encoder: SAM's ``PromptEncoder`` (segment-anything's or LiteMedSAM's).
@@ -49,20 +56,72 @@ def decode_classes(
         coarse_logits: ``N x K x h x w`` coarse mask logits (resized to the prompt encoder's mask input).
         class_tokens: ``N x K x 256`` one token per class.
         output_size: S, the window size of the returned logits.
+        keep: ``N x K`` bool, the (slice, class) pairs to decode, as one batch of ``keep.sum()`` prompts;
+            the others get :data:`ABSENT_LOGIT` everywhere. None decodes every pair.
 
     Returns:
         ``N x K x S x S`` per-class mask logits.
     """
     n, k = boxes.shape[:2]
+    if keep is None:
+        logits = _decode_prompts(
+            prompt_encoder,
+            mask_decoder,
+            embeddings.repeat_interleave(k, dim=0),
+            boxes=boxes.reshape(n * k, 4),
+            coarse_logits=coarse_logits.flatten(0, 1),
+            class_tokens=class_tokens.flatten(0, 1),
+            output_size=output_size,
+        )
+        return logits.reshape(n, k, output_size, output_size)
+    slices, classes = keep.nonzero(as_tuple=True)
+    if len(slices) == 0:
+        return embeddings.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
+    decoded = _decode_prompts(
+        prompt_encoder,
+        mask_decoder,
+        embeddings[slices],
+        boxes=boxes[slices, classes],
+        coarse_logits=coarse_logits[slices, classes],
+        class_tokens=class_tokens[slices, classes],
+        output_size=output_size,
+    )
+    logits = decoded.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
+    logits[slices, classes] = decoded
+    return logits
+
+
+def _decode_prompts(
+    prompt_encoder: nn.Module,
+    mask_decoder: nn.Module,
+    embeddings: torch.Tensor,
+    *,
+    boxes: torch.Tensor,
+    coarse_logits: torch.Tensor,
+    class_tokens: torch.Tensor,
+    output_size: int,
+) -> torch.Tensor:
+    """P prompts, each with its own image embedding, through one decoder call.
+
+    Args:
+        embeddings: ``P x 256 x 64 x 64`` the image embedding of each prompt's slice.
+        boxes: ``P x 4`` boxes ``xyxy`` in [0, 1] of the window (detached here).
+        coarse_logits: ``P x h x w``.
+        class_tokens: ``P x 256``.
+        output_size: S.
+
+    Returns:
+        ``P x S x S`` mask logits.
+    """
     frame_h, frame_w = prompt_encoder.input_image_size
     scale = boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
-    masks = coarse_logits.reshape(n * k, 1, *coarse_logits.shape[-2:])
+    masks = coarse_logits[:, None]
     mask_size = tuple(prompt_encoder.mask_input_size)
     if tuple(masks.shape[-2:]) != mask_size:
         masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
-    sparse, dense = prompt_encoder(points=None, boxes=(boxes.detach() * scale).reshape(n * k, 4), masks=masks)
-    sparse = torch.cat([sparse, class_tokens.reshape(n * k, 1, -1).to(sparse.dtype)], dim=1)
-    dense = dense + embeddings.repeat_interleave(k, dim=0)  # see "One decoder call" above
+    sparse, dense = prompt_encoder(points=None, boxes=boxes.detach() * scale, masks=masks)
+    sparse = torch.cat([sparse, class_tokens[:, None].to(sparse.dtype)], dim=1)
+    dense = dense + embeddings  # see "One decoder call" above
     logits, _ = mask_decoder(
         image_embeddings=dense.new_zeros(1, *dense.shape[1:]),
         image_pe=prompt_encoder.get_dense_pe(),
@@ -72,7 +131,7 @@ def decode_classes(
     )
     if logits.shape[-1] != output_size or logits.shape[-2] != output_size:
         logits = F.interpolate(logits, size=(output_size, output_size), mode="bilinear", align_corners=False)
-    return logits.reshape(n, k, output_size, output_size)
+    return logits[:, 0]
 
 
 def combine_logits(

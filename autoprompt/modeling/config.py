@@ -72,6 +72,15 @@ class ModelConfig:
         presence_floor: the least probability a class's presence may give it: a class is suppressed by at
             most ``log(presence_floor)`` (:func:`autoprompt.modeling.class_decoder.combine_logits`), so a
             confident SAM mask survives an over-confident "absent"; 0 lets presence suppress without bound.
+        skip_presence_below: at inference only (eval mode): a class whose presence probability in a window
+            is below this is not sent through SAM's mask decoder in that window (in no pass) and is absent
+            from its label map; the other (window, class) prompts run as one smaller decoder batch. The
+            decoded classes get the logits they get without skipping (up to float rounding) in the first
+            pass; the refinement passes take boxes from a label map without the skipped classes, so they
+            differ only where a skipped class would have held pixels. With ``presence_floor`` above 0,
+            skipping overrides the floor for the skipped classes: the floor lets a confident SAM mask of a
+            class judged absent survive, skipping erases it, so it trades that safety net for decoder work.
+            0 (the default) decodes every class.
     """
 
     backbone: str = "litemedsam"
@@ -92,6 +101,7 @@ class ModelConfig:
     head_context_levels: int = 0
     presence_floor: float = 0.0
     box_refinement: int = 2
+    skip_presence_below: float = 0.0
     encoder_runtime: EncoderRuntime = "auto"
 
     def __post_init__(self) -> None:
@@ -116,6 +126,11 @@ class ModelConfig:
             raise ValueError(f"model.head_dropout = {self.head_dropout} must be in [0, 1), e.g. 0.1")
         if not 0.0 <= self.presence_floor < 1.0:
             raise ValueError(f"model.presence_floor = {self.presence_floor} must be in [0, 1), e.g. 0.05")
+        if not 0.0 <= self.skip_presence_below < 1.0:
+            raise ValueError(
+                f"model.skip_presence_below = {self.skip_presence_below} must be in [0, 1) (0: decode every "
+                "class), e.g. 0.01"
+            )
         if self.box_refinement < 0:
             raise ValueError(f"model.box_refinement = {self.box_refinement} must be 0 or more, e.g. 2")
         if not 0 <= self.head_context_levels <= 4:

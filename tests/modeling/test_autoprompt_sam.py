@@ -10,7 +10,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import AdaptedEncoderBlock
 from autoprompt.modeling.autoprompt_sam import to_three_channels
 from autoprompt.modeling.build import build_autoprompt_sam
-from autoprompt.modeling.class_decoder import decode_classes
+from autoprompt.modeling.class_decoder import ABSENT_LOGIT, decode_classes
 from autoprompt.modeling.prompt_generators import boxes_from_masks, exclusive_masks, label_masks
 from tests.modeling.conftest import tiny_config
 
@@ -346,3 +346,70 @@ def test_box_refinement_takes_each_pass_boxes_from_the_previous_label_map_in_eva
     torch.testing.assert_close(passes[1], expected)
     assert not torch.allclose(passes[1], passes[0])
     assert len(_boxes_given_to_sam(refined.train(), emb)) == 1
+
+
+def _forced_presence(model, logits: torch.Tensor):
+    """Make the presence head return ``N x K`` ``logits``; returns the hook handle."""
+    return model.prompt_generator.heads.presence.register_forward_hook(lambda *_: logits[..., None])
+
+
+def _decoder_batches(model, embeddings: torch.Tensor):
+    """The output and the prompt count of every mask-decoder call of one forward."""
+    sizes = []
+    hook = model.backbone.mask_decoder.register_forward_hook(
+        lambda _module, _args, kwargs, _out: sizes.append(len(kwargs["sparse_prompt_embeddings"])),
+        with_kwargs=True,
+    )
+    try:
+        with torch.inference_mode():
+            out = model(embeddings=embeddings)
+    finally:
+        hook.remove()
+    return out, sizes
+
+
+@pytest.mark.parametrize(("floor", "refinement"), [(0.0, 1), (0.05, 0)])
+def test_skipping_absent_classes_decodes_only_the_present_ones_with_the_same_logits(
+    tiny_backbone, tiny_slices, floor, refinement
+):
+    _, embeddings = tiny_slices
+    emb = embeddings[:2]
+    plain = _build(tiny_backbone, classes=2, presence_floor=floor, box_refinement=refinement).eval()
+    _randomise_trainable(plain)
+    skipping = _build(
+        tiny_backbone, classes=2, presence_floor=floor, box_refinement=refinement, skip_presence_below=0.5
+    ).eval()
+    skipping.load_trainable_state_dict(plain.trainable_state_dict())
+    presence = torch.tensor([[20.0, 20.0], [-20.0, 20.0]])
+    kept = presence > 0
+    handles = [_forced_presence(model, presence) for model in (plain, skipping)]
+    try:
+        expected, all_sizes = _decoder_batches(plain, emb)
+        out, sizes = _decoder_batches(skipping, emb)
+    finally:
+        for handle in handles:
+            handle.remove()
+    passes = 1 + refinement
+    assert (all_sizes, sizes) == ([4] * passes, [3] * passes)
+    assert skipping.train().decoded_classes(presence) is None  # training decodes every class
+    if refinement:  # a skipped class absent from the label map anyway: the refined boxes are the same
+        assert not label_masks(expected.logits.argmax(dim=1), 2)[~kept].any()
+    # equal up to float rounding: a smaller batch may sum in another order
+    torch.testing.assert_close(
+        out.class_mask_logits[kept], expected.class_mask_logits[kept], rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(out.logits[:, 1:][kept], expected.logits[:, 1:][kept], rtol=0, atol=1e-5)
+    assert bool((out.class_mask_logits[~kept] == ABSENT_LOGIT).all())
+    assert bool((out.logits.softmax(dim=1)[:, 1:][~kept] == 0).all())
+
+
+def test_a_window_with_every_class_skipped_is_background_without_a_decoder_call(tiny_backbone, tiny_slices):
+    model = _build(tiny_backbone, classes=3, skip_presence_below=0.01).eval()
+    handle = _forced_presence(model, torch.full((2, 3), -20.0))
+    try:
+        out, sizes = _decoder_batches(model, tiny_slices[1][:2])
+    finally:
+        handle.remove()
+    assert sizes == []
+    assert out.logits.shape == (2, 4, 256, 256) and bool(out.logits.isfinite().all())
+    assert bool((out.logits.argmax(dim=1) == 0).all())

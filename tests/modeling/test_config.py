@@ -11,6 +11,7 @@ def test_defaults_are_the_documented_frozen_encoder_setup():
     assert config.prompt_generator == "encoder_head"
     assert (config.encoder_adapters, config.decoder_adapters) == (False, True)
     assert config.depth_adapter == "embedding"
+    assert config.skip_presence_below == 0.0  # every class decoded: trained models predict as before
 
 
 def test_dict_round_trip_gives_plain_values():
@@ -29,6 +30,11 @@ def test_dict_round_trip_gives_plain_values():
         ({"depth_kernel": (2, 3, 3)}, "three odd sizes"),
         ({"adapter_dim": 0}, "positive bottleneck width"),
         ({"unet_features": (8,)}, "at least two"),
+        (
+            {"skip_presence_below": 1.0},
+            r"skip_presence_below = 1.0 must be in \[0, 1\) \(0: decode every class\)",
+        ),
+        ({"skip_presence_below": float("nan")}, r"skip_presence_below = nan must be in \[0, 1\)"),
     ],
 )
 def test_invalid_values_name_the_setting_and_the_fix(changes, message):

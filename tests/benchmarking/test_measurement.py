@@ -1,0 +1,71 @@
+"""The helpers of the measurement scripts (``autoprompt.benchmarking.measurement``) and
+``benchmarks/class_scaling.py`` on the tiny backbone (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from autoprompt.benchmarking import measurement
+from autoprompt.modeling.backbone import load_backbone
+from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.class_decoder import ABSENT_LOGIT
+from benchmarks import class_scaling
+from benchmarks.class_scaling import forced_presence, forced_presence_logits
+from tests.modeling.conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+def test_median_seconds_warms_up_once_then_takes_the_median_of_the_repeats(monkeypatch):
+    clock = iter([0.0, 1.0, 10.0, 13.0, 20.0, 22.0])  # repeats of 1, 3 and 2 seconds
+    monkeypatch.setattr(measurement.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert measurement.median_seconds(lambda: calls.append(1), device=CPU, repeats=3) == 2.0
+    assert len(calls) == 4
+
+
+def test_machine_info_and_markdown_table():
+    info = measurement.machine_info(CPU, load_average_before=1.5)
+    assert info["load_average_before"] == 1.5 and info["torch_threads"] >= 1
+    assert measurement.peak_memory_mib(CPU) > 0
+    table = measurement.markdown_table([{"k": 3, "ms": 1.5}, {"k": 15, "ms": 4.0}], ["k", "ms"])
+    assert table.splitlines() == ["| k | ms |", "|---|---|", "| 3 | 1.5 |", "| 15 | 4.0 |"]
+
+
+def test_forced_presence_makes_the_first_classes_present_in_every_window():
+    assert forced_presence_logits(4, 1).tolist() == [8.0, -8.0, -8.0, -8.0]
+    assert forced_presence_logits(2, 3).tolist() == [8.0, 8.0]
+    model = build_autoprompt_sam(tiny_config(), num_classes=3, in_channels=1, backbone=load_backbone("tiny"))
+    embeddings = torch.randn(2, 256, 64, 64)
+    with torch.no_grad(), forced_presence(model, forced_presence_logits(3, 2)):
+        forced = model.prompt_generator(embeddings=embeddings).presence_logits
+    assert forced.tolist() == [[8.0, 8.0, -8.0]] * 2
+    with torch.no_grad():  # the hook is gone
+        assert model.prompt_generator(embeddings=embeddings).presence_logits.abs().max() < 8.0
+
+
+def test_class_scaling_runs_every_part_and_writes_its_json(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(class_scaling, "median_seconds", lambda run, **_: calls.append(run()) or 0.5)
+    output = tmp_path / "scaling.json"
+    arguments = ["--backbone", "tiny", "--preset", "tiny", "--encoder-runtime", "eager", "--device", "cpu"]
+    arguments += ["--set", "model.box_refinement=0", "--classes", "2", "--batch", "1", "--present", "1"]
+    assert class_scaling.main([*arguments, "-o", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert len(calls) == 4  # train step, prediction without and with skipping, encoder
+    assert calls[1].logits.shape == calls[2].logits.shape == (1, 3, 256, 256)
+    assert bool((calls[2].class_mask_logits[0, 1] == ABSENT_LOGIT).all())  # the forced-absent class skipped
+    assert result["rows"] == [
+        {
+            "classes": 2,
+            "train_step_ms": 500.0,
+            "predict_window_ms": 500.0,
+            "predict_window_skipping_ms": 500.0,
+            "decoded_classes_skipping": 1,
+            "peak_memory_mib": result["rows"][0]["peak_memory_mib"],
+        }
+    ]
+    assert result["model"]["skip_presence_below"] == 0.0 and result["decoder_passes_per_prediction"] == 1
+    assert result["encoder"] == {"runtime": "eager", "ms_per_window": 500.0}
