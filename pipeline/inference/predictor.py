@@ -34,6 +34,7 @@ import torch
 from autoprompt.devices import Precision, autocast, resolve_device
 from autoprompt.errors import AutoPromptError
 from autoprompt.precision import AUTO, resolve_precision
+from autoprompt.progress import progress
 from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
@@ -257,12 +258,15 @@ class Predictor:
             depth=self.plan.stack_depth,
             step_size=self.step_size,
         )
-        while True:
-            with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
-                slab = next(slabs, None)
-            if slab is None:
-                return
-            yield slab[0], slab[1].numpy()
+        # a long case reports its slices (lines only after a few seconds: small cases stay quiet)
+        with progress(total=data.shape[1], desc="slices", unit="slice", leave=False) as bar:
+            while True:
+                with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
+                    slab = next(slabs, None)
+                if slab is None:
+                    return
+                bar.update(slab[1].shape[1])
+                yield slab[0], slab[1].numpy()
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax probabilities of a whole preprocessed case (:meth:`predict_slabs` gathered).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from autoprompt import progress as progress_module
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.backbone import load_backbone
 from pipeline.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from pipeline.inference import predictor as predictor_module
 from pipeline.inference.predictor import Predictor
 from pipeline.model_folder import ModelFolder
 from pipeline.preprocessing import preprocess_case, revert_probabilities
@@ -147,3 +150,17 @@ def test_empty_image_is_refused_before_any_work(inference_setup: InferenceSetup,
     predictor = Predictor.from_model_folder(inference_setup.model_2d, folds=[0], device="cpu")
     with pytest.raises(AutoPromptError, match=rf"{path}: image is empty \(all 7\)"):
         predictor.predict_case([path])
+
+
+def test_a_case_reports_its_slices_in_a_log(
+    inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Without a terminal a long case writes slice progress lines (here with no start delay)."""
+    quick = functools.partial(progress_module.progress, delay=0.0, interval=0.0)
+    monkeypatch.setattr(predictor_module, "progress", quick)
+    folder = ModelFolder(inference_setup.model_2d)
+    model = folder.load_model(0, device="cpu")
+    data = first_case_data(inference_setup, "2d", slices=3)
+    Predictor([model], folder.plans, "2d", device="cpu", tta=False).predict_preprocessed(data)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slices:")]
+    assert lines and lines[-1].startswith("slices: 100% (3/3 slice)")
