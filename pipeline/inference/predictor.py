@@ -34,7 +34,7 @@ import torch
 from autoprompt.devices import Precision, autocast, resolve_device
 from autoprompt.errors import AutoPromptError
 from autoprompt.precision import AUTO, resolve_precision
-from autoprompt.progress import progress
+from autoprompt.progress import is_terminal, progress
 from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
@@ -258,8 +258,9 @@ class Predictor:
             depth=self.plan.stack_depth,
             step_size=self.step_size,
         )
-        # a long case reports its slices (lines only after a few seconds: small cases stay quiet)
-        with progress(total=data.shape[1], desc="slices", unit="slice", leave=False) as bar:
+        # a long case reports its slices (lines only after a few seconds: small cases stay quiet); on a
+        # terminal the bar goes when the case is done, in a log a started case also gets its "done" line
+        with progress(total=data.shape[1], desc="slices", unit="slice", leave=not is_terminal()) as bar:
             while True:
                 with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
                     slab = next(slabs, None)

@@ -163,4 +163,5 @@ def test_a_case_reports_its_slices_in_a_log(
     data = first_case_data(inference_setup, "2d", slices=3)
     Predictor([model], folder.plans, "2d", device="cpu", tta=False).predict_preprocessed(data)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slices:")]
-    assert lines and lines[-1].startswith("slices: 100% (3/3 slice)")
+    assert any(line.startswith("slices: 100% (3/3 slice)") for line in lines)
+    assert lines[-1].startswith("slices: done, 3 slice")
