@@ -64,17 +64,8 @@ def decode_classes(
     """
     n, k = boxes.shape[:2]
     if keep is None:
-        logits = _decode_prompts(
-            prompt_encoder,
-            mask_decoder,
-            embeddings.repeat_interleave(k, dim=0),
-            boxes=boxes.reshape(n * k, 4),
-            coarse_logits=coarse_logits.flatten(0, 1),
-            class_tokens=class_tokens.flatten(0, 1),
-            output_size=output_size,
-        )
-        return logits.reshape(n, k, output_size, output_size)
-    slices, classes = keep.nonzero(as_tuple=True)
+        keep = torch.ones((n, k), dtype=torch.bool, device=boxes.device)
+    slices, classes = keep.nonzero(as_tuple=True)  # slice-major: every pair of a full keep in N*K order
     if len(slices) == 0:
         return embeddings.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
     decoded = _decode_prompts(
@@ -86,6 +77,8 @@ def decode_classes(
         class_tokens=class_tokens[slices, classes],
         output_size=output_size,
     )
+    if len(slices) == n * k:
+        return decoded.reshape(n, k, output_size, output_size)
     logits = decoded.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
     logits[slices, classes] = decoded
     return logits
