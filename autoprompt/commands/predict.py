@@ -73,6 +73,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="skip the keep-largest-component postprocessing chosen in training",
     )
     run.add_argument(
+        "--skip-absent-below",
+        type=_probability,
+        metavar="P",
+        help="do not decode a class in a window where its presence probability is below P (faster with many "
+        "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
+    )
+    run.add_argument(
         "--save-probabilities",
         "--save_probabilities",
         action="store_true",
@@ -123,6 +130,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_case_limit_arguments(work)
 
 
+def _probability(text: str) -> float:
+    """A number in [0, 1), for ``--skip-absent-below``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1), e.g. 0.05")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict, print the summary; 0 = all done, 1 = some cases failed (with --continue-on-error)."""
     from pipeline.inference.predict_folder import predict
@@ -137,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         precision=args.precision,
         use_postprocessing=not args.no_postprocessing,
+        skip_presence_below=args.skip_absent_below,
         save_probabilities=args.save_probabilities,
         output_suffix=_suffix(args.output_format),
         part_id=args.part_id,

@@ -84,6 +84,7 @@ def predict(
     tta: bool | None = None,
     precision: str = "auto",
     use_postprocessing: bool = True,
+    skip_presence_below: float | None = None,
     save_probabilities: bool = False,
     output_suffix: str | None = None,
     part_id: int = 0,
@@ -111,6 +112,8 @@ def predict(
             where the device computes it natively, else the device's native one (:mod:`autoprompt.precision`).
         use_postprocessing: apply the keep-largest-component steps all used folds agree on (none when a
             fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
+        skip_presence_below: do not decode a class in a window where its presence probability is below this
+            (faster with many classes; :meth:`Predictor.from_model_folder`); None: as trained.
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
         output_suffix: label map file type (e.g. ".nii.gz"; never ".jpg"); default: the input's (".nii.gz"
             for DICOM, ".png" for JPEG).
@@ -160,6 +163,7 @@ def predict(
             tta=tta,
             precision=precision,
             use_postprocessing=use_postprocessing,
+            skip_presence_below=skip_presence_below,
         )
         summary.notes += predictor.notes
         predictor.limits = limits or CaseLimits()

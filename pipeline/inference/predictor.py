@@ -163,6 +163,7 @@ class Predictor:
         tta: bool | None = None,
         precision: str = AUTO,
         use_postprocessing: bool = True,
+        skip_presence_below: float | None = None,
     ) -> Predictor:
         """Load the fold models of a model folder written by ``autoprompt train``.
 
@@ -179,6 +180,9 @@ class Predictor:
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
                 ``fold_K/postprocessing.json``; a fold without one vetoes every step, and ``notes`` says so:
                 fold ``all`` never has one, as it has no held-out cases to choose on).
+            skip_presence_below: overrides the models' ``model.skip_presence_below`` (in [0, 1); 0 decodes every
+                class): a class whose presence probability in a window is below it is not decoded there.
+                None: as trained.
 
         Raises:
             AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
@@ -196,6 +200,10 @@ class Predictor:
                     "('autoprompt train DATASET FOLD') or choose another --checkpoint"
                 )
         folds = [parse_fold(fold) for fold in folds]
+        if skip_presence_below is not None and not 0.0 <= skip_presence_below < 1.0:
+            raise AutoPromptError(
+                f"skip_presence_below = {skip_presence_below} must be in [0, 1) (0: decode every class), e.g. 0.05"
+            )
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
         backbone = load_configured_backbone(model_config)
@@ -203,6 +211,9 @@ class Predictor:
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds
         ]
+        if skip_presence_below is not None:
+            for model in models:
+                model.skip_presence_below = skip_presence_below
         if tta is None:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
         notes = []

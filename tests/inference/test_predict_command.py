@@ -271,3 +271,24 @@ def test_a_failed_write_leaves_neither_labels_nor_probabilities(
     assert not out.exists() or list(out.iterdir()) == []  # refused before anything is written
     assert predict(inference_setup.model_2d, source, out, "--output-format", "jpeg2000") == 2
     assert "output format '.jpeg2000' is not supported" in capsys.readouterr().err
+
+
+def test_skip_absent_below_leaves_classes_judged_absent_out_and_checks_its_value(
+    inference_setup: InferenceSetup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_pngs(tmp_path / "in", ["a"])
+    # the untrained tiny model's presence is far from certain: at 0.999 every class is skipped in every window
+    assert predict(inference_setup.model_2d, tmp_path / "in", tmp_path / "out", "--save-probabilities",
+                   "--skip-absent-below", "0.999") == 0  # fmt: skip
+    labels, _ = read_image(tmp_path / "out" / "a.png")
+    assert not labels.any()
+    probabilities = np.load(tmp_path / "out" / "a.npz")["probabilities"].astype(np.float32)
+    assert probabilities[1:].max() < 1e-3
+    assert predict(inference_setup.model_2d, tmp_path / "in", tmp_path / "out2", "--save-probabilities",
+                   "--skip-absent-below", "0") == 0  # fmt: skip
+    assert np.load(tmp_path / "out2" / "a.npz")["probabilities"].astype(np.float32)[1:].max() > 0.01
+    with pytest.raises(SystemExit) as exit_info:
+        predict(inference_setup.model_2d, tmp_path / "in", tmp_path / "out3", "--skip-absent-below", "1.5")
+    assert exit_info.value.code == 2
+    assert "'1.5' is not a probability in [0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "out3").exists()
