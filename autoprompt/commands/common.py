@@ -250,6 +250,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a probability in [0, 1)."""
+    value = finite_float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a probability in [0, 1), e.g. 0.05")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
     try:

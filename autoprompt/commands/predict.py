@@ -12,6 +12,7 @@ from autoprompt.commands.common import (
     add_tta_argument,
     case_limits_from_args,
     model_folder_from_args,
+    probability,
 )
 
 DESCRIPTION = """\
@@ -74,7 +75,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--skip-absent-below",
-        type=_probability,
+        type=probability,
         metavar="P",
         help="do not decode a class in a window where its presence probability is below P (faster with many "
         "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
@@ -128,17 +129,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="record a bad case (printed when it fails) and go on; exit status 1 if any failed",
     )
     add_case_limit_arguments(work)
-
-
-def _probability(text: str) -> float:
-    """A number in [0, 1), for ``--skip-absent-below``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability in [0, 1), e.g. 0.05")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ A case's voxels are read once (its headers before that, for the cost check).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -200,12 +201,13 @@ class Predictor:
                     "('autoprompt train DATASET FOLD') or choose another --checkpoint"
                 )
         folds = [parse_fold(fold) for fold in folds]
-        if skip_presence_below is not None and not 0.0 <= skip_presence_below < 1.0:
-            raise AutoPromptError(
-                f"skip_presence_below = {skip_presence_below} must be in [0, 1) (0: decode every class), e.g. 0.05"
-            )
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
+        if skip_presence_below is not None:
+            try:  # the model settings' own check of the value
+                dataclasses.replace(model_config, skip_presence_below=skip_presence_below)
+            except ValueError as error:
+                raise AutoPromptError(str(error)) from None
         backbone = load_configured_backbone(model_config)
         models = [
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
