@@ -97,6 +97,23 @@ class ViewConfig:
 
 
 @dataclass
+class ZoomConfig:
+    """A second, zoomed pass over the region of interest (:mod:`pipeline.roi_zoom`).
+
+    Prediction finds the square around the foreground of a case's first pass, grown by ``margin`` of its
+    side on each side, predicts it again resized to the window and pastes those probabilities over the
+    first pass. Training with the cache shows the model such crops: a random view is, with probability
+    ``views``, the square around the case's ground truth (its margin drawn from 0.5-1.5 x ``margin``, its
+    centre moved by up to 10 % of its side) instead of a window of the slice.
+    """
+
+    enabled: bool = False
+    margin: float = 0.25  # fraction of the box's side added on each side
+    max_factor: float = 4.0  # the box is enlarged at most this much
+    views: float = 0.5  # fraction of the random cached views that are zoomed crops (training)
+
+
+@dataclass
 class TrainerConfig:
     """Everything that defines a training run, besides the data and the fold.
 
@@ -121,6 +138,7 @@ class TrainerConfig:
         loss: auxiliary loss weights.
         augmentation: augmentation switches and ranges.
         views: augmented views cached with a frozen encoder (:class:`ViewConfig`).
+        zoom: a second, zoomed pass over the region of interest (:class:`ZoomConfig`).
         weight_average_decay: 0 -> off; else validate, checkpoint and predict with an exponential moving
             average of the weights, updated after every step with this decay (0.99 averages over roughly the
             last 100 steps; :mod:`pipeline.training.weight_average`).
@@ -165,6 +183,7 @@ class TrainerConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)
     weight_average_decay: float = 0.0
     prompt_teacher_forcing: float = 0.0
     cache_embeddings: bool | None = None
@@ -203,6 +222,9 @@ class TrainerConfig:
             "views.budget_gib": self.views.budget_gib >= 0,
             "views.max_count": self.views.max_count >= 1,
             "views.p_spatial": 0.0 <= self.views.p_spatial <= 1.0,
+            "zoom.margin": self.zoom.margin >= 0,
+            "zoom.max_factor": self.zoom.max_factor >= 1,
+            "zoom.views": 0.0 <= self.zoom.views <= 1.0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

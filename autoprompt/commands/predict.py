@@ -81,6 +81,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
     )
     run.add_argument(
+        "--zoom",
+        action=argparse.BooleanOptionalAction,
+        help="a second pass over the region of interest, enlarged to the window (the square around the first "
+        "pass's foreground); default: the model's setting, zoom.enabled",
+    )
+    run.add_argument(
         "--save-probabilities",
         "--save_probabilities",
         action="store_true",
@@ -146,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         use_postprocessing=not args.no_postprocessing,
         skip_presence_below=args.skip_absent_below,
+        zoom=args.zoom,
         save_probabilities=args.save_probabilities,
         output_suffix=_suffix(args.output_format),
         part_id=args.part_id,

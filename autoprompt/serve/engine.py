@@ -157,7 +157,12 @@ class Engine:
             AutoPromptError: an unreadable header or a 4D image.
         """
         return check_case(
-            [image_file], self.folder.plans, self.folder.configuration, tta=self.tta, limits=self.limits
+            [image_file],
+            self.folder.plans,
+            self.folder.configuration,
+            tta=self.tta,
+            limits=self.limits,
+            zoom=self.folder.trainer_config.zoom.enabled,
         )
 
     def prepare_checks(self) -> None:

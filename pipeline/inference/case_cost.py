@@ -105,6 +105,7 @@ def estimate_case_cost(
     tta: bool,
     step_size: float = 0.5,
     probabilities: bool = False,
+    zoom: bool = False,
 ) -> CaseCost:
     """The cost of predicting a case from its channels' headers (see :func:`pipeline.io.read_image_info`).
 
@@ -115,6 +116,8 @@ def estimate_case_cost(
         tta: mirroring test-time augmentation (4 passes per window).
         step_size: in-plane window overlap of the sliding window (its default, 0.5).
         probabilities: the ``K+1`` probabilities in the input geometry are returned too (float16).
+        zoom: a second, zoomed pass (:mod:`pipeline.roi_zoom`): one more window per slice, the case's
+            probabilities held whole (float16) and its zoomed slices.
     """
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
@@ -145,7 +148,7 @@ def estimate_case_cost(
     else:
         steps = compute_steps_for_sliding_window(tuple(padded), tuple(window), step_size)
         inplane = len(steps[0]) * len(steps[1])
-    windows = slices * inplane * (MIRRORS if tta else 1)
+    windows = slices * (inplane + (1 if zoom else 0)) * (MIRRORS if tta else 1)
 
     channels = len(plans.channel_names)  # one colour picture may hold three
     outputs = plans.num_foreground_classes + 1
@@ -163,6 +166,7 @@ def estimate_case_cost(
         + slab_bytes
         + n_in * (2 + 8)  # labels, and their connected components in postprocessing
         + (n_in * outputs * 2 if probabilities else 0)
+        + ((n_out * outputs * 2 + slices * window[0] * window[1] * channels * 4) if zoom else 0)
     )
     return CaseCost(
         input_shape=tuple(size_zyx),
@@ -207,9 +211,10 @@ def check_case(
     source: str | os.PathLike | None = None,
     step_size: float = 0.5,
     probabilities: bool = False,
+    zoom: bool = False,
 ) -> CaseCost:
     """Read the headers of a case's channel files, estimate its cost and refuse it if over ``limits``
-    (``probabilities``: as in :func:`estimate_case_cost`).
+    (``probabilities``, ``zoom``: as in :func:`estimate_case_cost`).
 
     Raises:
         AutoPromptError: an unreadable header, or :class:`CaseTooLarge`.
@@ -218,7 +223,13 @@ def check_case(
 
     infos = [read_image_info(path) for path in image_files]
     cost = estimate_case_cost(
-        infos, plans, configuration, tta=tta, step_size=step_size, probabilities=probabilities
+        infos,
+        plans,
+        configuration,
+        tta=tta,
+        step_size=step_size,
+        probabilities=probabilities,
+        zoom=zoom,
     )
     check_case_cost(cost, limits, source=source if source is not None else image_files[0])
     return cost

@@ -85,6 +85,7 @@ def predict(
     precision: str = "auto",
     use_postprocessing: bool = True,
     skip_presence_below: float | None = None,
+    zoom: bool | None = None,
     save_probabilities: bool = False,
     output_suffix: str | None = None,
     part_id: int = 0,
@@ -114,6 +115,8 @@ def predict(
             fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
         skip_presence_below: do not decode a class in a window where its presence probability is below this
             (faster with many classes; :meth:`Predictor.from_model_folder`); None: as trained.
+        zoom: a second, zoomed pass over the region of interest on or off (:mod:`pipeline.roi_zoom`); None:
+            as trained (``zoom.enabled``).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
         output_suffix: label map file type (e.g. ".nii.gz"; never ".jpg"); default: the input's (".nii.gz"
             for DICOM, ".png" for JPEG).
@@ -164,6 +167,7 @@ def predict(
             precision=precision,
             use_postprocessing=use_postprocessing,
             skip_presence_below=skip_presence_below,
+            zoom=zoom,
         )
         summary.notes += predictor.notes
         predictor.limits = limits or CaseLimits()

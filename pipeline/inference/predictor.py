@@ -42,6 +42,8 @@ from pipeline.inference.postprocessing import apply_postprocessing, combine_fold
 from pipeline.inference.sliding_window import sliding_window_slabs
 from pipeline.inference.tta import with_mirroring
 from pipeline.io import Geometry
+from pipeline.roi_zoom import roi_box, zoom_in, zoom_out
+from pipeline.trainer_config import ZoomConfig
 from pipeline.windows import DEFAULT_STEP_SIZE
 from planners.plans import Plans
 
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 
 ALL_TRAINED = "all-trained"
+ZOOM_SLAB = 16
+"""Slices per slab handed on after a zoomed prediction (its probabilities are held whole)."""
 CPU_BATCH_SIZE = 4
 """Windows per network call on the CPU: batching barely speeds a CPU up, and each LiteMedSAM window
 needs ~230 MiB of encoder activations (8 windows: ~1.8 GiB more peak memory)."""
@@ -105,6 +109,9 @@ class Predictor:
         batch_size: windows (2d) or stacks (3d) per network call; None: the plans' batch size on a GPU,
             :data:`CPU_BATCH_SIZE` on the CPU.
         step_size: overlap of in-plane windows on slices larger than the window (0.5: half a window).
+        zoom: a second pass over the region of interest (:class:`~pipeline.trainer_config.ZoomConfig`,
+            :mod:`pipeline.roi_zoom`); None or not ``enabled``: one pass. The probabilities of a zoomed case
+            are held whole (float16) between the passes.
 
     Attributes:
         notes: one-line notes for the user on how the models are used (set by :meth:`from_model_folder`,
@@ -125,6 +132,7 @@ class Predictor:
         postprocessing: dict | None = None,
         batch_size: int | None = None,
         step_size: float = DEFAULT_STEP_SIZE,
+        zoom: ZoomConfig | None = None,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
@@ -140,6 +148,7 @@ class Predictor:
             self.plan.batch_size if self.device.type == "cuda" else CPU_BATCH_SIZE
         )
         self.step_size = step_size
+        self.zoom = zoom if zoom is not None and zoom.enabled else None
         self.notes: list[str] = []
         self.limits: CaseLimits | None = CaseLimits()
         self.num_outputs = plans.num_foreground_classes + 1
@@ -165,6 +174,7 @@ class Predictor:
         precision: str = AUTO,
         use_postprocessing: bool = True,
         skip_presence_below: float | None = None,
+        zoom: bool | None = None,
     ) -> Predictor:
         """Load the fold models of a model folder written by ``autoprompt train``.
 
@@ -184,6 +194,8 @@ class Predictor:
             skip_presence_below: overrides the models' ``model.skip_presence_below`` (in [0, 1); 0 decodes every
                 class): a class whose presence probability in a window is below it is not decoded there.
                 None: as trained.
+            zoom: the second, zoomed pass over the region of interest on or off (with the trained
+                ``zoom`` settings); None: as trained.
 
         Raises:
             AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
@@ -235,6 +247,9 @@ class Predictor:
             ]
             rules = combine_fold_rules(fold_rules)
             without_rules = [fold for fold, found in zip(folds, fold_rules, strict=True) if found is None]
+        zoom_config = model_folder.trainer_config.zoom
+        if zoom is not None:
+            zoom_config = dataclasses.replace(zoom_config, enabled=zoom)
         predictor = cls(
             models,
             model_folder.plans,
@@ -243,6 +258,7 @@ class Predictor:
             tta=tta,
             precision=precision,
             postprocessing=rules,
+            zoom=zoom_config,
         )
         predictor.notes.extend(notes)
         if without_rules:
@@ -262,25 +278,60 @@ class Predictor:
         channels = len(self.plans.channel_names)
         if data.ndim != 4 or data.shape[0] != channels:
             raise ValueError(f"expected C x S x H x W data with C = {channels}, got shape {data.shape}")
+        images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        passes = 1 if self.zoom is None else 2
+        # a long case reports its slices (lines only after a few seconds: small cases stay quiet); on a
+        # terminal the bar goes when the case is done, in a log a started case also gets its "done" line
+        with progress(
+            total=passes * data.shape[1], desc="slices", unit="slice", leave=not is_terminal()
+        ) as bar:
+            if self.zoom is None:
+                for first, slab in self._slabs(images, bar):
+                    yield first, slab.numpy()
+            else:
+                yield from self._zoomed_slabs(images, bar)
+
+    def _slabs(self, images: torch.Tensor, bar) -> Iterator[tuple[int, torch.Tensor]]:
+        """One sliding-window pass over ``C x S x h x w`` images: ``(first, K+1 x n x h x w)`` slabs."""
         window_fn = with_mirroring(self._predict_windows) if self.tta else self._predict_windows
         slabs = sliding_window_slabs(
-            torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+            images,
             window_fn,
             num_outputs=self.num_outputs,
             window=self.plan.window_size,
             depth=self.plan.stack_depth,
             step_size=self.step_size,
         )
-        # a long case reports its slices (lines only after a few seconds: small cases stay quiet); on a
-        # terminal the bar goes when the case is done, in a log a started case also gets its "done" line
-        with progress(total=data.shape[1], desc="slices", unit="slice", leave=not is_terminal()) as bar:
-            while True:
-                with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
-                    slab = next(slabs, None)
-                if slab is None:
-                    return
-                bar.update(slab[1].shape[1])
-                yield slab[0], slab[1].numpy()
+        while True:
+            with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
+                slab = next(slabs, None)
+            if slab is None:
+                return
+            bar.update(slab[1].shape[1])
+            yield slab
+
+    def _zoomed_slabs(self, images: torch.Tensor, bar) -> Iterator[tuple[int, np.ndarray]]:
+        """The first pass over the whole case, then the zoomed pass over its region of interest pasted over it
+        (:mod:`pipeline.roi_zoom`); yields ``(first, K+1 x n x H x W)`` float32 slabs as :meth:`predict_slabs`."""
+        num_slices, height, width = images.shape[1:]
+        probabilities = np.empty((self.num_outputs, num_slices, height, width), dtype=np.float16)
+        for first, slab in self._slabs(images, bar):
+            probabilities[:, first : first + slab.shape[1]] = slab.numpy()
+        window = self.plan.window_size
+        box = roi_box(
+            probabilities.argmax(axis=0) > 0,
+            margin=self.zoom.margin,
+            window=window,
+            max_factor=self.zoom.max_factor,
+        )
+        if box is None:  # nothing found, or a region nearly as large as the window
+            bar.update(num_slices)
+        else:
+            for first, slab in self._slabs(zoom_in(images, box, window), bar):
+                region, (rows, cols) = zoom_out(slab, box, (height, width))
+                probabilities[:, first : first + slab.shape[1], rows, cols] = region.numpy()
+        for first in range(0, num_slices, ZOOM_SLAB):
+            yield first, probabilities[:, first : first + ZOOM_SLAB].astype(np.float32)
 
     def predict_preprocessed(self, data: np.ndarray) -> np.ndarray:
         """Softmax probabilities of a whole preprocessed case (:meth:`predict_slabs` gathered).
@@ -359,6 +410,7 @@ class Predictor:
                 limits=self.limits,
                 step_size=self.step_size,
                 probabilities=return_probabilities,
+                zoom=self.zoom is not None,
             )
         # the one read of the voxels (check_case read the headers only)
         image = read_case(image_files, num_channels=len(self.plans.channel_names))

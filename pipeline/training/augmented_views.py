@@ -8,7 +8,10 @@ and each training sample draws one of them::
     view 1        its mirror image (columns reversed)
     views 2..V-1  random views drawn with nnU-Net's 2D augmentations
                   (:func:`pipeline.training.data.build_augmentation`, rotation and scaling with
-                  probability ``ViewConfig.p_spatial``)
+                  probability ``ViewConfig.p_spatial``); with ``zoom.enabled`` a fraction ``zoom.views``
+                  of them show the region of interest enlarged to the window (:mod:`pipeline.roi_zoom`,
+                  the square around the case's ground truth, its margin and centre jittered) before
+                  the same augmentations
 
 Image and label map are warped together. A random view is drawn once per case, view and window and
 applied to every slice of the case at once (the slices are channels of one batchgenerators sample), so
@@ -24,8 +27,8 @@ Files, beside the base cache::
         {case}_seg.npy       int16   (V-1) x S' x W x h x w          their label maps
 
 ``S'`` are the base cache's slices (its slice stride), ``W`` the fixed windows of a slice. The views
-key hashes the base key, ``V``, the augmentation ranges, ``p_spatial`` and the seed, so changing any of
-them builds new views; finished cases are reused, and building resumes case by case.
+key hashes the base key, ``V``, the augmentation ranges, ``p_spatial``, the seed and the zoom settings
+(when zoom is on), so changing any of them builds new views; finished cases are reused, and building resumes case by case.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from tqdm import tqdm
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
-from pipeline.trainer_config import AugmentationConfig, ViewConfig
+from pipeline.roi_zoom import RoiBox, roi_box, zoom_in
+from pipeline.trainer_config import AugmentationConfig, ViewConfig, ZoomConfig
 from pipeline.training.data import (
     TrainingCase,
     build_augmentation,
@@ -63,6 +67,7 @@ from pipeline.training.embedding_cache import (
 
 BYTES_PER_EMBEDDING = int(np.prod(EMBEDDING_SHAPE)) * np.dtype(CACHE_DTYPE).itemsize
 CONTEXT = 2  # the spatial transform reads a region CONTEXT times the window around it
+ZOOM_SHIFT = 0.1  # a zoomed view's centre moves by up to this fraction of its side (an imperfect first pass)
 
 
 def windows_per_view(cases: Sequence[TrainingCase], base: EmbeddingCache) -> int:
@@ -79,21 +84,46 @@ def choose_view_count(config: ViewConfig, training_windows: int) -> int:
 
 
 def view_key_parts(
-    base: EmbeddingCache, *, count: int, augmentation: AugmentationConfig, p_spatial: float, seed: int
+    base: EmbeddingCache,
+    *,
+    count: int,
+    augmentation: AugmentationConfig,
+    p_spatial: float,
+    seed: int,
+    zoom: ZoomConfig | None = None,
 ) -> dict[str, object]:
-    """The values the views key is made of (written to ``views.json``)."""
-    return {
+    """The values the views key is made of (written to ``views.json``; ``zoom`` only when enabled, so
+    views made without it keep their key)."""
+    parts: dict[str, object] = {
         "base_key": base.key,
         "count": count,
         "augmentation": json.loads(json.dumps(asdict(augmentation))),
         "p_spatial": p_spatial,
         "seed": seed,
     }
+    if zoom is not None and zoom.enabled:
+        parts["zoom"] = asdict(zoom)
+    return parts
 
 
 def view_seed(seed: int, case: str, view: int, window: int) -> int:
     """The seed of random view ``view`` of window ``window`` of ``case`` (independent of case order)."""
     return int(np.random.SeedSequence([seed, zlib.crc32(case.encode()), view, window]).generate_state(1)[0])
+
+
+def zoomed_view_box(
+    seg: np.ndarray, zoom: ZoomConfig, window: Sequence[int], rng: np.random.Generator
+) -> RoiBox | None:
+    """The region of interest a random view shows, or None for a window of the slice: with probability
+    ``zoom.views`` the square around the ground truth of ``seg`` (``S x H x W``) with a margin drawn from
+    0.5-1.5 x ``zoom.margin`` and its centre moved by up to :data:`ZOOM_SHIFT` of its side."""
+    if rng.random() >= zoom.views:
+        return None
+    margin = zoom.margin * rng.uniform(0.5, 1.5)
+    box = roi_box(seg > 0, margin=margin, window=window, max_factor=zoom.max_factor)
+    if box is None:
+        return None
+    return box.shifted(*(rng.uniform(-ZOOM_SHIFT, ZOOM_SHIFT, size=2) * box.side))
 
 
 def render_view(
@@ -106,6 +136,7 @@ def render_view(
     view: int,
     augmentation,
     seed: int,
+    roi: RoiBox | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """View ``view`` (>= 1) of one window on every given slice.
 
@@ -116,6 +147,8 @@ def render_view(
         window: ``(h, w)``.
         view: 1 (mirror) or >= 2 (random, with ``augmentation``, a batchgenerators pipeline).
         seed: seeds ``augmentation`` (:func:`run_seeded`).
+        roi: a random view of this square of the slices (:func:`zoomed_view_box`), resized to the window,
+            instead of the window itself.
 
     Returns:
         ``S x C x h x w`` float32 in [0, 1] and ``S x h x w`` int16.
@@ -127,9 +160,16 @@ def render_view(
         labels = crop_window(seg, top, left, window)[..., ::-1]
         return np.ascontiguousarray(image.transpose(1, 0, 2, 3), dtype=np.float32), labels.astype(np.int16)
     region = (CONTEXT * h, CONTEXT * w)
-    corner = (top - (region[0] - h) // 2, left - (region[1] - w) // 2)
-    image = crop_window(data, *corner, region).transpose(1, 0, 2, 3).reshape(1, slices * channels, *region)
-    labels = crop_window(seg, *corner, region)[None].astype(np.float32)
+    if roi is None:
+        corner = (top - (region[0] - h) // 2, left - (region[1] - w) // 2)
+        image = crop_window(data, *corner, region)
+        labels = crop_window(seg, *corner, region)
+    else:
+        context = roi.grown(CONTEXT)
+        image = zoom_in(torch.from_numpy(np.ascontiguousarray(data)), context, region).numpy()
+        labels = zoom_in(torch.from_numpy(np.ascontiguousarray(seg)), context, region, labels=True).numpy()
+    image = image.transpose(1, 0, 2, 3).reshape(1, slices * channels, *region)
+    labels = labels[None].astype(np.float32)
     out = run_seeded(augmentation, seed, data=image.astype(np.float32), seg=labels)
     image = np.clip(out["data"], 0.0, 1.0).reshape(slices, channels, h, w).astype(np.float32)
     return image, np.rint(out["seg"][0]).astype(np.int16)
@@ -159,6 +199,7 @@ class ViewCache:
         self.key = cache_key(parts)
         self.folder = base.folder / "views" / self.key
         self.augmentation_config = AugmentationConfig(**parts["augmentation"])
+        self.zoom = ZoomConfig(**parts["zoom"]) if "zoom" in parts else None
         self.seed = int(parts["seed"])
         self.window = base.window
 
@@ -228,6 +269,10 @@ class ViewCache:
         seg = np.asarray(case.seg[kept])
         for w, (top, left) in enumerate(fixed_windows(case.data.shape[-2:], self.window)):
             for view in range(1, self.count):
+                seed = view_seed(self.seed, case.name, view, w)
+                roi = None
+                if self.zoom is not None and view >= 2:
+                    roi = zoomed_view_box(seg, self.zoom, self.window, np.random.default_rng([seed, 1]))
                 image, labels = render_view(
                     data,
                     seg,
@@ -236,7 +281,8 @@ class ViewCache:
                     window=self.window,
                     view=view,
                     augmentation=augmentation,
-                    seed=view_seed(self.seed, case.name, view, w),
+                    seed=seed,
+                    roi=roi,
                 )
                 yield view - 1, w, image, labels
 

@@ -382,6 +382,7 @@ class Trainer:
             augmentation=self.config.augmentation,
             p_spatial=self.config.views.p_spatial,
             seed=self.config.seed,
+            zoom=self.config.zoom,
         )
         views = ViewCache(self.cache, parts)
         started = time.perf_counter()
@@ -671,6 +672,7 @@ class Trainer:
             precision=precision,
             batch_size=encoder_batch_size(self.device),
             raw_labels_folder=self.raw_labels_folder,
+            zoom=self.config.zoom,
         )
         dice = summary["mean"]
         per_class = "  ".join(
@@ -681,7 +683,8 @@ class Trainer:
         )
         self.timings["validation"] = time.perf_counter() - started
         self.log(
-            f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, {precision}, "
+            f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, "
+            f"zoom {'on' if self.config.zoom.enabled else 'off'}, {precision}, "
             f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['Dice']:.4f}; "
             f"postprocessing steps {summary['postprocessing']}"
         )

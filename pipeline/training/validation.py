@@ -27,6 +27,7 @@ from pipeline.inference.postprocessing import determine_postprocessing
 from pipeline.inference.predictor import Predictor
 from pipeline.io import read_image, write_image
 from pipeline.preprocessing import geometry_of, revert_probabilities, revert_segmentation
+from pipeline.trainer_config import ZoomConfig
 from planners.plans import Plans
 
 
@@ -43,6 +44,7 @@ def validate_fold(
     precision: str = "auto",
     batch_size: int | None = None,
     raw_labels_folder: Path | None = None,
+    zoom: ZoomConfig | None = None,
 ) -> dict:
     """Predict, export, evaluate and decide postprocessing for the validation cases of a fold.
 
@@ -58,6 +60,7 @@ def validate_fold(
         precision: the Predictor's precision ("fp32", "bf16", "auto"; as ``autoprompt predict --precision``).
         batch_size: windows per network call (None: the plans' batch size).
         raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
+        zoom: the second, zoomed pass of prediction (:class:`~pipeline.trainer_config.ZoomConfig`), as trained.
 
     Returns:
         The evaluation summary (as written to ``summary.json``), with ``reference_source`` and
@@ -66,7 +69,14 @@ def validate_fold(
     output = fold_dir / "validation"
     output.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(
-        [model], plans, configuration, device=device, tta=tta, precision=precision, batch_size=batch_size
+        [model],
+        plans,
+        configuration,
+        device=device,
+        tta=tta,
+        precision=precision,
+        batch_size=batch_size,
+        zoom=zoom,
     )
     suffix = plans.file_ending
     foreground = plans.foreground_labels  # the ignore label is neither scored nor postprocessed

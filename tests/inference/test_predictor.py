@@ -165,3 +165,33 @@ def test_a_case_reports_its_slices_in_a_log(
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slices:")]
     assert any(line.startswith("slices: 100% (3/3 slice)") for line in lines)
     assert lines[-1].startswith("slices: done, 3 slice")
+
+
+def test_the_zoomed_pass_replaces_the_first_pass_inside_the_region_of_interest(
+    inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With zoom on, the probabilities inside the box come from predicting the box enlarged to the window, those
+    outside it are the first pass's (float16-held), and a case without a box keeps its first pass."""
+    from pipeline.roi_zoom import RoiBox, zoom_in, zoom_out
+    from pipeline.trainer_config import ZoomConfig
+
+    folder = ModelFolder(inference_setup.model_2d)
+    model = folder.load_model(0, device="cpu")
+    data = first_case_data(inference_setup, "2d", slices=2)
+    plain = Predictor([model], folder.plans, "2d", device="cpu", tta=False)
+    zoomed = Predictor([model], folder.plans, "2d", device="cpu", tta=False, zoom=ZoomConfig(enabled=True))
+    box = RoiBox(top=2.0, left=3.0, side=12.0)
+    monkeypatch.setattr(predictor_module, "roi_box", lambda *args, **kwargs: box)
+    first = plain.predict_preprocessed(data)
+    both = zoomed.predict_preprocessed(data)
+    window = folder.plans.configuration("2d").window_size
+    second = plain.predict_preprocessed(zoom_in(torch.from_numpy(data), box, window).numpy())
+    region, (rows, cols) = zoom_out(torch.from_numpy(second), box, data.shape[-2:])
+    np.testing.assert_allclose(both[:, :, rows, cols], region.numpy(), atol=2e-3)
+    outside = np.ones(data.shape[-2:], dtype=bool)
+    outside[rows, cols] = False
+    np.testing.assert_allclose(both[:, :, outside], first[:, :, outside], atol=2e-3)
+    assert np.abs(both[:, :, rows, cols] - first[:, :, rows, cols]).max() > 1e-2  # the second pass differs
+
+    monkeypatch.setattr(predictor_module, "roi_box", lambda *args, **kwargs: None)
+    np.testing.assert_allclose(zoomed.predict_preprocessed(data), first, atol=2e-3)

@@ -11,13 +11,15 @@ import torch
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.config import ModelConfig
-from pipeline.trainer_config import AugmentationConfig, ViewConfig
+from pipeline.roi_zoom import zoom_in
+from pipeline.trainer_config import AugmentationConfig, ViewConfig, ZoomConfig
 from pipeline.training.augmented_views import (
     BYTES_PER_EMBEDDING,
     ViewCache,
     choose_view_count,
     render_view,
     view_key_parts,
+    zoomed_view_box,
 )
 from pipeline.training.data import BatchDataset, TrainingCase, WindowSampler, build_augmentation, crop_window
 from pipeline.training.embedding_cache import EmbeddingCache
@@ -60,6 +62,25 @@ def test_a_random_view_warps_image_and_labels_together(view: int) -> None:
     identity = crop_window(case.seg, 8, 8, window)
     assert not np.array_equal(labels, identity)  # the view is transformed, not the window itself
     np.testing.assert_array_equal(labels[0], labels[1])  # one transform for every slice of the case
+
+
+def test_a_zoomed_view_shows_the_ground_truth_region_enlarged_with_its_labels() -> None:
+    case = ellipse_case(size=96)
+    window = (128, 128)
+    zoom = ZoomConfig(enabled=True, margin=0.25, views=1.0)
+    box = zoomed_view_box(case.seg, zoom, window, np.random.default_rng(0))
+    assert box is not None and box.factor(window) > 1.25
+    unflipped = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "mirror": False})
+    no_spatial = build_augmentation(unflipped, window, p_spatial=0.0)
+    image, labels = render_view(
+        case.data, case.seg, top=16, left=16, window=window, view=2, augmentation=no_spatial, seed=0, roi=box
+    )
+    expected = zoom_in(torch.from_numpy(case.seg), box, window, labels=True).numpy()
+    np.testing.assert_array_equal(labels, expected)  # without a spatial transform: exactly the zoomed box
+    assert (labels > 0).mean() > 2 * (case.seg > 0).mean()  # the structures fill more of the window
+    assert ((image[:, 0] > 0.5) == (labels > 0)).mean() > 0.97
+    skipped = zoomed_view_box(case.seg, ZoomConfig(enabled=True, views=0.0), window, np.random.default_rng(0))
+    assert skipped is None  # zoom.views = 0: every random view is a window of the slice
 
 
 def test_the_mirror_view_is_the_window_reversed_left_right() -> None:
@@ -126,6 +147,23 @@ def test_views_are_reused_and_rebuilt_when_their_settings_change(
     state = np.random.get_state()[1].copy()
     assert views.build(model, [case], device=torch.device("cpu"), batch_size=2) == 0  # reused
     np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+    zoomed = ViewCache(
+        views.base,
+        view_key_parts(
+            views.base,
+            count=3,
+            augmentation=GEOMETRY_ONLY,
+            p_spatial=1.0,
+            seed=7,
+            zoom=ZoomConfig(enabled=True),
+        ),
+    )
+    assert zoomed.key != views.key and not zoomed.is_complete(case)  # zoom settings make new views
+    off = view_key_parts(
+        views.base, count=3, augmentation=GEOMETRY_ONLY, p_spatial=1.0, seed=7, zoom=ZoomConfig()
+    )
+    assert ViewCache(views.base, off).key == views.key  # zoom off: the views made without it stay valid
 
     rotated_less = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "rotation_degrees": 10.0})
     changed = view_cache(tmp_path, count=3, augmentation=rotated_less)
