@@ -26,6 +26,8 @@ MIN_FACTOR = 1.25
 """A box that would be enlarged less than this is not worth a second pass (or a zoomed view)."""
 FRAGMENT_FRACTION = 0.1
 """Foreground components smaller than this fraction of the largest one (stray fragments) do not widen the box."""
+SHIFT = 0.1
+"""A training sample's box centre moves by up to this fraction of its side."""
 
 
 @dataclass(frozen=True)
@@ -50,19 +52,11 @@ class RoiBox:
         return RoiBox(self.top + rows, self.left + cols, self.side)
 
 
-def roi_box(
-    foreground: np.ndarray, *, margin: float, window: Sequence[int], max_factor: float
-) -> RoiBox | None:
-    """The square around ``foreground``, grown by ``margin`` of its side on each side.
+def foreground_box(foreground: np.ndarray) -> RoiBox | None:
+    """The smallest square around ``foreground`` (``S x H x W`` bool, all slices together), centred on it.
 
     Components (3D, face-connected) smaller than :data:`FRAGMENT_FRACTION` of the largest are left out, so
-    a stray fragment does not widen the box. The side is at least ``min(window) / max_factor``.
-
-    Args:
-        foreground: ``S x H x W`` bool.
-
-    Returns:
-        The box, or None when there is no foreground or it would be enlarged less than :data:`MIN_FACTOR`.
+    a stray fragment does not widen the box. None when there is no foreground.
     """
     components, count = ndimage.label(foreground)
     if count == 0:
@@ -71,10 +65,38 @@ def roi_box(
     kept = np.flatnonzero(sizes >= FRAGMENT_FRACTION * sizes.max()) + 1
     rows, cols = np.nonzero(np.isin(components, kept).any(axis=0))
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    side = max(bottom - top, right - left) * (1 + 2 * margin)
-    side = max(side, min(window) / max_factor)
-    box = RoiBox((top + bottom - side) / 2, (left + right - side) / 2, float(side))
+    side = float(max(bottom - top, right - left))
+    return RoiBox((top + bottom - side) / 2, (left + right - side) / 2, side)
+
+
+def fitted(box: RoiBox, *, window: Sequence[int], max_factor: float) -> RoiBox | None:
+    """``box`` grown to at least ``min(window) / max_factor``; None when it would be enlarged less than
+    :data:`MIN_FACTOR` (not worth a second look)."""
+    box = box.grown(max(1.0, min(window) / max_factor / box.side))
     return box if box.factor(window) >= MIN_FACTOR else None
+
+
+def jittered_box(
+    tight: RoiBox, *, margin: float, window: Sequence[int], max_factor: float, rng: np.random.Generator
+) -> RoiBox | None:
+    """A training sample's region of interest: ``tight`` grown by a margin drawn from 0.5-1.5 x ``margin``,
+    :func:`fitted`, its centre moved by up to :data:`SHIFT` of its side (a first pass is not exact)."""
+    drawn = margin * rng.uniform(0.5, 1.5)
+    box = fitted(tight.grown(1 + 2 * drawn), window=window, max_factor=max_factor)
+    if box is None:
+        return None
+    return box.shifted(*(rng.uniform(-SHIFT, SHIFT, size=2) * box.side))
+
+
+def roi_box(
+    foreground: np.ndarray, *, margin: float, window: Sequence[int], max_factor: float
+) -> RoiBox | None:
+    """The square around ``foreground`` (:func:`foreground_box`) grown by ``margin`` of its side on each
+    side and :func:`fitted` to the window; None without foreground or enlargement."""
+    tight = foreground_box(foreground)
+    if tight is None:
+        return None
+    return fitted(tight.grown(1 + 2 * margin), window=window, max_factor=max_factor)
 
 
 def _grid(box: RoiBox, size: Sequence[int], shape: Sequence[int]) -> torch.Tensor:

@@ -102,15 +102,16 @@ class ZoomConfig:
 
     Prediction finds the square around the foreground of a case's first pass, grown by ``margin`` of its
     side on each side, predicts it again resized to the window and pastes those probabilities over the
-    first pass. Training with the cache shows the model such crops: a random view is, with probability
-    ``views``, the square around the case's ground truth (its margin drawn from 0.5-1.5 x ``margin``, its
-    centre moved by up to 10 % of its side) instead of a window of the slice.
+    first pass. Training shows the model such crops: an augmented sample (a random cached view, or a sample
+    augmented on the fly without the cache) is, with probability ``views``, the square around the case's
+    ground truth (its margin drawn from 0.5-1.5 x ``margin``, its centre moved by up to 10 % of its side)
+    instead of a window of the slice.
     """
 
     enabled: bool = False
     margin: float = 0.25  # fraction of the box's side added on each side
     max_factor: float = 4.0  # the box is enlarged at most this much
-    views: float = 0.5  # fraction of the random cached views that are zoomed crops (training)
+    views: float = 0.5  # fraction of the augmented training samples that are zoomed crops
 
 
 @dataclass

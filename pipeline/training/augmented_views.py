@@ -47,7 +47,7 @@ from tqdm import tqdm
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, save_json
-from pipeline.roi_zoom import RoiBox, roi_box, zoom_in
+from pipeline.roi_zoom import RoiBox, foreground_box, zoom_in
 from pipeline.trainer_config import AugmentationConfig, ViewConfig, ZoomConfig
 from pipeline.training.data import (
     TrainingCase,
@@ -56,6 +56,7 @@ from pipeline.training.data import (
     crop_window,
     fixed_windows,
     run_seeded,
+    zoomed_view_box,
 )
 from pipeline.training.embedding_cache import (
     CACHE_DTYPE,
@@ -67,7 +68,6 @@ from pipeline.training.embedding_cache import (
 
 BYTES_PER_EMBEDDING = int(np.prod(EMBEDDING_SHAPE)) * np.dtype(CACHE_DTYPE).itemsize
 CONTEXT = 2  # the spatial transform reads a region CONTEXT times the window around it
-ZOOM_SHIFT = 0.1  # a zoomed view's centre moves by up to this fraction of its side (an imperfect first pass)
 
 
 def windows_per_view(cases: Sequence[TrainingCase], base: EmbeddingCache) -> int:
@@ -109,21 +109,6 @@ def view_key_parts(
 def view_seed(seed: int, case: str, view: int, window: int) -> int:
     """The seed of random view ``view`` of window ``window`` of ``case`` (independent of case order)."""
     return int(np.random.SeedSequence([seed, zlib.crc32(case.encode()), view, window]).generate_state(1)[0])
-
-
-def zoomed_view_box(
-    seg: np.ndarray, zoom: ZoomConfig, window: Sequence[int], rng: np.random.Generator
-) -> RoiBox | None:
-    """The region of interest a random view shows, or None for a window of the slice: with probability
-    ``zoom.views`` the square around the ground truth of ``seg`` (``S x H x W``) with a margin drawn from
-    0.5-1.5 x ``zoom.margin`` and its centre moved by up to :data:`ZOOM_SHIFT` of its side."""
-    if rng.random() >= zoom.views:
-        return None
-    margin = zoom.margin * rng.uniform(0.5, 1.5)
-    box = roi_box(seg > 0, margin=margin, window=window, max_factor=zoom.max_factor)
-    if box is None:
-        return None
-    return box.shifted(*(rng.uniform(-ZOOM_SHIFT, ZOOM_SHIFT, size=2) * box.side))
 
 
 def render_view(
@@ -267,12 +252,13 @@ class ViewCache:
         kept = cached_slices(case.num_slices, self.base.slice_stride)
         data = np.asarray(case.data[:, kept])
         seg = np.asarray(case.seg[kept])
+        tight = foreground_box(seg > 0) if self.zoom is not None else None
         for w, (top, left) in enumerate(fixed_windows(case.data.shape[-2:], self.window)):
             for view in range(1, self.count):
                 seed = view_seed(self.seed, case.name, view, w)
                 roi = None
                 if self.zoom is not None and view >= 2:
-                    roi = zoomed_view_box(seg, self.zoom, self.window, np.random.default_rng([seed, 1]))
+                    roi = zoomed_view_box(tight, self.zoom, self.window, np.random.default_rng([seed, 1]))
                 image, labels = render_view(
                     data,
                     seg,

@@ -51,7 +51,8 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from autoprompt.errors import AutoPromptError
 from autoprompt.progress import progress
 from pipeline.files import load_npy
-from pipeline.trainer_config import AugmentationConfig
+from pipeline.roi_zoom import RoiBox, foreground_box, jittered_box, zoom_in
+from pipeline.trainer_config import AugmentationConfig, ZoomConfig
 from pipeline.windows import stack_indices, window_slicers
 
 if TYPE_CHECKING:
@@ -375,6 +376,17 @@ def run_seeded(augmentation: Compose, seed: int, **batch: np.ndarray) -> dict[st
     return augmentation(**batch)
 
 
+def zoomed_view_box(
+    tight: RoiBox | None, zoom: ZoomConfig, window: Sequence[int], rng: np.random.Generator
+) -> RoiBox | None:
+    """The region of interest an augmented sample shows, or None for a window of the slice: with probability
+    ``zoom.views``, the case's ground-truth square ``tight`` (:func:`~pipeline.roi_zoom.foreground_box`)
+    jittered as a first pass would find it (:func:`~pipeline.roi_zoom.jittered_box`)."""
+    if tight is None or rng.random() >= zoom.views:
+        return None
+    return jittered_box(tight, margin=zoom.margin, window=window, max_factor=zoom.max_factor, rng=rng)
+
+
 class BatchDataset(torch.utils.data.Dataset):
     """Map-style dataset whose item ``i`` is batch ``i`` of one epoch (use with ``batch_size=None``).
 
@@ -390,6 +402,8 @@ class BatchDataset(torch.utils.data.Dataset):
             memory-mapped on first use in the process that makes the batches.
         views: augmented views of the cases (a ``pipeline.training.augmented_views.ViewCache`` built for
             them, with ``embedding_files``); each sample then draws one of its ``count`` views.
+        zoom: free-window mode: a sample is, with probability ``zoom.views``, the case's region of interest
+            enlarged to the window (:func:`zoomed_view_box`) before ``augmentation``; None: never.
     """
 
     def __init__(
@@ -405,6 +419,7 @@ class BatchDataset(torch.utils.data.Dataset):
         augmentation: Compose | None = None,
         embedding_files: Sequence[Path] | None = None,
         views: ViewCache | None = None,
+        zoom: ZoomConfig | None = None,
     ) -> None:
         if embedding_files is not None and not sampler.fixed:
             raise ValueError("cached embeddings need a fixed-window sampler")
@@ -422,6 +437,8 @@ class BatchDataset(torch.utils.data.Dataset):
         self._embeddings: list[np.ndarray] | None = None
         self.views = views if views is not None and views.count > 1 else None
         self._views: list[CaseViews] | None = None
+        self.zoom = zoom if embedding_files is None else None
+        self._tight: dict[int, RoiBox | None] = {}
 
     def __len__(self) -> int:
         return self.length
@@ -449,6 +466,13 @@ class BatchDataset(torch.utils.data.Dataset):
                 embeddings.append(np.asarray(case_views.embeddings[view - 1, rows, spec.window_index]))
                 continue
             data = np.asarray(case.data[:, stack])  # C x D x H x W
+            roi = self._zoomed_box(spec.case, rng) if self.zoom is not None else None
+            if roi is not None:
+                window = self.sampler.window
+                images.append(zoom_in(torch.from_numpy(data), roi, window).numpy().transpose(1, 0, 2, 3))
+                seg = torch.from_numpy(np.asarray(case.seg[stack]))
+                targets.append(zoom_in(seg, roi, window, labels=True).numpy())
+                continue
             images.append(crop_window(data, spec.top, spec.left, self.sampler.window).transpose(1, 0, 2, 3))
             targets.append(crop_window(np.asarray(case.seg[stack]), spec.top, spec.left, self.sampler.window))
             if self._embeddings is not None:
@@ -469,6 +493,11 @@ class BatchDataset(torch.utils.data.Dataset):
                 embeddings=None if batch.embeddings is None else batch.embeddings[:, 0],
             )
         return batch
+
+    def _zoomed_box(self, case_index: int, rng: np.random.Generator) -> RoiBox | None:
+        if case_index not in self._tight:
+            self._tight[case_index] = foreground_box(np.asarray(self.sampler.cases[case_index].seg) > 0)
+        return zoomed_view_box(self._tight[case_index], self.zoom, self.sampler.window, rng)
 
     def _augment(
         self, images: np.ndarray, targets: np.ndarray, rng: np.random.Generator

@@ -449,6 +449,7 @@ class Trainer:
             augmentation=self.augmentation if augment else None,
             embedding_files=None if self.cache is None else [self.cache.path(c.name) for c in sampler.cases],
             views=self.views if augment else None,
+            zoom=self.config.zoom if augment and self.config.zoom.enabled else None,
         )
 
     def _forward(

@@ -11,7 +11,7 @@ import torch
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.config import ModelConfig
-from pipeline.roi_zoom import zoom_in
+from pipeline.roi_zoom import foreground_box, zoom_in
 from pipeline.trainer_config import AugmentationConfig, ViewConfig, ZoomConfig
 from pipeline.training.augmented_views import (
     BYTES_PER_EMBEDDING,
@@ -19,9 +19,15 @@ from pipeline.training.augmented_views import (
     choose_view_count,
     render_view,
     view_key_parts,
+)
+from pipeline.training.data import (
+    BatchDataset,
+    TrainingCase,
+    WindowSampler,
+    build_augmentation,
+    crop_window,
     zoomed_view_box,
 )
-from pipeline.training.data import BatchDataset, TrainingCase, WindowSampler, build_augmentation, crop_window
 from pipeline.training.embedding_cache import EmbeddingCache
 
 GEOMETRY_ONLY = AugmentationConfig(
@@ -68,7 +74,8 @@ def test_a_zoomed_view_shows_the_ground_truth_region_enlarged_with_its_labels() 
     case = ellipse_case(size=96)
     window = (128, 128)
     zoom = ZoomConfig(enabled=True, margin=0.25, views=1.0)
-    box = zoomed_view_box(case.seg, zoom, window, np.random.default_rng(0))
+    tight = foreground_box(case.seg > 0)
+    box = zoomed_view_box(tight, zoom, window, np.random.default_rng(0))
     assert box is not None and box.factor(window) > 1.25
     unflipped = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "mirror": False})
     no_spatial = build_augmentation(unflipped, window, p_spatial=0.0)
@@ -79,7 +86,7 @@ def test_a_zoomed_view_shows_the_ground_truth_region_enlarged_with_its_labels() 
     np.testing.assert_array_equal(labels, expected)  # without a spatial transform: exactly the zoomed box
     assert (labels > 0).mean() > 2 * (case.seg > 0).mean()  # the structures fill more of the window
     assert ((image[:, 0] > 0.5) == (labels > 0)).mean() > 0.97
-    skipped = zoomed_view_box(case.seg, ZoomConfig(enabled=True, views=0.0), window, np.random.default_rng(0))
+    skipped = zoomed_view_box(tight, ZoomConfig(enabled=True, views=0.0), window, np.random.default_rng(0))
     assert skipped is None  # zoom.views = 0: every random view is a window of the slice
 
 
@@ -238,3 +245,29 @@ def test_a_stack_draws_one_view_and_every_slice_shows_the_same_transform(
             torch.testing.assert_close(embeddings[depth], embeddings[0], atol=1e-2, rtol=1e-2)
         transformed += not torch.equal(target[0], identity)
     assert 0 < transformed < 16  # stacks of the window itself and of its views (mirror, random)
+
+
+def test_without_the_cache_samples_are_zoomed_on_the_fly_with_their_labels() -> None:
+    case = ellipse_case(size=96)
+    window = (128, 128)
+    sampler = WindowSampler([case], window=window, oversample_foreground=0.0, fixed=False)
+    unflipped = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "mirror": False})
+
+    def batch(views: float):
+        dataset = BatchDataset(
+            sampler,
+            batch_size=4,
+            stack_depth=1,
+            seed=0,
+            stream=0,
+            epoch=0,
+            length=1,
+            augmentation=build_augmentation(unflipped, window, p_spatial=0.0),
+            zoom=ZoomConfig(enabled=True, views=views),
+        )
+        return dataset[0]
+
+    zoomed, plain = batch(1.0), batch(0.0)
+    assert (zoomed.target > 0).float().mean() > 2 * (plain.target > 0).float().mean()
+    bright = zoomed.images[:, 0] > 0.5
+    assert (bright == (zoomed.target > 0)).float().mean() > 0.97
