@@ -10,7 +10,8 @@ TTA, then back to the input geometry (``revert_probability_slices``), argmax and
 Memory: the probabilities are never held for the whole case. Each slab of finished slices is reverted to
 the input geometry and its argmax written into the label map at once (slices are never resampled, so this
 is exactly what reverting the whole case gives); only with ``return_probabilities`` is a ``K+1 x Z x Y x X``
-array kept, in float16.
+array kept, in float16, and with ``zoom`` the preprocessed case's ``K+1`` probabilities, in float16, between the
+first pass and the zoomed second pass over the region of interest (:mod:`pipeline.roi_zoom`).
 
 Speed: the image encoder dominates (see ``benchmarks/inference_speed.py``). When every
 fold's encoder is the same frozen backbone (``uses_frozen_encoder`` and one backbone checksum), each
