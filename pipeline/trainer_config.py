@@ -98,17 +98,18 @@ class ViewConfig:
 
 @dataclass
 class ZoomConfig:
-    """A second, zoomed pass over the region of interest (:mod:`pipeline.roi_zoom`).
+    """The region of interest enlarged to the window (:mod:`pipeline.roi_zoom`): zoomed training views, and
+    optionally a second, zoomed pass at prediction.
 
-    Prediction finds the square around the foreground of a case's first pass, grown by ``margin`` of its
-    side on each side, predicts it again resized to the window and pastes those probabilities over the
-    first pass. Training shows the model such crops: an augmented sample (a random cached view, or a sample
-    augmented on the fly without the cache) is, with probability ``views``, the square around the case's
+    Training shows the model such crops: an augmented sample (a random cached view, or a sample augmented
+    on the fly without the cache) is, with probability ``views`` (0: never), the square around the case's
     ground truth (its margin drawn from 0.5-1.5 x ``margin``, its centre moved by up to 10 % of its side)
-    instead of a window of the slice.
+    instead of a window of the slice. With ``second_pass``, prediction finds the square around the
+    foreground of a case's first pass, grown by ``margin`` of its side on each side, predicts it again
+    resized to the window and pastes those probabilities over the first pass.
     """
 
-    enabled: bool = False
+    second_pass: bool = False
     margin: float = 0.25  # fraction of the box's side added on each side
     max_factor: float = 4.0  # the box is enlarged at most this much
     views: float = 0.5  # fraction of the augmented training samples that are zoomed crops
@@ -328,6 +329,9 @@ def load_trainer_config(path_or_preset: str | Path, overrides: typing.Sequence[s
 
 def trainer_config_from_dict(data: dict[str, Any], *, source: str) -> TrainerConfig:
     """Build a :class:`TrainerConfig` from a plain dict (a loaded YAML or checkpoint metadata)."""
+    zoom = data.get("zoom")
+    if isinstance(zoom, dict) and "enabled" in zoom:  # model folders of round 14 named second_pass "enabled"
+        data = {**data, "zoom": {("second_pass" if k == "enabled" else k): v for k, v in zoom.items()}}
     return _build(TrainerConfig, data, source=source)
 
 

@@ -31,7 +31,7 @@ The model folder is RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration
 examples:
   autoprompt predict -i imagesTs -o preds -d 27 -c 2d
   autoprompt predict -i scan.nii.gz -o preds -d 27 -f 0 --no-tta
-  autoprompt predict -i imagesTs -o preds -d 27 -f all      # the model trained on every case (no postprocessing)
+  autoprompt predict -i imagesTs -o preds -d 27 -f all      # the model trained on every case
   autoprompt predict -i dicom/series1 -o preds --model-dir results/Dataset027_ACDC/autoprompt__2d_frozen__2d
   autoprompt predict -i imagesTs -o preds -d 27 --part-id 0 --num-parts 2   # and --part-id 1 elsewhere
   autoprompt predict -i imagesTs -o preds -d 27 -c 2d -f 0 -chk checkpoint_final.pth --disable_tta   # nnU-Net's flags
@@ -84,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--zoom",
         action=argparse.BooleanOptionalAction,
         help="a second pass over the region of interest, enlarged to the window (the square around the first "
-        "pass's foreground); default: the model's setting, zoom.enabled",
+        "pass's foreground); default: the model's setting, zoom.second_pass",
     )
     run.add_argument(
         "--save-probabilities",

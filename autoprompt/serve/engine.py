@@ -162,7 +162,7 @@ class Engine:
             self.folder.configuration,
             tta=self.tta,
             limits=self.limits,
-            zoom=self.folder.trainer_config.zoom.enabled,
+            zoom=self.folder.trainer_config.zoom.second_pass,
         )
 
     def prepare_checks(self) -> None:

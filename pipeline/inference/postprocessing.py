@@ -15,6 +15,11 @@ removed with nnU-Net's own ``remove_all_but_largest_component_from_segmentation`
 
 With several folds, :func:`combine_fold_rules` keeps only the steps that every fold chose: a
 component is removed only when all folds' validations agree that removing it helps.
+
+A model trained on every case (fold ``all``) has no validation cases to decide on;
+:func:`postprocessing_from_labels` decides from its training labels instead: a class that is one piece
+(its largest component holding at least ``min_share`` of its voxels) in every training label map keeps
+only its largest component.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from acvl_utils.morphology.morphology_helper import label_with_component_sizes
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
 from nnunetv2.postprocessing.remove_connected_components import (
     remove_all_but_largest_component_from_segmentation,
@@ -113,6 +119,39 @@ def determine_postprocessing(
         "foreground_dice_before": _json_float(_foreground_mean(before)),
         "foreground_dice_after": _json_float(_foreground_mean(best)),
         "num_cases": len(predictions),
+    }
+
+
+def postprocessing_from_labels(
+    references: Sequence[np.ndarray], *, labels: Sequence[int], min_share: float = 0.95
+) -> dict:
+    """Keep-largest-component rules for a model without validation cases, read from its training labels.
+
+    Args:
+        references: the training label maps (any shape; connectivity as nnU-Net's postprocessing).
+        labels: foreground label values to consider.
+        min_share: a class gets a step when, in every label map holding it, its largest connected
+            component has at least this share of its voxels.
+
+    Returns:
+        Rules as :func:`determine_postprocessing` writes them (``steps``, one per qualifying class), with
+        ``decided_from`` and each class's smallest ``largest_component_share`` (null: never present).
+    """
+    shares: dict[int, list[float]] = {int(label): [] for label in labels}
+    for reference in references:
+        for label in shares:
+            mask = reference == label
+            if mask.any():
+                _, sizes = label_with_component_sizes(mask)
+                shares[label].append(max(sizes.values()) / sum(sizes.values()))
+    steps = [[label] for label, values in shares.items() if values and min(values) >= min_share]
+    return {
+        "steps": steps,
+        "decided_from": f"training labels (every class whose largest component holds >= {min_share:g} of it)",
+        "largest_component_share": {
+            str(label): round(min(values), 6) if values else None for label, values in shares.items()
+        },
+        "num_cases": len(references),
     }
 
 

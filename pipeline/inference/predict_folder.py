@@ -116,7 +116,7 @@ def predict(
         skip_presence_below: do not decode a class in a window where its presence probability is below this
             (faster with many classes; :meth:`Predictor.from_model_folder`); None: as trained.
         zoom: a second, zoomed pass over the region of interest on or off (:mod:`pipeline.roi_zoom`); None:
-            as trained (``zoom.enabled``).
+            as trained (``zoom.second_pass``).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
         output_suffix: label map file type (e.g. ".nii.gz"; never ".jpg"); default: the input's (".nii.gz"
             for DICOM, ".png" for JPEG).

@@ -64,9 +64,7 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
     names = ", ".join(map(str, folds))
     has = "has" if len(folds) == 1 else "have"
     why = (
-        "fold all has no held-out cases to choose it on"
-        if "all" in folds
-        else "it is chosen by the final validation at the end of training"
+        "it is written at the end of training: by the final validation, for fold all from the training labels"
     )
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
 
@@ -111,7 +109,7 @@ class Predictor:
             :data:`CPU_BATCH_SIZE` on the CPU.
         step_size: overlap of in-plane windows on slices larger than the window (0.5: half a window).
         zoom: a second pass over the region of interest (:class:`~pipeline.trainer_config.ZoomConfig`,
-            :mod:`pipeline.roi_zoom`); None or not ``enabled``: one pass. The probabilities of a zoomed case
+            :mod:`pipeline.roi_zoom`); None or not ``second_pass``: one pass. The probabilities of a zoomed case
             are held whole (float16) between the passes.
 
     Attributes:
@@ -149,7 +147,7 @@ class Predictor:
             self.plan.batch_size if self.device.type == "cuda" else CPU_BATCH_SIZE
         )
         self.step_size = step_size
-        self.zoom = zoom if zoom is not None and zoom.enabled else None
+        self.zoom = zoom if zoom is not None and zoom.second_pass else None
         self.notes: list[str] = []
         self.limits: CaseLimits | None = CaseLimits()
         self.num_outputs = plans.num_foreground_classes + 1
@@ -250,7 +248,7 @@ class Predictor:
             without_rules = [fold for fold, found in zip(folds, fold_rules, strict=True) if found is None]
         zoom_config = model_folder.trainer_config.zoom
         if zoom is not None:
-            zoom_config = dataclasses.replace(zoom_config, enabled=zoom)
+            zoom_config = dataclasses.replace(zoom_config, second_pass=zoom)
         predictor = cls(
             models,
             model_folder.plans,

@@ -8,7 +8,7 @@ and each training sample draws one of them::
     view 1        its mirror image (columns reversed)
     views 2..V-1  random views drawn with nnU-Net's 2D augmentations
                   (:func:`pipeline.training.data.build_augmentation`, rotation and scaling with
-                  probability ``ViewConfig.p_spatial``); with ``zoom.enabled`` a fraction ``zoom.views``
+                  probability ``ViewConfig.p_spatial``); a fraction ``zoom.views``
                   of them show the region of interest enlarged to the window (:mod:`pipeline.roi_zoom`,
                   the square around the case's ground truth, its margin and centre jittered) before
                   the same augmentations
@@ -92,8 +92,8 @@ def view_key_parts(
     seed: int,
     zoom: ZoomConfig | None = None,
 ) -> dict[str, object]:
-    """The values the views key is made of (written to ``views.json``; ``zoom`` only when enabled, so
-    views made without it keep their key)."""
+    """The values the views key is made of (written to ``views.json``; ``zoom``'s view settings only when
+    it makes zoomed views, so views made without them keep their key)."""
     parts: dict[str, object] = {
         "base_key": base.key,
         "count": count,
@@ -101,8 +101,8 @@ def view_key_parts(
         "p_spatial": p_spatial,
         "seed": seed,
     }
-    if zoom is not None and zoom.enabled:
-        parts["zoom"] = asdict(zoom)
+    if zoom is not None and zoom.views > 0:
+        parts["zoom"] = {"margin": zoom.margin, "max_factor": zoom.max_factor, "views": zoom.views}
     return parts
 
 

@@ -46,6 +46,8 @@ from pipeline.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from pipeline.files import save_json
+from pipeline.inference.postprocessing import postprocessing_from_labels
 from pipeline.model_folder import ModelFolder
 from pipeline.trainer_config import TrainerConfig
 from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts, windows_per_view
@@ -449,7 +451,7 @@ class Trainer:
             augmentation=self.augmentation if augment else None,
             embedding_files=None if self.cache is None else [self.cache.path(c.name) for c in sampler.cases],
             views=self.views if augment else None,
-            zoom=self.config.zoom if augment and self.config.zoom.enabled else None,
+            zoom=self.config.zoom if augment and self.config.zoom.views > 0 else None,
         )
 
     def _forward(
@@ -635,10 +637,7 @@ class Trainer:
             if self.config.final_validation and self.fold != "all":
                 summary = self._final_validation()
             elif self.fold == "all":
-                self.log(
-                    "fold 'all' has no held-out cases: final validation and postprocessing choice skipped "
-                    "(predicting with fold all applies no postprocessing)"
-                )
+                self._postprocessing_from_training_labels()
             else:
                 self.log("final_validation=false: final validation and postprocessing choice skipped")
         return TrainingResult(
@@ -650,6 +649,17 @@ class Trainer:
             validation=summary,
             history=self.history,
             timings=self.timings,
+        )
+
+    def _postprocessing_from_training_labels(self) -> None:
+        """Fold ``all`` has no held-out cases: decide postprocessing from the training labels instead."""
+        rules = postprocessing_from_labels(
+            [case.seg for case in self.train_cases], labels=sorted(self.plans.foreground_labels.values())
+        )
+        save_json(rules, self.fold_dir / "postprocessing.json")
+        self.log(
+            "fold 'all' has no held-out cases: final validation skipped; postprocessing decided from the "
+            f"training labels (largest component kept for the classes that are one piece in all): steps {rules['steps']}"
         )
 
     def _final_validation(self) -> dict:
@@ -685,7 +695,7 @@ class Trainer:
         self.timings["validation"] = time.perf_counter() - started
         self.log(
             f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, "
-            f"zoom {'on' if self.config.zoom.enabled else 'off'}, {precision}, "
+            f"zoomed pass {'on' if self.config.zoom.second_pass else 'off'}, {precision}, "
             f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['Dice']:.4f}; "
             f"postprocessing steps {summary['postprocessing']}"
         )

@@ -15,6 +15,7 @@ from pipeline.inference.postprocessing import (
     determine_postprocessing,
     load_postprocessing,
     mean_dice,
+    postprocessing_from_labels,
 )
 from pipeline.io import Geometry, write_image
 
@@ -102,3 +103,20 @@ def test_rules_file_round_trip_and_bad_file(tmp_path: Path) -> None:
     bad.write_text('{"steps": "largest"}')
     with pytest.raises(AutoPromptError, match=r"postprocessing\.json: not valid postprocessing rules"):
         load_postprocessing(bad)
+
+
+def test_without_validation_cases_classes_that_are_one_piece_in_every_training_label_keep_one_component(
+    tmp_path: Path,
+) -> None:
+    one_piece = two_organs()
+    split = two_organs()
+    split[1:5, 14:18, 2:8] = 1  # class 1 in two pieces of similar size in the second label map
+    speck = two_organs()
+    speck[5, 19, 0] = 2  # class 2 with a one-voxel fragment: still one piece for 95 %
+    rules = postprocessing_from_labels([one_piece, split, speck], labels=[1, 2, 3])
+    assert rules["steps"] == [[2]]  # class 1 is not always one piece; class 3 never occurs
+    assert rules["largest_component_share"]["1"] == pytest.approx(0.6)
+    assert rules["largest_component_share"]["3"] is None and rules["num_cases"] == 3
+    assert postprocessing_from_labels([one_piece, split], labels=[1, 2], min_share=0.5)["steps"] == [[1], [2]]
+    (tmp_path / "postprocessing.json").write_text(json.dumps(rules))
+    assert load_postprocessing(tmp_path / "postprocessing.json")["steps"] == [[2]]  # valid rules as written

@@ -179,7 +179,9 @@ def test_the_zoomed_pass_replaces_the_first_pass_inside_the_region_of_interest(
     model = folder.load_model(0, device="cpu")
     data = first_case_data(inference_setup, "2d", slices=2)
     plain = Predictor([model], folder.plans, "2d", device="cpu", tta=False)
-    zoomed = Predictor([model], folder.plans, "2d", device="cpu", tta=False, zoom=ZoomConfig(enabled=True))
+    zoomed = Predictor(
+        [model], folder.plans, "2d", device="cpu", tta=False, zoom=ZoomConfig(second_pass=True)
+    )
     box = RoiBox(top=2.0, left=3.0, side=12.0)
     monkeypatch.setattr(predictor_module, "roi_box", lambda *args, **kwargs: box)
     first = plain.predict_preprocessed(data)

@@ -186,13 +186,18 @@ def test_small_dataset_plans_trains_and_predicts(
     assert train(tmp_path, "all") == 0
     log = (model / "fold_all" / "training_log.txt").read_text()
     assert f"{len(case_ids(groups, grouped))} training / {len(case_ids(groups, grouped))} validation" in log
-    assert "fold 'all' has no held-out cases: final validation and postprocessing choice skipped" in log
-    assert not (model / "fold_all" / "postprocessing.json").exists()
+    assert (
+        "fold 'all' has no held-out cases: final validation skipped; postprocessing decided from the" in log
+    )
+    rules = json.loads((model / "fold_all" / "postprocessing.json").read_text())
+    assert rules["decided_from"].startswith("training labels") and rules["num_cases"] == len(
+        case_ids(groups, grouped)
+    )
     capsys.readouterr()
 
     assert predict(tmp_path, "preds_all", "all") == 0
     captured = capsys.readouterr()
-    assert "note: no postprocessing applied: fold all has no postprocessing.json" in captured.err
+    assert "no postprocessing applied" not in captured.err
     assert "1 done, 0 skipped, 0 failed" in captured.out
     labels, _ = read_image(tmp_path / "preds_all" / "test.nii.gz")
     assert labels.shape == SHAPE

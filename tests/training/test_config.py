@@ -14,6 +14,7 @@ from pipeline.trainer_config import (
     preset_name,
     preset_names,
     save_trainer_config,
+    trainer_config_from_dict,
 )
 
 
@@ -91,6 +92,13 @@ def test_yaml_round_trip_and_preset_name(tmp_path: Path) -> None:
     assert load_trainer_config(path) == config
     assert preset_name(path) == "mine"
     assert preset_name("2d_frozen") == "2d_frozen"
+
+
+def test_model_folders_of_round_14_load_with_their_zoom_setting_renamed() -> None:
+    old = load_trainer_config("2d_frozen").to_dict()
+    old["zoom"] = {"enabled": True, "margin": 0.3, "max_factor": 4.0, "views": 0.5}
+    config = trainer_config_from_dict(old, source="trainer_config.yaml")
+    assert config.zoom.second_pass and config.zoom.margin == 0.3
 
 
 def test_malformed_yaml_names_the_file(tmp_path: Path) -> None:
