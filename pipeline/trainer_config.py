@@ -112,7 +112,7 @@ class ZoomConfig:
     second_pass: bool = False
     margin: float = 0.25  # fraction of the box's side added on each side
     max_factor: float = 4.0  # the box is enlarged at most this much
-    views: float = 0.5  # fraction of the augmented training samples that are zoomed crops
+    views: float = 0.0  # fraction of the augmented training samples that are zoomed crops (0: none)
 
 
 @dataclass
