@@ -135,7 +135,9 @@ def format_report(report: dict) -> str:
         f"- test cases: {len(settings['test_cases'])} ({settings['case_source']}); never used for training or "
         "checkpoint selection",
         f"- training budget: {settings['budget_minutes']:g} min of epochs per method, device {settings['device']}, "
-        "all training cases (fold 'all'), final checkpoint",
+        "all training cases (fold 'all'), final checkpoint; postprocessing: autoprompt keeps the largest "
+        "component of the classes that are one piece in every training label map, nnU-Net none (its rule "
+        "needs held-out cases)",
         f"- autoprompt: configuration {settings['configuration']}, preset {preset}{overrides}",
         *(
             f"- merged from {source['report']} (autoprompt overrides: {', '.join(source['autoprompt_overrides']) or 'none'})"
