@@ -12,6 +12,8 @@ from pipeline.files import atomic_path, save_json
 
 METHODS = ("autoprompt", "nnunet")
 METHOD_TITLES = {"autoprompt": "autoprompt", "nnunet": "nnU-Net"}
+BASELINES = ("nnunet", "none")
+"""``--vs`` choices: nnU-Net v2, or none (autoprompt alone)."""
 LOST_DICE = 0.1
 """A class present in a test case's reference counts as lost where its Dice is below this."""
 
@@ -102,6 +104,11 @@ def _worst_cell(run: dict) -> str:
     return "-" if worst is None else f"{worst['name']} ({worst['dice']:.4f})"
 
 
+def methods_in(report: dict) -> tuple[str, ...]:
+    """The methods of :data:`METHODS` that have runs in ``report`` (autoprompt alone with ``--vs none``)."""
+    return tuple(m for m in METHODS if any(run["method"] == m for run in report["runs"]))
+
+
 def _lost_cell(run: dict) -> str:
     return "-" if "lost" not in run else (", ".join(run["lost"]) or "none")
 
@@ -124,34 +131,42 @@ def format_report(report: dict) -> str:
     by_size = {
         size: {run["method"]: run for run in report["runs"] if run["train_size"] == size} for size in sizes
     }
-    titles = [METHOD_TITLES[m] for m in METHODS]
+    methods = methods_in(report)
+    with_nnunet = "nnunet" in methods
+    titles = [METHOD_TITLES[m] for m in methods]
     preset = Path(settings["autoprompt_config"]).name
     overrides = (
         f" with {', '.join(settings['autoprompt_overrides'])}" if settings["autoprompt_overrides"] else ""
     )
     lines = [
-        f"# Benchmark on {settings['dataset']}: autoprompt vs nnU-Net v2",
+        f"# Benchmark on {settings['dataset']}: autoprompt" + (" vs nnU-Net v2" if with_nnunet else " alone"),
         "",
         f"- test cases: {len(settings['test_cases'])} ({settings['case_source']}); never used for training or "
         "checkpoint selection",
         f"- training budget: {settings['budget_minutes']:g} min of epochs per method, device {settings['device']}, "
-        "all training cases (fold 'all'), final checkpoint; postprocessing: autoprompt keeps the largest "
-        "component of the classes that are one piece in every training label map, nnU-Net none (its rule "
-        "needs held-out cases)",
+        "all training cases (fold 'all'), final checkpoint; postprocessing: autoprompt decides it from its "
+        "training labels (docs/usage.md, predict)"
+        + (", nnU-Net none (its rule needs held-out cases)" if with_nnunet else ""),
         f"- autoprompt: configuration {settings['configuration']}, preset {preset}{overrides}",
         *(
             f"- merged from {source['report']} (autoprompt overrides: {', '.join(source['autoprompt_overrides']) or 'none'})"
             for source in settings.get("merged_from", [])
         ),
-        f"- nnU-Net v2: configuration {settings['nnunet_configuration']}, nnUNetTrainer"
-        + (
-            f", {settings['nnunet_iterations_per_epoch']} iterations per epoch"
-            if settings["nnunet_iterations_per_epoch"]
-            else ""
+        *(
+            [
+                f"- nnU-Net v2: configuration {settings['nnunet_configuration']}, nnUNetTrainer"
+                + (
+                    f", {settings['nnunet_iterations_per_epoch']} iterations per epoch"
+                    if settings["nnunet_iterations_per_epoch"]
+                    else ""
+                )
+            ]
+            if with_nnunet
+            else []
         ),
         (
-            "- mirroring test-time augmentation: on for nnU-Net; for autoprompt only if it trained with mirror "
-            "augmentation (not on cached embeddings: a network that never saw mirrored anatomy mislabels it)"
+            "- mirroring test-time augmentation: on for nnU-Net; for autoprompt only if it trained on mirrored "
+            "slices (on the fly or in its cached views: a network that never saw mirrored anatomy mislabels it)"
             if settings["tta"]
             else "- mirroring test-time augmentation: off for both"
         ),
@@ -168,17 +183,17 @@ def format_report(report: dict) -> str:
         lines += ["", f"## {_size_title(list(runs.values()), grouped)}", ""]
         lines.append("| class | " + " | ".join(f"{t} Dice" for t in titles) + " | "
                      + " | ".join(f"{t} HD95" for t in titles) + " |")  # fmt: skip
-        lines.append("|---" * (1 + 2 * len(METHODS)) + "|")
+        lines.append("|---" * (1 + 2 * len(methods)) + "|")
         for name, value in report["labels"].items():
             if value == 0:
                 continue
-            dice = [_cell(runs[m]["per_class"][name]["dice"], 4) for m in METHODS]
-            hd95 = [_cell(runs[m]["per_class"][name]["hd95"], 2) for m in METHODS]
+            dice = [_cell(runs[m]["per_class"][name]["dice"], 4) for m in methods]
+            hd95 = [_cell(runs[m]["per_class"][name]["hd95"], 2) for m in methods]
             lines.append(f"| {name} ({value}) | " + " | ".join(dice + hd95) + " |")
-        dice = [_cell(runs[m]["mean"]["dice"], 4) for m in METHODS]
-        hd95 = [_cell(runs[m]["mean"]["hd95"], 2) for m in METHODS]
+        dice = [_cell(runs[m]["mean"]["dice"], 4) for m in methods]
+        hd95 = [_cell(runs[m]["mean"]["hd95"], 2) for m in methods]
         lines.append("| **mean** | " + " | ".join(f"**{v}**" for v in dice + hd95) + " |")
-        lines += ["", "| spread and cost | " + " | ".join(titles) + " |", "|---" * (1 + len(METHODS)) + "|"]
+        lines += ["", "| spread and cost | " + " | ".join(titles) + " |", "|---" * (1 + len(methods)) + "|"]
         rows = [
             (f"worst test {unit[:-1]} (its mean Dice)", _worst_cell),
             (f"classes lost (Dice < {LOST_DICE:g} where present)", _lost_cell),
@@ -190,7 +205,7 @@ def format_report(report: dict) -> str:
             ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),
             ("peak memory, inference (MiB)", lambda r: _cell(r["peak_rss_mib"]["predicted"], 0)),
         ]
-        lines += [f"| {label} | " + " | ".join(cell(runs[m]) for m in METHODS) + " |" for label, cell in rows]
+        lines += [f"| {label} | " + " | ".join(cell(runs[m]) for m in methods) + " |" for label, cell in rows]
     if len(sizes) > 1:
         lines += [
             "",
@@ -198,12 +213,12 @@ def format_report(report: dict) -> str:
             "",
             f"| training {unit} | " + " | ".join(f"{t} Dice" for t in titles) + " |",
         ]
-        lines.append("|---" * (1 + len(METHODS)) + "|")
+        lines.append("|---" * (1 + len(methods)) + "|")
         for size in sizes:
             runs = by_size[size]
-            count = runs[METHODS[0]]["num_train_groups"]
+            count = runs[methods[0]]["num_train_groups"]
             lines.append(
-                f"| {count} | " + " | ".join(_cell(runs[m]["mean"]["dice"], 4) for m in METHODS) + " |"
+                f"| {count} | " + " | ".join(_cell(runs[m]["mean"]["dice"], 4) for m in methods) + " |"
             )
         lines += ["", "![Dice vs training-set size](data_efficiency.png)"]
     lines += ["", "![Dice per class](dice_by_class.png)", ""]
@@ -236,11 +251,12 @@ def _plot_dice_bars(report: dict, path: Path) -> None:
     runs = {run["method"]: run for run in report["runs"] if run["train_size"] == largest}
     names = [name for name, value in report["labels"].items() if value != 0]
     positions = np.arange(len(names) + 1)
-    width = 0.8 / len(METHODS)
+    methods = methods_in(report)
+    width = 0.8 / len(methods)
     figure, axis = plt.subplots(figsize=(1.6 * len(positions) + 2, 4))
-    for index, method in enumerate(METHODS):
+    for index, method in enumerate(methods):
         values = [runs[method]["per_class"][n]["dice"] for n in names] + [runs[method]["mean"]["dice"]]
-        axis.bar(positions + (index - (len(METHODS) - 1) / 2) * width, [v or 0.0 for v in values], width,
+        axis.bar(positions + (index - (len(methods) - 1) / 2) * width, [v or 0.0 for v in values], width,
                  label=METHOD_TITLES[method])  # fmt: skip
     axis.set_xticks(positions, [*names, "mean"])
     axis.set_ylim(0, 1)
@@ -256,7 +272,7 @@ def _plot_data_efficiency(report: dict, path: Path) -> None:
     """Mean Dice against the number of training groups, one line per method."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
+    for method in methods_in(report):
         runs = [run for run in report["runs"] if run["method"] == method]
         axis.plot([r["num_train_groups"] for r in runs], [r["mean"]["dice"] or 0.0 for r in runs], marker="o",
                   label=METHOD_TITLES[method])  # fmt: skip

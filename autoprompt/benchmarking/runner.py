@@ -39,7 +39,7 @@ from tqdm import tqdm
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.benchmarking import nnunet_baseline
 from autoprompt.benchmarking.cases import ALL, group_of, select_cases, training_subsets
-from autoprompt.benchmarking.report import METHOD_TITLES, METHODS, summarise_run, write_report
+from autoprompt.benchmarking.report import BASELINES, METHOD_TITLES, METHODS, summarise_run, write_report
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_id
 from autoprompt.progress import progress
@@ -131,6 +131,7 @@ def run_benchmark(
     nnunet_iterations_per_epoch: int | None = None,
     tta: bool = True,
     num_processes: int = 2,
+    baseline: str = "nnunet",
 ) -> dict:
     """Train, predict and evaluate autoprompt and nnU-Net v2 on the same cases; write the report.
 
@@ -156,6 +157,8 @@ def run_benchmark(
         tta: mirroring test-time augmentation: nnU-Net's; autoprompt's where its model was trained with
             mirroring (``predict(tta=None)``). False: off for both.
         num_processes: worker processes for planning and evaluation.
+        baseline: "nnunet", or "none" for autoprompt alone (nnU-Net's parts are skipped; a later run
+            with "nnunet" in the same report folder adds them and reuses autoprompt's).
 
     Returns:
         The report (also written to ``report_dir/report.json``).
@@ -175,6 +178,8 @@ def run_benchmark(
         raise AutoPromptError(
             f"--budget {budget_minutes}: the training budget must be a positive finite number (minutes)"
         )
+    if baseline not in BASELINES:
+        raise AutoPromptError(f"--vs {baseline}: choose one of {', '.join(BASELINES)}")
     if nnunet_iterations_per_epoch is not None and nnunet_iterations_per_epoch < 1:
         raise AutoPromptError(
             f"--nnunet-iterations {nnunet_iterations_per_epoch}: pass at least 1 (nnU-Net: 250)"
@@ -229,7 +234,7 @@ def run_benchmark(
     parts = [
         Part(method, size, cases, work / method / f"train_{size}")
         for size, cases in subsets.items()
-        for method in METHODS
+        for method in (METHODS if baseline == "nnunet" else ("autoprompt",))
     ]
     runs = []
     with progress(total=len(parts) * len(PARTS), desc="benchmark", unit="step") as bar:
@@ -381,7 +386,7 @@ class _AutoPromptSteps:
             "folds": [ALL],
             "checkpoint": "final",
             "device": self.context.settings.device,
-            # None: mirroring only if the model was trained with it (not on cached embeddings)
+            # None: mirroring only if the model trained on mirrored slices (checkpoint's mirror_augmented)
             "tta": None if self.context.settings.tta else False,
             "precision": "auto",  # the precision the network was trained in (its checkpoint records it)
         }

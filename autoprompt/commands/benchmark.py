@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from autoprompt.benchmarking.report import BASELINES
 from autoprompt.commands.common import add_device_argument, data_roots
 from autoprompt.paths import dataset_folder_name
 
@@ -33,6 +34,8 @@ examples:
   autoprompt benchmark -d 4 --raw data --budget 60 -o bench_hippocampus
   autoprompt benchmark -d 27 --raw data --splits data/Dataset027_ACDC/splits_patient_70_10.json \\
       --group-regex '^(patient\\d+)_frame\\d+$' --train-cases 5,20 --budget 60 -o bench_acdc_curve
+  autoprompt benchmark -d 27 --raw data --splits data/Dataset027_ACDC/splits_patient_70_10.json \\
+      --group-regex '^(patient\\d+)_frame\\d+$' --budget 60 --vs none -o bench_acdc_alone
 """
 
 
@@ -79,7 +82,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="autoprompt configuration (default: 2d)",
     )
     run.add_argument(
-        "--vs", choices=("nnunet",), default="nnunet", help="the baseline (nnU-Net v2 is the only one so far)"
+        "--vs",
+        choices=BASELINES,
+        default="nnunet",
+        help="the baseline: nnunet (nnU-Net v2, default) or none (autoprompt alone; a later run with --vs "
+        "nnunet in the same -o folder adds nnU-Net and reuses autoprompt's parts)",
     )
     run.add_argument(
         "--nnunet-config",
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         nnunet_iterations_per_epoch=args.nnunet_iterations,
         tta=args.tta,
         num_processes=args.num_processes,
+        baseline=args.vs,
     )
     for run_ in report["runs"]:
         dice = run_["mean"]["dice"]

@@ -289,12 +289,22 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
         "--autoprompt-config", "tiny", "--autoprompt-set", "epochs=1", "--autoprompt-set", "iterations_per_epoch=2",
         "--autoprompt-set", "val_iterations=1",
     ]  # fmt: skip
+    # autoprompt alone first (--vs none); the run with nnU-Net then reuses autoprompt's parts unchanged
+    assert main([*args, "--vs", "none"]) == 0
+    alone = json.loads((report_dir / "report.json").read_text())
+    assert [(run["method"], run["train_size"]) for run in alone["runs"]] == [("autoprompt", ALL)]
+    alone_text = (report_dir / "report.md").read_text()
+    assert "autoprompt alone" in alone_text and "nnUNetTrainer" not in alone_text
+    assert not (report_dir / "work" / "nnunet").exists()
+    autoprompt_files = _file_states(report_dir / "work" / "autoprompt")
     assert main(args) == 0
+    assert _file_states(report_dir / "work" / "autoprompt") == autoprompt_files
     report = json.loads((report_dir / "report.json").read_text())
     assert [(run["method"], run["train_size"]) for run in report["runs"]] == [
         ("autoprompt", ALL),
         ("nnunet", ALL),
     ]
+    assert report["runs"][0] == alone["runs"][0]
     for run in report["runs"]:
         assert run["train_cases"] == [f"case_{i:03d}" for i in range(4)]
         assert set(run["per_class"]) == {"class1", "class2"}
