@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt import api
+from autoprompt.allocator import retain_freed_memory
 from autoprompt.benchmarking.cases import training_subsets
 from pipeline.files import save_json
 
@@ -148,6 +149,7 @@ def main() -> None:
         "--test", action="store_true", help="report on the 10 test patients (never for choosing settings)"
     )
     args = parser.parse_args()
+    retain_freed_memory()  # as the autoprompt command: no page faults on every layer's buffers
 
     raw, work = Path(args.raw), Path(args.work).resolve()
     pool_sizes = sorted(int(s) for s in args.pool_sizes.split(","))

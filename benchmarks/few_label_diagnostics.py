@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoprompt.allocator import retain_freed_memory
 from autoprompt.modeling.prompt_generators import boxes_from_masks
 from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json, save_json
@@ -136,6 +137,7 @@ def main() -> None:
         help="evaluate with this many refinement passes instead of the trained one",
     )
     args = parser.parse_args()
+    retain_freed_memory()  # as the autoprompt command: no page faults on every layer's buffers
 
     folder = ModelFolder(args.model_folder)
     fold = int(args.fold) if args.fold.isdigit() else args.fold
