@@ -17,9 +17,10 @@ With several folds, :func:`combine_fold_rules` keeps only the steps that every f
 component is removed only when all folds' validations agree that removing it helps.
 
 A model trained on every case (fold ``all``) has no validation cases to decide on;
-:func:`postprocessing_from_labels` decides from its training labels instead: a class that is one piece
-(its largest component holding at least ``min_share`` of its voxels) in every training label map keeps
-only its largest component.
+:func:`postprocessing_from_labels` decides from its training labels instead: where the foreground is one
+piece (its largest component holding at least ``min_share`` of its voxels) in every training label map, it
+keeps the largest component of the foreground as one region; otherwise each class that is one piece keeps
+its largest component.
 """
 
 from __future__ import annotations
@@ -127,29 +128,45 @@ def postprocessing_from_labels(
 ) -> dict:
     """Keep-largest-component rules for a model without validation cases, read from its training labels.
 
+    When the foreground (all ``labels`` together) is one piece in every training label map (the heart of
+    ACDC), the rule is one step over all of them: the region touching the organ stays whole, so a class
+    cannot be erased because its largest piece was the wrong one. Otherwise (separate organs) each class
+    that is one piece in every label map keeps its largest component.
+
     Args:
         references: the training label maps (any shape; connectivity as nnU-Net's postprocessing).
         labels: foreground label values to consider.
-        min_share: a class gets a step when, in every label map holding it, its largest connected
-            component has at least this share of its voxels.
+        min_share: "one piece": in every label map holding it, the largest connected component has at
+            least this share of the voxels.
 
     Returns:
-        Rules as :func:`determine_postprocessing` writes them (``steps``, one per qualifying class), with
-        ``decided_from`` and each class's smallest ``largest_component_share`` (null: never present).
+        Rules as :func:`determine_postprocessing` writes them (``steps``), with ``decided_from`` and the
+        smallest ``largest_component_share`` of the foreground and of each class (null: never present).
     """
-    shares: dict[int, list[float]] = {int(label): [] for label in labels}
+    groups = {
+        "foreground": [int(label) for label in labels],
+        **{str(int(label)): [int(label)] for label in labels},
+    }
+    shares: dict[str, list[float]] = {name: [] for name in groups}
     for reference in references:
-        for label in shares:
-            mask = reference == label
+        for name, members in groups.items():
+            mask = np.isin(reference, members)
             if mask.any():
                 _, sizes = label_with_component_sizes(mask)
-                shares[label].append(max(sizes.values()) / sum(sizes.values()))
-    steps = [[label] for label, values in shares.items() if values and min(values) >= min_share]
+                shares[name].append(max(sizes.values()) / sum(sizes.values()))
+    one_piece = {name: bool(values) and min(values) >= min_share for name, values in shares.items()}
+    if one_piece["foreground"]:
+        steps = [groups["foreground"]]
+    else:
+        steps = [members for name, members in groups.items() if name != "foreground" and one_piece[name]]
     return {
         "steps": steps,
-        "decided_from": f"training labels (every class whose largest component holds >= {min_share:g} of it)",
+        "decided_from": (
+            f"training labels (one piece: largest component >= {min_share:g} of the voxels in every map; "
+            "the foreground as one region if it is one piece, else each class that is)"
+        ),
         "largest_component_share": {
-            str(label): round(min(values), 6) if values else None for label, values in shares.items()
+            name: round(min(values), 6) if values else None for name, values in shares.items()
         },
         "num_cases": len(references),
     }

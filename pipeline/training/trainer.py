@@ -659,7 +659,8 @@ class Trainer:
         save_json(rules, self.fold_dir / "postprocessing.json")
         self.log(
             "fold 'all' has no held-out cases: final validation skipped; postprocessing decided from the "
-            f"training labels (largest component kept for the classes that are one piece in all): steps {rules['steps']}"
+            f"training labels (largest component of the foreground if it is one piece in all, else of each class "
+            f"that is): steps {rules['steps']}"
         )
 
     def _final_validation(self) -> dict:

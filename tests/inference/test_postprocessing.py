@@ -105,18 +105,45 @@ def test_rules_file_round_trip_and_bad_file(tmp_path: Path) -> None:
         load_postprocessing(bad)
 
 
-def test_without_validation_cases_classes_that_are_one_piece_in_every_training_label_keep_one_component(
-    tmp_path: Path,
-) -> None:
+def heart(shape: tuple[int, int, int] = (6, 20, 20)) -> np.ndarray:
+    """Reference: three classes touching each other, the foreground one piece (as ACDC's RV, MYO, LV)."""
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[1:5, 4:16, 2:8] = 1
+    labels[1:5, 4:16, 8:11] = 2
+    labels[1:5, 4:16, 11:16] = 3
+    return labels
+
+
+def test_without_validation_cases_a_one_piece_foreground_is_kept_as_one_region(tmp_path: Path) -> None:
+    split_class = heart()
+    split_class[1:5, 9:11, 2:8] = 0  # class 1 in two pieces, both touching class 2: the foreground stays one
+    rules = postprocessing_from_labels([heart(), split_class], labels=[1, 2, 3])
+    assert rules["steps"] == [[1, 2, 3]] and rules["largest_component_share"]["foreground"] == 1.0
+    assert rules["largest_component_share"]["1"] < 0.95
+    # a prediction whose largest class-1 piece is a wrong one: the region step keeps the piece at the heart
+    prediction = heart()
+    prediction[1:5, 4:16, 2:8] = 0
+    prediction[1:5, 4:7, 5:8] = 1  # the true class-1 piece, small, touching class 2
+    prediction[0, 0:20, 17:20] = 1  # a larger class-1 blob away from the heart
+    kept = apply_postprocessing(prediction, rules)
+    assert (kept[1:5, 4:7, 5:8] == 1).all() and (kept[0, :, 17:] == 0).all()
+    assert not (
+        apply_postprocessing(prediction, {"steps": [[1]]})[1:5, 4:7, 5:8] == 1
+    ).any()  # per class: erased
+    (tmp_path / "postprocessing.json").write_text(json.dumps(rules))
+    assert load_postprocessing(tmp_path / "postprocessing.json")["steps"] == [[1, 2, 3]]  # valid as written
+
+
+def test_without_validation_cases_separate_organs_keep_one_component_per_one_piece_class() -> None:
     one_piece = two_organs()
     split = two_organs()
     split[1:5, 14:18, 2:8] = 1  # class 1 in two pieces of similar size in the second label map
     speck = two_organs()
     speck[5, 19, 0] = 2  # class 2 with a one-voxel fragment: still one piece for 95 %
     rules = postprocessing_from_labels([one_piece, split, speck], labels=[1, 2, 3])
-    assert rules["steps"] == [[2]]  # class 1 is not always one piece; class 3 never occurs
+    assert rules["steps"] == [
+        [2]
+    ]  # the organs are apart; class 1 is not always one piece; class 3 never occurs
     assert rules["largest_component_share"]["1"] == pytest.approx(0.6)
     assert rules["largest_component_share"]["3"] is None and rules["num_cases"] == 3
     assert postprocessing_from_labels([one_piece, split], labels=[1, 2], min_share=0.5)["steps"] == [[1], [2]]
-    (tmp_path / "postprocessing.json").write_text(json.dumps(rules))
-    assert load_postprocessing(tmp_path / "postprocessing.json")["steps"] == [[2]]  # valid rules as written
