@@ -44,20 +44,23 @@ def compare_rules(predictions: Path, references: Path, labels: list[int]) -> dic
             f"{predictions}: no .nii.gz predictions; give the folder predicted without postprocessing"
         )
     results = {}
-    for name, steps in rules_for(labels).items():
-        with tempfile.TemporaryDirectory(prefix=f"rule_{name}_") as out:
-            matching, predicted = Path(out) / "references", Path(out) / "predictions"
-            matching.mkdir()
-            predicted.mkdir()
-            for file in files:  # the references of the predicted cases only (a CV fold predicts some)
-                (matching / file.name).symlink_to((references / file.name).resolve())
-                label_map, geometry = read_image(file)
+    with tempfile.TemporaryDirectory(prefix="postprocessing_rules_") as work:
+        matching, predicted = Path(work) / "references", Path(work) / "predictions"
+        matching.mkdir()
+        predicted.mkdir()
+        for file in files:  # the references of the predicted cases only (a CV fold predicts some)
+            (matching / file.name).symlink_to((references / file.name).resolve())
+        label_maps = [(file.name, *read_image(file)) for file in files]
+        for name, steps in rules_for(labels).items():
+            for file_name, label_map, geometry in label_maps:
                 write_image(
-                    apply_postprocessing(label_map, {"steps": steps}), geometry, predicted / file.name
+                    apply_postprocessing(label_map, {"steps": steps}), geometry, predicted / file_name
                 )
             summary = evaluate_folders(matching, predicted, labels=labels)
-        results[name] = {"steps": steps, **summarise(summary)}
-        print(name, {k: results[name][k] for k in ("mean_dice", "min_case_class_dice", "lost_case_classes")})
+            results[name] = {"steps": steps, **summarise(summary)}
+            print(
+                name, {k: results[name][k] for k in ("mean_dice", "min_case_class_dice", "lost_case_classes")}
+            )
     return results
 
 
