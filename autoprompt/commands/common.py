@@ -260,13 +260,59 @@ def probability(text: str) -> float:
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1."""
+    return _whole_number(text, least=1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    return _whole_number(text, least=0)
+
+
+def _whole_number(text: str, *, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least {least}")
     return value
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--presence-floor``, ``--box-refinement``, ``--skip-absent-below``: the model's inference-only
+    settings for this run; each defaults to the trained model's value."""
+    parser.add_argument(
+        "--presence-floor",
+        type=probability,
+        metavar="P",
+        help="the least probability a class's presence may give it, so a confident SAM mask survives an "
+        "over-confident 'absent' (0: presence suppresses without bound; default: the model's setting, "
+        "model.presence_floor)",
+    )
+    parser.add_argument(
+        "--box-refinement",
+        type=non_negative_int,
+        metavar="N",
+        help="extra decoder passes, each taking its boxes from the previous pass's label map (0: one pass; "
+        "default: the model's setting, model.box_refinement)",
+    )
+    parser.add_argument(
+        "--skip-absent-below",
+        type=probability,
+        metavar="P",
+        help="do not decode a class in a window where its presence probability is below P (faster with many "
+        "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
+    )
+
+
+def decoding_from_args(args: argparse.Namespace) -> dict[str, float]:
+    """The decoding overrides ``add_decoding_arguments``'s flags give (only the flags given)."""
+    given = {
+        "presence_floor": args.presence_floor,
+        "box_refinement": args.box_refinement,
+        "skip_presence_below": args.skip_absent_below,
+    }
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def add_case_limit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

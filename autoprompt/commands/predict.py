@@ -7,12 +7,13 @@ import sys
 
 from autoprompt.commands.common import (
     add_case_limit_arguments,
+    add_decoding_arguments,
     add_device_argument,
     add_model_folder_arguments,
     add_tta_argument,
     case_limits_from_args,
+    decoding_from_args,
     model_folder_from_args,
-    probability,
 )
 
 DESCRIPTION = """\
@@ -73,13 +74,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the keep-largest-component postprocessing chosen in training",
     )
-    run.add_argument(
-        "--skip-absent-below",
-        type=probability,
-        metavar="P",
-        help="do not decode a class in a window where its presence probability is below P (faster with many "
-        "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
-    )
+    add_decoding_arguments(run)
     run.add_argument(
         "--zoom",
         action=argparse.BooleanOptionalAction,
@@ -151,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         precision=args.precision,
         use_postprocessing=not args.no_postprocessing,
-        skip_presence_below=args.skip_absent_below,
+        decoding=decoding_from_args(args),
         zoom=args.zoom,
         save_probabilities=args.save_probabilities,
         output_suffix=_suffix(args.output_format),

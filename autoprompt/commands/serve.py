@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from autoprompt.commands.common import (
+    add_decoding_arguments,
     add_device_argument,
     add_model_folder_arguments,
     add_tta_argument,
+    decoding_from_args,
     model_folder_from_args,
 )
 from pipeline.inference.case_cost import DEFAULT_MAX_CASE_MEMORY_GB, DEFAULT_MAX_CASE_WINDOWS
@@ -58,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_tta_argument(model)
     add_device_argument(model)
+    add_decoding_arguments(model)
     service = parser.add_argument_group("service")
     service.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this computer only)"
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         folds=tuple(args.folds) if args.folds else None,
         checkpoint=args.checkpoint,
         tta=args.tta,
+        decoding=decoding_from_args(args),
         max_case_memory_gb=args.max_case_memory_gb,
         max_case_windows=args.max_case_windows,
         max_queued_jobs=args.max_queued_jobs,

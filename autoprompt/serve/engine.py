@@ -112,6 +112,7 @@ class Engine:
             "checkpoint": self.settings.checkpoint,
             "backbone": self.backbone_name,
             "tta": self.tta if self.loaded else self.settings.tta,
+            "decoding": dict(self.settings.decoding),
             "channels": list(self.folder.plans.channel_names.values()),
             "classes": [vars(info) for info in self.classes],
             "max_upload_mb": self.settings.max_upload_mb,
@@ -136,6 +137,7 @@ class Engine:
                         checkpoint=self.settings.checkpoint,
                         device=self.settings.device,
                         tta=self.settings.tta,
+                        decoding=self.settings.decoding,
                     )
                 except Exception as error:
                     known = isinstance(error, AutoPromptError)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoprompt.errors import AutoPromptError
@@ -29,6 +30,9 @@ class ServeSettings:
         checkpoint: ``best``, ``final`` or ``latest``.
         tta: mirroring test-time augmentation (about 4x the work of a prediction without it); None: on
             when the folds were trained with mirror augmentation.
+        decoding: overrides of the model's decoding settings (``presence_floor``, ``box_refinement``,
+            ``skip_presence_below``; :meth:`~pipeline.inference.predictor.Predictor.from_model_folder`);
+            a missing key: as trained.
         cleanup_interval_s: seconds between sweeps for expired jobs.
         max_case_memory_gb: a scan whose prediction needs more memory (estimated from its header and the
             plans) is refused at upload with HTTP 422; each of ``workers`` jobs may use this much.
@@ -51,6 +55,7 @@ class ServeSettings:
     folds: tuple[int | str, ...] | None = None
     checkpoint: str = "best"
     tta: bool | None = None
+    decoding: Mapping[str, float] = field(default_factory=dict)
     cleanup_interval_s: float = 600.0
     max_case_memory_gb: float = DEFAULT_MAX_CASE_MEMORY_GB
     max_case_windows: int = DEFAULT_MAX_CASE_WINDOWS

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +84,7 @@ def predict(
     tta: bool | None = None,
     precision: str = "auto",
     use_postprocessing: bool = True,
-    skip_presence_below: float | None = None,
+    decoding: Mapping[str, float] | None = None,
     zoom: bool | None = None,
     save_probabilities: bool = False,
     output_suffix: str | None = None,
@@ -113,8 +113,8 @@ def predict(
             where the device computes it natively, else the device's native one (:mod:`autoprompt.precision`).
         use_postprocessing: apply the keep-largest-component steps all used folds agree on (none when a
             fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
-        skip_presence_below: do not decode a class in a window where its presence probability is below this
-            (faster with many classes; :meth:`Predictor.from_model_folder`); None: as trained.
+        decoding: overrides of the models' decoding settings (``presence_floor``, ``box_refinement``,
+            ``skip_presence_below``; :meth:`Predictor.from_model_folder`); None or a missing key: as trained.
         zoom: a second, zoomed pass over the region of interest on or off (:mod:`pipeline.roi_zoom`); None:
             as trained (``zoom.second_pass``).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).
@@ -166,7 +166,7 @@ def predict(
             tta=tta,
             precision=precision,
             use_postprocessing=use_postprocessing,
-            skip_presence_below=skip_presence_below,
+            decoding=decoding,
             zoom=zoom,
         )
         summary.notes += predictor.notes

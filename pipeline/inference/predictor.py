@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +50,7 @@ from planners.plans import Plans
 
 if TYPE_CHECKING:
     from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
+    from autoprompt.modeling.config import ModelConfig
 
 ALL_TRAINED = "all-trained"
 ZOOM_SLAB = 16
@@ -67,6 +68,29 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
         "it is written at the end of training: by the final validation, for fold all from the training labels"
     )
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
+
+
+DECODING_SETTINGS = ("presence_floor", "box_refinement", "skip_presence_below")
+"""Model settings that act only at inference, so a trained model may be predicted with other values."""
+
+
+def check_decoding(model_config: ModelConfig, decoding: Mapping[str, float]) -> dict[str, float]:
+    """``decoding`` checked by the model settings' own rules (:class:`ModelConfig`), as a dict.
+
+    Raises:
+        ValueError: a key not in :data:`DECODING_SETTINGS` (a programming error).
+        AutoPromptError: a value out of its range.
+    """
+    unknown = sorted(set(decoding) - set(DECODING_SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"not decoding settings: {', '.join(unknown)}; choose from {', '.join(DECODING_SETTINGS)}"
+        )
+    try:
+        dataclasses.replace(model_config, **decoding)
+    except ValueError as error:
+        raise AutoPromptError(str(error)) from None
+    return dict(decoding)
 
 
 def ensemble_precision(trained: Sequence[Precision], device: torch.device) -> Precision:
@@ -172,7 +196,7 @@ class Predictor:
         tta: bool | None = None,
         precision: str = AUTO,
         use_postprocessing: bool = True,
-        skip_presence_below: float | None = None,
+        decoding: Mapping[str, float] | None = None,
         zoom: bool | None = None,
     ) -> Predictor:
         """Load the fold models of a model folder written by ``autoprompt train``.
@@ -190,15 +214,15 @@ class Predictor:
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
                 ``fold_K/postprocessing.json``; a fold without one vetoes every step, and ``notes`` says so:
                 fold ``all`` never has one, as it has no held-out cases to choose on).
-            skip_presence_below: overrides the models' ``model.skip_presence_below`` (in [0, 1); 0 decodes every
-                class): a class whose presence probability in a window is below it is not decoded there.
-                None: as trained.
+            decoding: overrides of the models' decoding settings, keys from :data:`DECODING_SETTINGS`
+                (``model.presence_floor``, ``model.box_refinement``, ``model.skip_presence_below``; see
+                :class:`~autoprompt.modeling.config.ModelConfig`); None or a missing key: as trained.
             zoom: the second, zoomed pass over the region of interest on or off (with the trained
                 ``zoom`` settings); None: as trained.
 
         Raises:
-            AutoPromptError: missing model folder, fold or checkpoint, or a checkpoint trained on
-                another backbone.
+            AutoPromptError: missing model folder, fold or checkpoint, a checkpoint trained on
+                another backbone, or a decoding value out of its range.
         """
         from autoprompt.modeling.build import load_configured_backbone
         from pipeline.model_folder import ModelFolder, parse_fold
@@ -214,19 +238,15 @@ class Predictor:
         folds = [parse_fold(fold) for fold in folds]
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
-        if skip_presence_below is not None:
-            try:  # the model settings' own check of the value
-                dataclasses.replace(model_config, skip_presence_below=skip_presence_below)
-            except ValueError as error:
-                raise AutoPromptError(str(error)) from None
+        decoding = check_decoding(model_config, decoding or {})
         backbone = load_configured_backbone(model_config)
         models = [
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds
         ]
-        if skip_presence_below is not None:
-            for model in models:
-                model.skip_presence_below = skip_presence_below
+        for model in models:
+            for name, value in decoding.items():
+                setattr(model, name, value)
         if tta is None:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
         notes = []

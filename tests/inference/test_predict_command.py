@@ -292,3 +292,12 @@ def test_skip_absent_below_leaves_classes_judged_absent_out_and_checks_its_value
     assert exit_info.value.code == 2
     assert "'1.5' is not a probability in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "out3").exists()
+    for flag, value, message in (
+        ("--presence-floor", "1", "'1' is not a probability in [0, 1)"),
+        ("--box-refinement", "-1", "'-1' must be at least 0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            predict(inference_setup.model_2d, tmp_path / "in", tmp_path / "out3", flag, value)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out3").exists()

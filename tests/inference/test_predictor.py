@@ -104,6 +104,21 @@ def test_tta_by_default_only_when_every_fold_was_trained_with_mirroring(
     assert Predictor.from_model_folder(folder, folds=[1], device="cpu", tta=True).tta
 
 
+def test_decoding_overrides_reach_every_fold_and_out_of_range_values_are_refused(
+    inference_setup: InferenceSetup,
+) -> None:
+    trained = Predictor.from_model_folder(inference_setup.model_2d, device="cpu").models[0]
+    decoding = {"presence_floor": 0.2, "box_refinement": trained.box_refinement + 1}
+    predictor = Predictor.from_model_folder(inference_setup.model_2d, device="cpu", decoding=decoding)
+    for model in predictor.models:
+        assert (model.presence_floor, model.box_refinement) == (0.2, trained.box_refinement + 1)
+        assert model.skip_presence_below == trained.skip_presence_below  # not given: as trained
+    with pytest.raises(AutoPromptError, match=r"model.box_refinement = -1 must be 0 or more"):
+        Predictor.from_model_folder(inference_setup.model_2d, device="cpu", decoding={"box_refinement": -1})
+    with pytest.raises(ValueError, match="not decoding settings: head_dropout"):
+        Predictor.from_model_folder(inference_setup.model_2d, device="cpu", decoding={"head_dropout": 0.1})
+
+
 def test_from_model_folder_reads_each_checkpoint_once(
     inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:

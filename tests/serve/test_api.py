@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from autoprompt.serve import ServeSettings, create_app
+from autoprompt.serve.engine import Engine
 from autoprompt.serve.jobs import JobState, JobStore, is_job_id
 from autoprompt.serve.worker import JobQueue
 from pipeline.io import read_image
@@ -353,3 +354,11 @@ def test_cleanup_deletes_only_finished_jobs_past_their_time(tmp_path: Path) -> N
     stale = store.get(ids[0]).updated + 3601
     assert sorted(store.cleanup(max_age_s=3600, now=stale)) == sorted(ids[:2])
     assert [job.id for job in store.all()] == [ids[2]]
+
+
+def test_decoding_overrides_reach_the_model_and_are_reported(settings: ServeSettings) -> None:
+    engine = Engine(replace(settings, decoding={"box_refinement": 0, "presence_floor": 0.1}))
+    assert engine.info()["decoding"] == {"box_refinement": 0, "presence_floor": 0.1}
+    model = engine.predictor().models[0]
+    assert (model.box_refinement, model.presence_floor) == (0, 0.1)
+    assert Engine(settings).info()["decoding"] == {}
