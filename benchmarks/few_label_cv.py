@@ -89,6 +89,15 @@ def make_raw_copy(raw: Path, work: Path, patients: list[str]) -> Path:
     return target
 
 
+def link_references(names: list[str], references: Path, folder: Path) -> Path:
+    """``folder`` (created) holding symbolic links to ``references/<name>`` for each of ``names``: the
+    references of the predicted cases only, as ``evaluate_folders`` expects."""
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).symlink_to((references / name).resolve())
+    return folder
+
+
 def summarise(summary: dict) -> dict:
     """Means, worst patient and lost classes from a validation summary."""
     labels = summary["labels"]

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from benchmarks.few_label_cv import summarise
+from benchmarks.few_label_cv import link_references, summarise
 from pipeline.evaluation import evaluate_folders
 from pipeline.files import save_json
 from pipeline.inference.postprocessing import apply_postprocessing
@@ -45,11 +45,9 @@ def compare_rules(predictions: Path, references: Path, labels: list[int]) -> dic
         )
     results = {}
     with tempfile.TemporaryDirectory(prefix="postprocessing_rules_") as work:
-        matching, predicted = Path(work) / "references", Path(work) / "predictions"
-        matching.mkdir()
+        matching = link_references([file.name for file in files], references, Path(work) / "references")
+        predicted = Path(work) / "predictions"
         predicted.mkdir()
-        for file in files:  # the references of the predicted cases only (a CV fold predicts some)
-            (matching / file.name).symlink_to((references / file.name).resolve())
         label_maps = [(file.name, *read_image(file)) for file in files]
         for name, steps in rules_for(labels).items():
             for file_name, label_map, geometry in label_maps:

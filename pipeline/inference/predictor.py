@@ -41,7 +41,7 @@ from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
 from pipeline.inference.sliding_window import sliding_window_slabs
-from pipeline.inference.tta import with_mirroring
+from pipeline.inference.tta import IN_PLANE_AXES, with_mirroring
 from pipeline.io import Geometry
 from pipeline.roi_zoom import roi_box, zoom_in, zoom_out
 from pipeline.trainer_config import ZoomConfig
@@ -125,7 +125,9 @@ class Predictor:
         plans: the plans they were trained with.
         configuration: "2d" or "3d".
         device: where the networks run (``torch.device`` or a name such as ``"cpu"``, ``"auto"``).
-        tta: mirroring test-time augmentation over both in-plane axes (4 predictions per window).
+        tta: mirroring test-time augmentation (one prediction per combination of ``mirror_axes``).
+        mirror_axes: the in-plane axes TTA mirrors (``(-2, -1)``, rows and columns: 4 predictions per
+            window; ``(-1,)``, columns only: 2).
         precision: "fp32", "bf16" (CPU or CUDA), "fp16" (CUDA) or "auto" (:mod:`autoprompt.precision`)
             for the networks.
         postprocessing: keep-largest-component rules (:mod:`pipeline.inference.postprocessing`); None: none.
@@ -151,6 +153,7 @@ class Predictor:
         *,
         device: torch.device | str,
         tta: bool = True,
+        mirror_axes: tuple[int, ...] = IN_PLANE_AXES,
         precision: str = AUTO,
         postprocessing: dict | None = None,
         batch_size: int | None = None,
@@ -165,6 +168,7 @@ class Predictor:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.models = [model.to(self.device).eval() for model in models]
         self.tta = tta
+        self.mirror_axes = mirror_axes
         self.precision = resolve_precision(precision, self.device)
         self.postprocessing = postprocessing
         self.batch_size = batch_size or (
@@ -312,7 +316,11 @@ class Predictor:
 
     def _slabs(self, images: torch.Tensor, bar) -> Iterator[tuple[int, torch.Tensor]]:
         """One sliding-window pass over ``C x S x h x w`` images: ``(first, K+1 x n x h x w)`` slabs."""
-        window_fn = with_mirroring(self._predict_windows) if self.tta else self._predict_windows
+        window_fn = (
+            with_mirroring(self._predict_windows, axes=self.mirror_axes)
+            if self.tta
+            else self._predict_windows
+        )
         slabs = sliding_window_slabs(
             images,
             window_fn,

@@ -87,6 +87,21 @@ def test_case_reverted_slab_by_slab_equals_reverting_all_its_probabilities(
     np.testing.assert_allclose(prediction.probabilities, whole, atol=1e-3)
 
 
+def test_tta_predicts_each_flip_of_the_mirror_axes_and_averages_them(inference_setup: InferenceSetup) -> None:
+    folder = ModelFolder(inference_setup.model_2d)
+    model = folder.load_model(0, device="cpu", backbone=load_backbone("tiny"))
+    data = first_case_data(inference_setup, "2d", slices=1)
+
+    def probabilities(images: np.ndarray, **tta) -> np.ndarray:
+        return Predictor([model], folder.plans, "2d", device="cpu", **tta).predict_preprocessed(images)
+
+    plain = probabilities(data, tta=False)
+    flipped = probabilities(np.ascontiguousarray(data[..., ::-1]), tta=False)[..., ::-1]
+    columns = probabilities(data, tta=True, mirror_axes=(-1,))
+    np.testing.assert_allclose(columns, (plain + flipped) / 2, atol=2e-3)
+    assert np.abs(probabilities(data, tta=True) - columns).max() > 1e-4  # rows and columns: two more flips
+
+
 def test_from_model_folder_loads_all_trained_folds_with_one_backbone(inference_setup: InferenceSetup) -> None:
     predictor = Predictor.from_model_folder(inference_setup.model_2d, device="cpu")
     assert len(predictor.models) == 2
