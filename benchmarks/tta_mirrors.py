@@ -1,8 +1,8 @@
 """Mirroring test-time augmentation compared on cases a trained model did not see: Dice against seconds.
 
-Models trained on cached views saw each window as is, mirrored left-right (columns), and rotated at
-random; never mirrored top-bottom alone. This script predicts the same cases with one fold of a model
-folder three ways and reports, for each, per-class Dice and HD95, the worst patient, lost classes
+Mirroring TTA multiplies the work of a prediction by the number of flips (nnU-Net: every flip of both
+in-plane axes, 4). Whether the last two flips pay is measured here: the same cases predicted with one fold of a
+model folder three ways, each with per-class Dice and HD95, the worst patient, lost classes
 (``benchmarks.few_label_cv.summarise``) and seconds per volume::
 
     python -m benchmarks.tta_mirrors MODEL_DIR IMAGES REFERENCES --cases CASE ... --labels 1 2 3 -o tta.json
