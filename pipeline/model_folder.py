@@ -176,6 +176,10 @@ class ModelFolder:
         """
         return bool(self._checkpoint_metadata(fold, checkpoint).get("mirror_augmented", False))
 
+    def trained_on_cached_views(self, fold: int | str, checkpoint: str = "best") -> bool:
+        """Whether ``fold`` was trained on augmented views in the embedding cache (its metadata's ``views``)."""
+        return self._checkpoint_metadata(fold, checkpoint).get("views") is not None
+
     def trained_precision(self, fold: int | str, checkpoint: str = "best") -> Precision:
         """The precision ``fold``'s network saw its image embeddings in during training (``auto`` resolved).
 

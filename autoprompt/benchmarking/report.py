@@ -165,8 +165,9 @@ def format_report(report: dict) -> str:
             else []
         ),
         (
-            "- mirroring test-time augmentation: on for nnU-Net; for autoprompt only if it trained on mirrored "
-            "slices (on the fly or in its cached views: a network that never saw mirrored anatomy mislabels it)"
+            "- mirroring test-time augmentation: on for nnU-Net (rows and columns); for autoprompt only if it trained "
+            "on mirrored slices (on the fly or in its cached views: a network that never saw mirrored anatomy "
+            "mislabels it), columns only when it trained on cached views"
             if settings["tta"]
             else "- mirroring test-time augmentation: off for both"
         ),

@@ -92,8 +92,9 @@ def add_tta_argument(parser: argparse.ArgumentParser) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="mirroring test-time augmentation, about 4x the work (default: on for models trained with mirror "
-        "augmentation, off for models trained on cached embeddings, which never saw mirrored anatomy)",
+        help="mirroring test-time augmentation (default: on for models trained on mirrored slices, on the fly "
+        "or in cached views; off for others, which never saw mirrored anatomy): rows and columns, 4x the work, "
+        "or columns only, 2x, for models trained on cached views",
     )
 
 

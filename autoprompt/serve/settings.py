@@ -28,7 +28,7 @@ class ServeSettings:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         folds: folds to ensemble; None: every trained fold.
         checkpoint: ``best``, ``final`` or ``latest``.
-        tta: mirroring test-time augmentation (about 4x the work of a prediction without it); None: on
+        tta: mirroring test-time augmentation (2x or 4x the work of a prediction without it); None: on
             when the folds were trained with mirror augmentation.
         decoding: overrides of the model's decoding settings (``presence_floor``, ``box_refinement``,
             ``skip_presence_below``; :meth:`~pipeline.inference.predictor.Predictor.from_model_folder`);

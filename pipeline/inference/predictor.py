@@ -70,6 +70,16 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
 
 
+CACHED_VIEWS_MIRROR_AXES = (-1,)
+"""What mirroring TTA flips for models trained on cached views: columns only (2 predictions per window instead
+of nnU-Net's 4; chosen on cross-validation cases, docs/results.md, round 17)."""
+
+
+def mirror_axes_for(*, cached_views: bool) -> tuple[int, ...]:
+    """The axes mirroring TTA flips for models trained on cached views or not (then rows and columns)."""
+    return CACHED_VIEWS_MIRROR_AXES if cached_views else IN_PLANE_AXES
+
+
 DECODING_SETTINGS = ("presence_floor", "box_refinement", "skip_presence_below")
 """Model settings that act only at inference, so a trained model may be predicted with other values."""
 
@@ -212,7 +222,9 @@ class Predictor:
             folds: fold numbers (and/or ``"all"``), or ``"all-trained"``: every fold with the checkpoint.
             checkpoint: "best", "final" or "latest".
             tta: mirroring test-time augmentation; None: on when every fold was trained with mirror
-                augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise.
+                augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise. It flips the columns only
+                (:data:`CACHED_VIEWS_MIRROR_AXES`) when every fold was trained on cached views, else rows and
+                columns as nnU-Net does.
             precision: as in :class:`Predictor`; ``auto``: the precision the folds were trained in
                 (:meth:`ModelFolder.trained_precision`, :func:`ensemble_precision`).
             use_postprocessing: apply the postprocessing steps all used folds agree on (their
@@ -253,6 +265,8 @@ class Predictor:
                 setattr(model, name, value)
         if tta is None:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
+        cached_views = all(model_folder.trained_on_cached_views(fold, checkpoint) for fold in folds)
+        mirror_axes = mirror_axes_for(cached_views=cached_views)
         notes = []
         if precision == AUTO:
             trained = [model_folder.trained_precision(fold, checkpoint) for fold in folds]
@@ -279,6 +293,7 @@ class Predictor:
             model_folder.configuration,
             device=device,
             tta=tta,
+            mirror_axes=mirror_axes,
             precision=precision,
             postprocessing=rules,
             zoom=zoom_config,

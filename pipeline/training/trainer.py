@@ -664,6 +664,7 @@ class Trainer:
         )
 
     def _final_validation(self) -> dict:
+        from pipeline.inference.predictor import mirror_axes_for
         from pipeline.training.validation import validate_fold
 
         best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))
@@ -681,6 +682,7 @@ class Trainer:
             fold_dir=self.fold_dir,
             device=self.device,
             tta=tta,
+            mirror_axes=mirror_axes_for(cached_views=self._views_record() is not None),
             precision=precision,
             batch_size=encoder_batch_size(self.device),
             raw_labels_folder=self.raw_labels_folder,

@@ -25,6 +25,7 @@ from pipeline.evaluation import evaluate_folders
 from pipeline.files import load_json, save_json
 from pipeline.inference.postprocessing import determine_postprocessing
 from pipeline.inference.predictor import Predictor
+from pipeline.inference.tta import IN_PLANE_AXES
 from pipeline.io import read_image, write_image
 from pipeline.preprocessing import geometry_of, revert_probabilities, revert_segmentation
 from pipeline.trainer_config import ZoomConfig
@@ -41,6 +42,7 @@ def validate_fold(
     fold_dir: Path,
     device: torch.device,
     tta: bool,
+    mirror_axes: tuple[int, ...] = IN_PLANE_AXES,
     precision: str = "auto",
     batch_size: int | None = None,
     raw_labels_folder: Path | None = None,
@@ -57,6 +59,7 @@ def validate_fold(
         fold_dir: ``MODEL_FOLDER/fold_K`` (outputs go to ``validation/`` and ``postprocessing.json``).
         device: where the network runs.
         tta: mirroring test-time augmentation.
+        mirror_axes: the in-plane axes it flips (:func:`~pipeline.inference.predictor.mirror_axes_for`).
         precision: the Predictor's precision ("fp32", "bf16", "auto"; as ``autoprompt predict --precision``).
         batch_size: windows per network call (None: the plans' batch size).
         raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
@@ -74,6 +77,7 @@ def validate_fold(
         configuration,
         device=device,
         tta=tta,
+        mirror_axes=mirror_axes,
         precision=precision,
         batch_size=batch_size,
         zoom=zoom,

@@ -161,6 +161,21 @@ def test_missing_model_folder_fold_and_checkpoint_name_the_path(
         Predictor.from_model_folder(inference_setup.model_2d, checkpoint="final", device="cpu")
 
 
+def test_models_trained_on_cached_views_mirror_only_the_columns(
+    inference_setup: InferenceSetup, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model"
+    shutil.copytree(inference_setup.model_2d, copy)
+    path = checkpoint_path(copy / "fold_1", "best")
+    state = load_checkpoint(path)
+    state["metadata"].update(mirror_augmented=True, views={"count": 4, "key": "0123456789abcdef"})
+    save_checkpoint({key: value for key, value in state.items() if key != "format"}, path)
+    cached = Predictor.from_model_folder(copy, folds=[1], device="cpu")
+    assert cached.tta and cached.mirror_axes == (-1,)
+    assert Predictor.from_model_folder(copy, folds=[0], device="cpu").mirror_axes == (-2, -1)  # on the fly
+    assert Predictor.from_model_folder(copy, folds=[0, 1], device="cpu").mirror_axes == (-2, -1)
+
+
 def test_model_trained_on_another_backbone_is_refused(
     inference_setup: InferenceSetup, tmp_path: Path
 ) -> None:
