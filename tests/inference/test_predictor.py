@@ -161,15 +161,23 @@ def test_missing_model_folder_fold_and_checkpoint_name_the_path(
         Predictor.from_model_folder(inference_setup.model_2d, checkpoint="final", device="cpu")
 
 
+def copy_with_metadata(model_dir: Path, copy: Path, fold: int, **metadata) -> Path:
+    """A copy of ``model_dir`` whose fold's best checkpoint has ``metadata`` entries replaced."""
+    shutil.copytree(model_dir, copy)
+    path = checkpoint_path(copy / f"fold_{fold}", "best")
+    state = load_checkpoint(path)
+    state["metadata"].update(metadata)
+    save_checkpoint({key: value for key, value in state.items() if key != "format"}, path)
+    return copy
+
+
 def test_models_trained_on_cached_views_mirror_only_the_columns(
     inference_setup: InferenceSetup, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "model"
-    shutil.copytree(inference_setup.model_2d, copy)
-    path = checkpoint_path(copy / "fold_1", "best")
-    state = load_checkpoint(path)
-    state["metadata"].update(mirror_augmented=True, views={"count": 4, "key": "0123456789abcdef"})
-    save_checkpoint({key: value for key, value in state.items() if key != "format"}, path)
+    views = {"count": 4, "key": "0123456789abcdef"}
+    copy = copy_with_metadata(
+        inference_setup.model_2d, tmp_path / "model", 1, mirror_augmented=True, views=views
+    )
     cached = Predictor.from_model_folder(copy, folds=[1], device="cpu")
     assert cached.tta and cached.mirror_axes == (-1,)
     assert Predictor.from_model_folder(copy, folds=[0], device="cpu").mirror_axes == (-2, -1)  # on the fly
@@ -179,12 +187,9 @@ def test_models_trained_on_cached_views_mirror_only_the_columns(
 def test_model_trained_on_another_backbone_is_refused(
     inference_setup: InferenceSetup, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "model"
-    shutil.copytree(inference_setup.model_2d, copy)
-    path = checkpoint_path(copy / "fold_0", "best")
-    state = load_checkpoint(path)
-    state["metadata"]["backbone_checksum"] = "0123456789abcdef"
-    save_checkpoint({key: value for key, value in state.items() if key != "format"}, path)
+    copy = copy_with_metadata(
+        inference_setup.model_2d, tmp_path / "model", 0, backbone_checksum="0123456789abcdef"
+    )
     with pytest.raises(AutoPromptError, match=r"fold_0/checkpoint_best\.pt: incompatible model"):
         Predictor.from_model_folder(copy, folds=[0], device="cpu")
 
