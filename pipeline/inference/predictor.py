@@ -41,7 +41,7 @@ from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
 from pipeline.inference.postprocessing import apply_postprocessing, combine_fold_rules, load_postprocessing
 from pipeline.inference.sliding_window import sliding_window_slabs
-from pipeline.inference.tta import IN_PLANE_AXES, with_mirroring
+from pipeline.inference.tta import IN_PLANE_AXES, mirror_axes_for, with_mirroring
 from pipeline.io import Geometry
 from pipeline.roi_zoom import roi_box, zoom_in, zoom_out
 from pipeline.trainer_config import ZoomConfig
@@ -68,16 +68,6 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
         "it is written at the end of training: by the final validation, for fold all from the training labels"
     )
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
-
-
-CACHED_VIEWS_MIRROR_AXES = (-1,)
-"""What mirroring TTA flips for models trained on cached views: columns only (2 predictions per window instead
-of nnU-Net's 4; chosen on cross-validation cases, docs/results.md, round 17)."""
-
-
-def mirror_axes_for(*, cached_views: bool) -> tuple[int, ...]:
-    """The axes mirroring TTA flips for models trained on cached views or not (then rows and columns)."""
-    return CACHED_VIEWS_MIRROR_AXES if cached_views else IN_PLANE_AXES
 
 
 DECODING_SETTINGS = ("presence_floor", "box_refinement", "skip_presence_below")
@@ -223,7 +213,7 @@ class Predictor:
             checkpoint: "best", "final" or "latest".
             tta: mirroring test-time augmentation; None: on when every fold was trained with mirror
                 augmentation (:meth:`ModelFolder.mirror_augmented`), off otherwise. It flips the columns only
-                (:data:`CACHED_VIEWS_MIRROR_AXES`) when every fold was trained on cached views, else rows and
+                (:data:`~pipeline.inference.tta.CACHED_VIEWS_MIRROR_AXES`) when every fold was trained on cached views, else rows and
                 columns as nnU-Net does.
             precision: as in :class:`Predictor`; ``auto``: the precision the folds were trained in
                 (:meth:`ModelFolder.trained_precision`, :func:`ensemble_precision`).

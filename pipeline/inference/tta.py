@@ -1,7 +1,8 @@
 """Mirroring test-time augmentation over the in-plane axes, as nnU-Net does it.
 
-Every window is also predicted flipped along rows, columns and both; each prediction is flipped back
-and the probabilities of all variants are averaged.
+Every window is also predicted flipped along rows, columns and both (models trained on cached views:
+along the columns only, :func:`mirror_axes_for`); each prediction is flipped back and the probabilities of
+all variants are averaged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ import torch
 from pipeline.inference.sliding_window import WindowFn
 
 IN_PLANE_AXES = (-2, -1)
+CACHED_VIEWS_MIRROR_AXES = (-1,)
+"""What mirroring TTA flips for models trained on cached views: columns only (2 predictions per window instead
+of nnU-Net's 4; chosen on cross-validation cases, docs/results.md, round 17)."""
+
+
+def mirror_axes_for(*, cached_views: bool) -> tuple[int, ...]:
+    """The axes mirroring TTA flips for models trained on cached views or not (then rows and columns)."""
+    return CACHED_VIEWS_MIRROR_AXES if cached_views else IN_PLANE_AXES
 
 
 def mirror_combinations(axes: tuple[int, ...] = IN_PLANE_AXES) -> list[tuple[int, ...]]:

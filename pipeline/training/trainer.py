@@ -664,7 +664,7 @@ class Trainer:
         )
 
     def _final_validation(self) -> dict:
-        from pipeline.inference.predictor import mirror_axes_for
+        from pipeline.inference.tta import mirror_axes_for
         from pipeline.training.validation import validate_fold
 
         best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))

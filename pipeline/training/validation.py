@@ -59,7 +59,7 @@ def validate_fold(
         fold_dir: ``MODEL_FOLDER/fold_K`` (outputs go to ``validation/`` and ``postprocessing.json``).
         device: where the network runs.
         tta: mirroring test-time augmentation.
-        mirror_axes: the in-plane axes it flips (:func:`~pipeline.inference.predictor.mirror_axes_for`).
+        mirror_axes: the in-plane axes it flips (:func:`~pipeline.inference.tta.mirror_axes_for`).
         precision: the Predictor's precision ("fp32", "bf16", "auto"; as ``autoprompt predict --precision``).
         batch_size: windows per network call (None: the plans' batch size).
         raw_labels_folder: the raw dataset's ``labelsTr`` (references), if available.
