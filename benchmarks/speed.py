@@ -1,4 +1,5 @@
-"""Speed on this machine in one run: the encoder per runtime, predict next to nnU-Net, the ACDC cache, the demo.
+"""Speed on this machine in one run: the encoder per runtime, the decoder per precision, predict next to nnU-Net,
+the ACDC cache, the demo.
 
 Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu.json`` by default):
 
@@ -8,6 +9,11 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   other jobs on a shared machine load them alike), process CPU seconds per window (the work itself, which
   other jobs change less than the wall time), the relative L2 error against eager at the same precision and
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
+- ``decoder``: SAM's mask decoder (LiteMedSAM's, with the prompt encoder, as
+  :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts of one window:
+  fp32, bf16 autocast (the decoder's fp32 weights, what training runs) and the bf16 copy that inference at
+  bf16 uses (:mod:`autoprompt.modeling.low_precision`); seconds per window (one decoder pass; prediction
+  runs ``1 + box_refinement`` passes per window and TTA flip) and the relative L2 error against fp32.
 - ``predict``: seconds per volume of ``autoprompt predict`` (one fold, the precision and runtime ``auto``)
   and, with an nnU-Net model folder, of nnU-Net's predictor (``nnUNetv2_predict_from_modelfolder``, the
   code behind ``nnUNetv2_predict``), same volumes, same TTA setting, each a child process timed with its
@@ -51,6 +57,7 @@ from autoprompt.benchmarking.nnunet_baseline import run_logged
 from autoprompt.devices import Precision, autocast
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.precision import read_cpu_flags, resolve_precision
 from benchmarks.inference_speed import candidate_cases, console_script, link_inputs
@@ -122,6 +129,52 @@ def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | No
                 f"({rows[-1]['relative_error_vs_eager_fp32']:.1e} against eager fp32)",
                 flush=True,
             )
+    return rows
+
+
+def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
+    """One row per decoder precision (see the module docstring), timed in turn within each round."""
+    backbone = load_backbone("litemedsam").requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    prompts = {
+        "boxes": torch.tensor([0.3, 0.3, 0.6, 0.7]).repeat(1, classes, 1),
+        "coarse_logits": torch.randn(1, classes, 256, 256, generator=generator),
+        "class_tokens": torch.randn(1, classes, 256, generator=generator),
+    }
+    embeddings = torch.randn(1, 256, 64, 64, generator=generator) * 0.3
+
+    def decode(variant: str) -> torch.Tensor:
+        # grad mode on with nothing requiring grad: the decoder itself, no autograd; inference mode: the copy
+        mode = torch.inference_mode() if variant == "bf16 copy" else torch.enable_grad()
+        precision = Precision.FP32 if variant == "fp32" else Precision.BF16
+        with mode, autocast(CPU, precision):
+            logits = decode_classes(
+                backbone.prompt_encoder, backbone.mask_decoder, embeddings, output_size=256, **prompts
+            )
+        return logits.float()
+
+    variants = ("fp32", "bf16 autocast", "bf16 copy")
+    outputs = {variant: decode(variant) for variant in variants}
+    wall: dict[str, list[float]] = {variant: [] for variant in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            started = time.perf_counter()
+            decode(variant)
+            wall[variant].append(time.perf_counter() - started)
+    reference = outputs["fp32"]
+    rows = []
+    for variant in variants:
+        error = float((outputs[variant] - reference).norm() / reference.norm())
+        rows.append(
+            {
+                "variant": variant,
+                "classes": classes,
+                "s_per_window_pass": round(statistics.median(wall[variant]), 4),
+                "relative_error_vs_fp32": error,
+            }
+        )
+        print(f"  decoder {variant:13s}: {rows[-1]['s_per_window_pass']:.3f} s per window and pass "
+              f"({classes} classes), relative error {error:.1e} against fp32", flush=True)  # fmt: skip
     return rows
 
 
@@ -234,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="timed encoder rounds after a warm-up (default: 3)"
     )
-    parser.add_argument("--no-encoder", action="store_true", help="skip the encoder part")
+    parser.add_argument("--no-encoder", action="store_true", help="skip the encoder and decoder parts")
     parser.add_argument(
         "--data", type=Path, default=DATA, help="folder with Dataset027_ACDC, Dataset004_Hippocampus"
     )
@@ -272,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         result["encoder"] = encoder_rows(
             batch_sizes=args.batch_sizes, rounds=args.rounds, cache_folder=args.export_cache
         )
+        result["decoder"] = decoder_rows(rounds=args.rounds)
     result["predict"] = []
     datasets = {"acdc": "Dataset027_ACDC", "hippocampus": "Dataset004_Hippocampus"}
     for name, dataset in datasets.items():
