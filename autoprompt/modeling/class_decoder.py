@@ -16,9 +16,9 @@ Decisions:
   (one per prompt) and the decoder gets one zero image: both compute the same ``src`` for ``N*K`` prompts.
   The same holds for any subset of the prompts, so skipping classes (``keep``) decodes the kept ones as
   one smaller batch, each prompt with its own slice's embedding.
-- **Inference at bf16 runs a bf16 copy of the decoder** without autocast
-  (:mod:`autoprompt.modeling.low_precision`): the same rounding of the products as bf16 autocast, without
-  converting every activation between fp32 and bf16. Training and fp32 inference run the decoder itself.
+- **At bf16 on a CPU the decoder runs in bf16** without autocast (:mod:`autoprompt.modeling.low_precision`:
+  a bf16 copy for inference, the weights cast in the graph for training): the same rounding of the products
+  as bf16 autocast, without converting every activation between fp32 and bf16. fp32 and CUDA run it as is.
 - The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
   so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed. With a
   presence floor ``f`` the suppression is at most ``log f``: presence learnt from a few patients can
@@ -27,14 +27,13 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprompt.modeling.low_precision import inference_dtype, low_precision_copy
+from autoprompt.modeling.low_precision import low_precision_dtype, run_in_low_precision
 
 ABSENT_LOGIT = -1.0e4
 """The mask logit of a class that is not decoded (:func:`decode_classes` with ``keep``): absent from any
@@ -121,21 +120,18 @@ def _decode_prompts(
     sparse, dense = prompt_encoder(points=None, boxes=boxes.detach() * scale, masks=masks)
     sparse = torch.cat([sparse, class_tokens[:, None].to(sparse.dtype)], dim=1)
     dense = dense + embeddings  # see "One decoder call" above
-    image_pe = prompt_encoder.get_dense_pe()
-    dtype = inference_dtype(dense.device)
-    mode = contextlib.nullcontext()
-    if dtype is not None:  # see "Inference at bf16" above
-        mask_decoder = low_precision_copy(mask_decoder, dtype)
-        sparse, dense, image_pe = sparse.to(dtype), dense.to(dtype), image_pe.to(dtype)
-        mode = torch.autocast(device_type="cpu", enabled=False)
-    with mode:
-        logits, _ = mask_decoder(
-            image_embeddings=dense.new_zeros(1, *dense.shape[1:]),
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+    decoder_inputs = {
+        "image_embeddings": dense.new_zeros(1, *dense.shape[1:]),
+        "image_pe": prompt_encoder.get_dense_pe(),
+        "sparse_prompt_embeddings": sparse,
+        "dense_prompt_embeddings": dense,
+        "multimask_output": False,
+    }
+    dtype = low_precision_dtype(dense.device)
+    if dtype is None:
+        logits, _ = mask_decoder(**decoder_inputs)
+    else:  # see "At bf16 on a CPU" above
+        logits, _ = run_in_low_precision(mask_decoder, dtype, **decoder_inputs)
     if logits.shape[-1] != output_size or logits.shape[-2] != output_size:
         logits = F.interpolate(logits, size=(output_size, output_size), mode="bilinear", align_corners=False)
     return logits[:, 0]
