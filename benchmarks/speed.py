@@ -34,8 +34,9 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
         --hippocampus-nnunet-model NNUNET_RESULTS/Dataset004_Hippocampus/nnUNetTrainer__nnUNetPlans__2d \\
         --acdc-preprocessed PREPROCESSED/Dataset027_ACDC
 
-The volumes: ``--cases`` validation cases of ``--fold`` in ``splits_patient_70_10.json`` for ACDC (every
-case where the file is missing), the first ``--cases`` cases for Hippocampus.
+The volumes: ``--cases`` validation cases of ``--fold`` in ``splits_patient_70_10.json`` for ACDC (of fold 0 for
+``--fold all``, the fold that ``autoprompt benchmark`` trains on a case list; every case where the file is
+missing), the first ``--cases`` cases for Hippocampus.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
 
 
 def predict_rows(
-    dataset: str, raw: Path, *, model: Path, nnunet_model: Path | None, cases: list[str], fold: int, tta: bool,
+    dataset: str, raw: Path, *, model: Path, nnunet_model: Path | None, cases: list[str], fold: str, tta: bool,
     work: Path,
 ) -> list[dict]:  # fmt: skip
     """Seconds per volume of autoprompt (and nnU-Net) predicting ``cases`` of ``raw``, one fold."""
@@ -192,10 +193,10 @@ def predict_rows(
         shutil.rmtree(output, ignore_errors=True)
         if tool == "autoprompt":
             command = [sys.executable, "-m", "autoprompt", "predict", "-i", str(inputs), "-o", str(output),
-                       "--model-dir", str(folder), "-f", str(fold), "--device", "cpu",
+                       "--model-dir", str(folder), "-f", fold, "--device", "cpu",
                        "--tta" if tta else "--no-tta"]  # fmt: skip
         else:
-            nnunet_fold = str(fold) if (folder / f"fold_{fold}").is_dir() else "all"
+            nnunet_fold = fold if (folder / f"fold_{fold}").is_dir() else "all"
             command = [console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(output),
                        "-m", str(folder), "-f", nnunet_fold, "-device", "cpu", "-npp", "1", "-nps", "1",
                        "--disable_progress_bar"] + ([] if tta else ["--disable_tta"])  # fmt: skip
@@ -277,6 +278,13 @@ def _machine() -> dict:
     }
 
 
+def _fold(text: str) -> str:
+    """``--fold``: a fold number or ``all``."""
+    if text != "all" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fold: give a number or 'all'")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--{name}-nnunet-model", type=Path, help=f"trained nnU-Net 2d model folder for {name}"
         )
     parser.add_argument("--cases", type=int, default=20, help="volumes per dataset (default: 20)")
-    parser.add_argument("--fold", type=int, default=0, help="the one fold predicted (default: 0)")
+    parser.add_argument(
+        "--fold", type=_fold, default="0", help="the one fold predicted: a number or 'all' (default: 0)"
+    )
     parser.add_argument("--tta", action="store_true", help="mirroring on, for both tools (default: off)")
     parser.add_argument("--acdc-preprocessed", type=Path, help="PREPROCESSED/Dataset027_ACDC: time its cache")
     parser.add_argument("--cache-cases", type=int, help="cache only the first N cases (default: all)")
@@ -341,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  predict {dataset}: {result['skipped'][f'nnU-Net {dataset}']}", flush=True)
         raw = args.data / dataset
         splits = raw / "splits_patient_70_10.json"
-        cases = candidate_cases(raw, splits=splits if splits.is_file() else None, fold=args.fold)[
+        split_fold = 0 if args.fold == "all" else int(args.fold)
+        cases = candidate_cases(raw, splits=splits if splits.is_file() else None, fold=split_fold)[
             : args.cases
         ]
         result["predict"] += predict_rows(dataset, raw, model=model, nnunet_model=nnunet_model, cases=cases,

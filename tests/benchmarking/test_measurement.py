@@ -1,19 +1,23 @@
-"""The helpers of the measurement scripts (``autoprompt.benchmarking.measurement``) and
-``benchmarks/class_scaling.py`` on the tiny backbone (no timed assertions)."""
+"""The helpers of the measurement scripts (``autoprompt.benchmarking.measurement``),
+``benchmarks/class_scaling.py`` on the tiny backbone and ``benchmarks/speed.py``'s predict part (no timed
+assertions)."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 from autoprompt.benchmarking import measurement
 from autoprompt.modeling.backbone import load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import ABSENT_LOGIT
-from benchmarks import class_scaling
+from benchmarks import class_scaling, speed
 from benchmarks.class_scaling import forced_presence, forced_presence_logits
 from tests.modeling.conftest import tiny_config
+from tests.synthetic_data import make_synthetic_dataset
 
 CPU = torch.device("cpu")
 
@@ -69,3 +73,20 @@ def test_class_scaling_runs_every_part_and_writes_its_json(tmp_path, monkeypatch
     ]
     assert result["model"]["skip_presence_below"] == 0.0 and result["decoder_passes_per_prediction"] == 1
     assert result["encoder"] == {"runtime": "eager", "ms_per_window": 500.0}
+
+
+def test_speed_predicts_fold_all_models_and_refuses_other_folds(tmp_path, monkeypatch, capsys):
+    raw = make_synthetic_dataset(tmp_path / "raw", num_cases=2)
+    nnunet_model = tmp_path / "nnunet"
+    (nnunet_model / "fold_all").mkdir(parents=True)
+    commands = []
+    usage = SimpleNamespace(seconds=4.0, peak_rss_mib=10.0)
+    monkeypatch.setattr(speed, "run_logged", lambda command, **_: commands.append(command) or usage)
+    rows = speed.predict_rows("Dataset999_Synthetic", raw, model=tmp_path / "model", nnunet_model=nnunet_model,
+                              cases=["case_000"], fold="all", tta=False, work=tmp_path / "work")  # fmt: skip
+    assert [row["s_per_volume"] for row in rows] == [4.0, 4.0]
+    for command in commands:
+        assert command[command.index("-f") + 1] == "all"
+    with pytest.raises(SystemExit) as stop:
+        speed.main(["--no-encoder", "--fold", "last"])
+    assert stop.value.code == 2 and "give a number or 'all'" in capsys.readouterr().err
