@@ -10,10 +10,12 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   other jobs change less than the wall time), the relative L2 error against eager at the same precision and
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
 - ``decoder``: SAM's mask decoder (LiteMedSAM's, with the prompt encoder, as
-  :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts of one window:
-  fp32, bf16 autocast (the decoder's fp32 weights, what training runs) and the bf16 copy that inference at
-  bf16 uses (:mod:`autoprompt.modeling.low_precision`); seconds per window (one decoder pass; prediction
-  runs ``1 + box_refinement`` passes per window and TTA flip) and the relative L2 error against fp32.
+  :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts of one window,
+  for inference (no autograd) and for training (forward and backward): fp32, bf16 autocast (the decoder's
+  fp32 weights) and the bf16 path that bf16 on a CPU takes (:mod:`autoprompt.modeling.low_precision`: the
+  bf16 copy for inference, the weights cast in the graph for training); seconds per window (one decoder pass;
+  prediction runs ``1 + box_refinement`` passes per window and TTA flip) and the relative L2 error of the
+  logits against fp32.
 - ``predict``: seconds per volume of ``autoprompt predict`` (one fold, the precision and runtime ``auto``)
   and, with an nnU-Net model folder, of nnU-Net's predictor (``nnUNetv2_predict_from_modelfolder``, the
   code behind ``nnUNetv2_predict``), same volumes, same TTA setting, each a child process timed with its
@@ -42,6 +44,7 @@ missing), the first ``--cases`` cases for Hippocampus.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -49,6 +52,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -56,6 +60,7 @@ import torch
 from autoprompt.allocator import retain_freed_memory
 from autoprompt.benchmarking.nnunet_baseline import run_logged
 from autoprompt.devices import Precision, autocast
+from autoprompt.modeling import class_decoder
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
@@ -134,7 +139,7 @@ def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | No
 
 
 def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
-    """One row per decoder precision (see the module docstring), timed in turn within each round."""
+    """One row per decoder precision and mode (see the module docstring), timed in turn within each round."""
     backbone = load_backbone("litemedsam").requires_grad_(False)
     generator = torch.Generator().manual_seed(0)
     prompts = {
@@ -143,18 +148,34 @@ def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
         "class_tokens": torch.randn(1, classes, 256, generator=generator),
     }
     embeddings = torch.randn(1, 256, 64, 64, generator=generator) * 0.3
+    decoder = backbone.mask_decoder
 
     def decode(variant: str) -> torch.Tensor:
-        # grad mode on with nothing requiring grad: the decoder itself, no autograd; inference mode: the copy
-        mode = torch.inference_mode() if variant == "bf16 copy" else torch.enable_grad()
-        precision = Precision.FP32 if variant == "fp32" else Precision.BF16
-        with mode, autocast(CPU, precision):
-            logits = decode_classes(
-                backbone.prompt_encoder, backbone.mask_decoder, embeddings, output_size=256, **prompts
-            )
-        return logits.float()
+        training = variant.startswith("train")
+        decoder.requires_grad_(training)
+        mode = torch.enable_grad() if training else torch.inference_mode()
+        precision = Precision.FP32 if variant.endswith("fp32") else Precision.BF16
+        in_bf16 = variant.endswith(("bf16 copy", "bf16 weights"))  # else the decoder itself, under autocast
+        bf16 = (
+            contextlib.nullcontext()
+            if in_bf16
+            else mock.patch.object(class_decoder, "low_precision_dtype", _no_bf16)
+        )
+        with mode, autocast(CPU, precision), bf16:
+            logits = decode_classes(backbone.prompt_encoder, decoder, embeddings, output_size=256, **prompts)
+        if training:
+            logits.float().square().mean().backward()
+            decoder.zero_grad(set_to_none=True)
+        return logits.detach().float()
 
-    variants = ("fp32", "bf16 autocast", "bf16 copy")
+    variants = (
+        "fp32",
+        "bf16 autocast",
+        "bf16 copy",
+        "train fp32",
+        "train bf16 autocast",
+        "train bf16 weights",
+    )
     outputs = {variant: decode(variant) for variant in variants}
     wall: dict[str, list[float]] = {variant: [] for variant in variants}
     for _ in range(rounds):
@@ -174,9 +195,14 @@ def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
                 "relative_error_vs_fp32": error,
             }
         )
-        print(f"  decoder {variant:13s}: {rows[-1]['s_per_window_pass']:.3f} s per window and pass "
+        print(f"  decoder {variant:19s}: {rows[-1]['s_per_window_pass']:.3f} s per window and pass "
               f"({classes} classes), relative error {error:.1e} against fp32", flush=True)  # fmt: skip
     return rows
+
+
+def _no_bf16(device: torch.device) -> None:
+    """Stands in for :func:`autoprompt.modeling.class_decoder.low_precision_dtype`: the decoder under autocast."""
+    return None
 
 
 def predict_rows(

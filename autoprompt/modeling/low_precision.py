@@ -55,7 +55,9 @@ def run_in_low_precision(module: nn.Module, dtype: torch.dtype, **inputs: object
             return low_precision_copy(module, dtype)(**inputs)
         with _layer_norms_in_fp32(module, dtype) as norm_names:
             tensors = {
-                name: tensor if _owner(name) in norm_names or not tensor.is_floating_point() else tensor.to(dtype)
+                name: tensor
+                if _owner(name) in norm_names or not tensor.is_floating_point()
+                else tensor.to(dtype)
                 for name, tensor in (*module.named_parameters(), *module.named_buffers())
             }
             return functional_call(module, tensors, args=(), kwargs=inputs)

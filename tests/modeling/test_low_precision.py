@@ -9,8 +9,8 @@ import copy
 import torch
 
 from autoprompt.devices import Precision, autocast
-from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling import class_decoder
+from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.low_precision import _COPIES, low_precision_copy, low_precision_dtype
 
 CPU = torch.device("cpu")
