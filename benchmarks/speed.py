@@ -11,11 +11,11 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
 - ``decoder``: SAM's mask decoder (LiteMedSAM's, with the prompt encoder, as
   :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts of one window,
-  for inference (no autograd) and for training (forward and backward): fp32, bf16 autocast (the decoder's
+  for inference (no autograd, one window) and for training (forward and backward, a batch of 8 windows): fp32, bf16 autocast (the decoder's
   fp32 weights) and the bf16 path that bf16 on a CPU takes (:mod:`autoprompt.modeling.low_precision`: the
   bf16 copy for inference, the weights cast in the graph for training); seconds per window (one decoder pass;
   prediction runs ``1 + box_refinement`` passes per window and TTA flip) and the relative L2 error of the
-  logits against fp32.
+  logits against fp32 (of the first window).
 - ``predict``: seconds per volume of ``autoprompt predict`` (one fold, the precision and runtime ``auto``)
   and, with an nnU-Net model folder, of nnU-Net's predictor (``nnUNetv2_predict_from_modelfolder``, the
   code behind ``nnUNetv2_predict``), same volumes, same TTA setting, each a child process timed with its
@@ -138,20 +138,24 @@ def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | No
     return rows
 
 
-def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
-    """One row per decoder precision and mode (see the module docstring), timed in turn within each round."""
+def decoder_rows(*, rounds: int, classes: int = 3, training_windows: int = 8) -> list[dict]:
+    """One row per decoder precision and mode (see the module docstring), timed in turn within each round:
+    inference on one window, training on a batch of ``training_windows``."""
     backbone = load_backbone("litemedsam").requires_grad_(False)
     generator = torch.Generator().manual_seed(0)
-    prompts = {
-        "boxes": torch.tensor([0.3, 0.3, 0.6, 0.7]).repeat(1, classes, 1),
-        "coarse_logits": torch.randn(1, classes, 256, 256, generator=generator),
-        "class_tokens": torch.randn(1, classes, 256, generator=generator),
+    n = training_windows
+    batch = {
+        "boxes": torch.tensor([0.3, 0.3, 0.6, 0.7]).repeat(n, classes, 1),
+        "coarse_logits": torch.randn(n, classes, 256, 256, generator=generator),
+        "class_tokens": torch.randn(n, classes, 256, generator=generator),
+        "embeddings": torch.randn(n, 256, 64, 64, generator=generator) * 0.3,
     }
-    embeddings = torch.randn(1, 256, 64, 64, generator=generator) * 0.3
     decoder = backbone.mask_decoder
 
     def decode(variant: str) -> torch.Tensor:
         training = variant.startswith("train")
+        windows = n if training else 1
+        prompts = {name: value[:windows] for name, value in batch.items()}
         decoder.requires_grad_(training)
         mode = torch.enable_grad() if training else torch.inference_mode()
         precision = Precision.FP32 if variant.endswith("fp32") else Precision.BF16
@@ -162,11 +166,11 @@ def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
             else mock.patch.object(class_decoder, "low_precision_dtype", _no_bf16)
         )
         with mode, autocast(CPU, precision), bf16:
-            logits = decode_classes(backbone.prompt_encoder, decoder, embeddings, output_size=256, **prompts)
+            logits = decode_classes(backbone.prompt_encoder, decoder, output_size=256, **prompts)
         if training:
             logits.float().square().mean().backward()
             decoder.zero_grad(set_to_none=True)
-        return logits.detach().float()
+        return logits.detach().float()[:1]
 
     variants = (
         "fp32",
@@ -187,11 +191,13 @@ def decoder_rows(*, rounds: int, classes: int = 3) -> list[dict]:
     rows = []
     for variant in variants:
         error = float((outputs[variant] - reference).norm() / reference.norm())
+        windows = n if variant.startswith("train") else 1
         rows.append(
             {
                 "variant": variant,
                 "classes": classes,
-                "s_per_window_pass": round(statistics.median(wall[variant]), 4),
+                "windows_per_call": windows,
+                "s_per_window_pass": round(statistics.median(wall[variant]) / windows, 4),
                 "relative_error_vs_fp32": error,
             }
         )
