@@ -76,7 +76,7 @@ def test_bf16_inference_decodes_like_bf16_autocast(tiny_backbone):
 
 
 def test_bf16_training_gives_the_fp32_weights_gradients_as_close_as_autocast(tiny_backbone, monkeypatch):
-    backbone = copy.deepcopy(tiny_backbone).train()
+    backbone = copy.deepcopy(tiny_backbone).train().requires_grad_(True)  # a fixture other tests may freeze
     decoder = backbone.mask_decoder
     prompts = _prompts()
 
