@@ -10,9 +10,9 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   other jobs change less than the wall time), the relative L2 error against eager at the same precision and
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
 - ``decoder``: SAM's mask decoder (LiteMedSAM's, with the prompt encoder, as
-  :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts of one window,
-  for inference (no autograd, one window) and for training (forward and backward, a batch of 8 windows): fp32, bf16 autocast (the decoder's
-  fp32 weights) and the bf16 path that bf16 on a CPU takes (:mod:`autoprompt.modeling.low_precision`: the
+  :func:`autoprompt.modeling.class_decoder.decode_classes` runs it) decoding 3 class prompts per window,
+  for inference (no autograd, one window) and for training (forward and backward, a batch of 8 windows):
+  fp32, bf16 autocast (the decoder's fp32 weights) and the bf16 path that bf16 on a CPU takes (:mod:`autoprompt.modeling.low_precision`: the
   bf16 copy for inference, the weights cast in the graph for training); seconds per window (one decoder pass;
   prediction runs ``1 + box_refinement`` passes per window and TTA flip) and the relative L2 error of the
   logits against fp32 (of the first window).
@@ -151,11 +151,19 @@ def decoder_rows(*, rounds: int, classes: int = 3, training_windows: int = 8) ->
         "embeddings": torch.randn(n, 256, 64, 64, generator=generator) * 0.3,
     }
     decoder = backbone.mask_decoder
+    variants = (
+        "fp32",
+        "bf16 autocast",
+        "bf16 copy",
+        "train fp32",
+        "train bf16 autocast",
+        "train bf16 weights",
+    )
+    windows = {variant: n if variant.startswith("train") else 1 for variant in variants}
 
     def decode(variant: str) -> torch.Tensor:
         training = variant.startswith("train")
-        windows = n if training else 1
-        prompts = {name: value[:windows] for name, value in batch.items()}
+        prompts = {name: value[: windows[variant]] for name, value in batch.items()}
         decoder.requires_grad_(training)
         mode = torch.enable_grad() if training else torch.inference_mode()
         precision = Precision.FP32 if variant.endswith("fp32") else Precision.BF16
@@ -172,14 +180,6 @@ def decoder_rows(*, rounds: int, classes: int = 3, training_windows: int = 8) ->
             decoder.zero_grad(set_to_none=True)
         return logits.detach().float()[:1]
 
-    variants = (
-        "fp32",
-        "bf16 autocast",
-        "bf16 copy",
-        "train fp32",
-        "train bf16 autocast",
-        "train bf16 weights",
-    )
     outputs = {variant: decode(variant) for variant in variants}
     wall: dict[str, list[float]] = {variant: [] for variant in variants}
     for _ in range(rounds):
@@ -191,13 +191,12 @@ def decoder_rows(*, rounds: int, classes: int = 3, training_windows: int = 8) ->
     rows = []
     for variant in variants:
         error = float((outputs[variant] - reference).norm() / reference.norm())
-        windows = n if variant.startswith("train") else 1
         rows.append(
             {
                 "variant": variant,
                 "classes": classes,
-                "windows_per_call": windows,
-                "s_per_window_pass": round(statistics.median(wall[variant]) / windows, 4),
+                "windows_per_call": windows[variant],
+                "s_per_window_pass": round(statistics.median(wall[variant]) / windows[variant], 4),
                 "relative_error_vs_fp32": error,
             }
         )
