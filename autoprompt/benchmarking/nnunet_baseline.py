@@ -31,7 +31,7 @@ from pathlib import Path
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
-from pipeline.training.optim import epochs_in_budget
+from pipeline.training.optim import epochs_in_budget, recent_epoch_seconds
 
 TRAINER_NAME = "nnUNetTrainer"
 NNUNET_ITERATIONS_PER_EPOCH = 250
@@ -274,15 +274,15 @@ def predict(
 def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
     """An ``nnUNetTrainer`` whose epoch count is fitted to ``budget_seconds`` after every epoch.
 
-    The rule is autoprompt's (:func:`pipeline.training.optim.epochs_in_budget` at the median epoch time,
-    at most nnU-Net's own 1000 epochs); the poly learning-rate schedule ends with the last fitted epoch.
+    The rule is autoprompt's (:func:`pipeline.training.optim.epochs_in_budget` on the time left, at the
+    median time of the last epochs, at most nnU-Net's own 1000 epochs); the poly learning-rate schedule
+    ends with the last fitted epoch.
 
     With ``fit_iterations``, steps 2 to ``1 + PROBE_STEPS`` of the first epoch are timed and the
     iterations per epoch (training and validation) are cut to :func:`iterations_for_budget`.
     The class is named ``nnUNetTrainer``: nnU-Net derives the model folder and the checkpoints'
     ``trainer_name`` from the class name, and prediction then rebuilds a plain nnUNetTrainer.
     """
-    import numpy as np
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -314,11 +314,14 @@ def _time_budget_trainer(budget_seconds: float, *, fit_iterations: bool):
                     self.on_validation_epoch_end(val)
                 self.on_epoch_end()
                 epoch_seconds.append(time.monotonic() - epoch_start)
-                self._fit_epochs(float(np.median(epoch_seconds)), cap)
+                self._fit_epochs(epoch_seconds, cap)
             self.on_train_end()
 
-        def _fit_epochs(self, seconds_per_epoch: float, cap: int) -> None:
-            epochs = epochs_in_budget(budget_seconds, seconds_per_epoch, finished=self.current_epoch, cap=cap)
+        def _fit_epochs(self, epoch_seconds: list[float], cap: int) -> None:
+            seconds_per_epoch = recent_epoch_seconds(epoch_seconds)
+            epochs = epochs_in_budget(
+                budget_seconds - sum(epoch_seconds), seconds_per_epoch, finished=self.current_epoch, cap=cap
+            )
             if epochs != self.num_epochs:
                 self.num_epochs = self.lr_scheduler.max_steps = epochs
                 self.print_to_log_file(

@@ -81,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="MINUTES",
         help="train only as many epochs as fit in this many minutes (embedding cache and final "
-        "validation not counted); the learning-rate schedule is shortened to match",
+        "validation not counted; planned against the time left, during and after every epoch); the "
+        "learning-rate schedule ends with the last one",
     )
     parser.add_argument(
         "--seed", type=int, help="random seed for initialisation and sampling (default: the preset's)"

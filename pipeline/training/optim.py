@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -63,11 +65,22 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=schedule)
 
 
-def epochs_in_budget(budget_seconds: float, seconds_per_epoch: float, *, finished: int, cap: int) -> int:
-    """Epochs that fit a wall-clock training budget at ``seconds_per_epoch`` each.
+RECENT_EPOCHS = 3  # epochs whose median time predicts the next ones under a time budget
 
-    The rule of both trainers under a budget (autoprompt's and the benchmark's nnU-Net), re-applied after
-    every epoch: never fewer than the ``finished`` ones, never more than ``cap``.
-    ``epochs_in_budget(3600, 150, finished=1, cap=1000) == 24``.
+
+def recent_epoch_seconds(epoch_seconds: list[float]) -> float:
+    """The median time of the last ``RECENT_EPOCHS`` epochs: robust to one slow epoch, and following a
+    machine that speeds up (a cold disk cache, load that ends) or slows down."""
+    return float(np.median(epoch_seconds[-RECENT_EPOCHS:]))
+
+
+def epochs_in_budget(remaining_seconds: float, seconds_per_epoch: float, *, finished: float, cap: int) -> int:
+    """Epochs to plan when ``remaining_seconds`` of a wall-clock budget are left after ``finished``
+    epochs (a fraction while one is running) and the next take ``seconds_per_epoch`` each.
+
+    The rule of both trainers under a budget (autoprompt's and the benchmark's nnU-Net), re-applied
+    while training: planned against the time left, so that epochs run slower or faster before do not
+    bias the plan; never fewer than the epochs begun, never more than ``cap``.
+    ``epochs_in_budget(3450, 150, finished=1, cap=1000) == 24``.
     """
-    return min(cap, max(finished, int(budget_seconds // seconds_per_epoch)))
+    return min(cap, max(math.ceil(finished), int(finished + remaining_seconds / seconds_per_epoch)))

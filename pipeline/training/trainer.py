@@ -63,7 +63,13 @@ from pipeline.training.data import (
 )
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
-from pipeline.training.optim import WarmupPolySchedule, build_optimizer, build_scheduler, epochs_in_budget
+from pipeline.training.optim import (
+    WarmupPolySchedule,
+    build_optimizer,
+    build_scheduler,
+    epochs_in_budget,
+    recent_epoch_seconds,
+)
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 from pipeline.training.teacher_prompts import jittered_truth_boxes
 from pipeline.training.weight_average import WeightAverage
@@ -72,6 +78,7 @@ EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkp
 # the autocast dtype of each precision in training (None: no autocast)
 AMP_DTYPES = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
+BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often during an epoch, and after it
 WAIT_TIMEOUT = datetime.timedelta(hours=24)
 """How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 
@@ -500,11 +507,13 @@ class Trainer:
             leave=False,
             enabled=self.dist.is_main,
         )
+        first_timed = 1 if epoch == self.start_epoch else 0  # a run's step 0 warms up (allocations, kernels)
         for index, batch in enumerate(bar):
-            if epoch == self.start_epoch and index == 1:
-                probe_started = time.perf_counter()  # step 0 warms up (allocations, CUDA kernels): not timed
-            if epoch == self.start_epoch and index == 1 + BUDGET_PROBE_STEPS:
-                self._estimate_epoch_time(epoch, (time.perf_counter() - probe_started) / BUDGET_PROBE_STEPS)
+            if index == first_timed:
+                timed_from = time.perf_counter()
+            elif self._replans_at(index - first_timed, index):
+                seconds_per_step = (time.perf_counter() - timed_from) / (index - first_timed)
+                self._plan_within_epoch(epoch, index, seconds_per_step, time.perf_counter() - started)
             batch = batch.to(self.device)
             _, terms = self._forward(self.train_model, batch, teacher=True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -536,10 +545,25 @@ class Trainer:
             "train_seconds": time.perf_counter() - started,
         }
 
-    def _estimate_epoch_time(self, epoch: int, seconds_per_step: float) -> None:
-        """Plan the time budget early, from the first steps of a run (validation batches count a third)."""
+    def _replans_at(self, timed_steps: int, index: int) -> bool:
+        """Whether a time budget is planned again before step ``index`` of an epoch: after the first
+        ``BUDGET_PROBE_STEPS`` timed steps, then ``BUDGET_REPLANS_PER_EPOCH`` times per epoch."""
+        if self.config.time_budget_minutes is None or timed_steps < BUDGET_PROBE_STEPS:
+            return False
+        interval = max(1, self.config.iterations_per_epoch // BUDGET_REPLANS_PER_EPOCH)
+        return timed_steps == BUDGET_PROBE_STEPS or index % interval == 0
+
+    def _plan_within_epoch(
+        self, epoch: int, index: int, seconds_per_step: float, epoch_seconds: float
+    ) -> None:
+        """Plan the time budget at step ``index`` of ``epoch`` from this epoch's speed so far
+        (validation batches count a third of a step)."""
         steps = self.config.iterations_per_epoch + self.config.val_iterations / 3
-        self._apply_time_budget(epoch, seconds_per_step * steps)
+        self._apply_time_budget(
+            finished=epoch + index / self.config.iterations_per_epoch,
+            seconds_per_epoch=seconds_per_step * steps,
+            spent_seconds=sum(r["seconds"] for r in self.history) + epoch_seconds,
+        )
 
     def validate_epoch(self, epoch: int) -> dict[str, Any]:
         """Validation loss and per-class pseudo-Dice on fixed validation windows (process 0 only)."""
@@ -586,7 +610,10 @@ class Trainer:
             else EMA_MOMENTUM * previous + (1 - EMA_MOMENTUM) * (record["mean_dice"] if finite else previous)
         )
         self.history.append(record)
-        self._apply_time_budget(epoch, float(np.median([r["seconds"] for r in self.history])))
+        seconds = [r["seconds"] for r in self.history]
+        self._apply_time_budget(
+            finished=epoch + 1, seconds_per_epoch=recent_epoch_seconds(seconds), spent_seconds=sum(seconds)
+        )
         if self.dist.is_main:
             self.log(epoch_line(epoch, self.planned_epochs, record, self.class_names))
             improved = not math.isnan(record["ema_dice"]) and record["ema_dice"] > self.best_ema
@@ -599,17 +626,18 @@ class Trainer:
             plot_progress(self.history, self.class_names, self.fold_dir / "progress.png")
         self._barrier()
 
-    def _apply_time_budget(self, epoch: int, seconds_per_epoch: float) -> None:
-        """With a time budget, plan as many epochs as fit (never more than configured, at least up to
-        ``epoch``) at ``seconds_per_epoch`` each, and end the learning-rate schedule with the last one.
+    def _apply_time_budget(self, *, finished: float, seconds_per_epoch: float, spent_seconds: float) -> None:
+        """With a time budget, plan as many epochs as the time left holds at ``seconds_per_epoch`` each
+        (never more than configured, never fewer than begun), and end the learning-rate schedule with the
+        last one.
 
-        Called after the first steps and after every epoch, so an estimate that was too long or too short
-        is corrected (the plan may grow again up to ``config.epochs``)."""
+        Called during and after every epoch, so an estimate that was too long or too short is corrected
+        before the schedule reaches its end (the plan may grow again up to ``config.epochs``)."""
         budget = self.config.time_budget_minutes
         if budget is None:
             return
         planned = epochs_in_budget(
-            budget * 60.0, seconds_per_epoch, finished=epoch + 1, cap=self.config.epochs
+            budget * 60.0 - spent_seconds, seconds_per_epoch, finished=finished, cap=self.config.epochs
         )
         if self.dist.world_size > 1:
             shared = [planned]

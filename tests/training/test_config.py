@@ -37,6 +37,12 @@ def test_defaults_per_configuration() -> None:
     assert [default_preset(c, "cuda") for c in ("2d", "3d")] == ["2d_frozen", "3d_adapter"]
 
 
+def test_the_cpu_3d_preset_is_2d_frozen_but_for_the_configuration() -> None:
+    """3d_frozen shares 2d_frozen's cache and views, and takes the choices made by CV on 2d."""
+    two_d, three_d = (load_trainer_config(name).to_dict() for name in ("2d_frozen", "3d_frozen"))
+    assert {key for key in two_d if two_d[key] != three_d[key]} == {"configuration"}
+
+
 @pytest.mark.parametrize(
     ("override", "attribute", "expected"),
     [

@@ -10,7 +10,7 @@ import torch
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from pipeline.trainer_config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
-from pipeline.training.optim import WarmupPolySchedule, epochs_in_budget
+from pipeline.training.optim import WarmupPolySchedule, epochs_in_budget, recent_epoch_seconds
 
 K, SIZE = 2, 16
 
@@ -138,17 +138,30 @@ def test_a_shortened_run_decays_to_zero_at_its_new_end() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds_per_epoch", "finished", "cap", "expected"),
+    ("remaining", "seconds_per_epoch", "finished", "cap", "expected"),
     [
-        (150.0, 1, 1000, 24),  # 3600 s // 150 s
-        (151.0, 1, 1000, 23),  # a partial epoch does not fit
-        (5000.0, 1, 1000, 1),  # one epoch longer than the budget: keep the one already done
-        (400.0, 12, 1000, 12),  # slower epochs later: never fewer than the finished ones
-        (1.0, 1, 50, 50),  # a fast device stops at the configured epochs
+        (3450.0, 150.0, 1, 1000, 24),  # 1 done + 3450 s // 150 s
+        (3450.0, 151.0, 1, 1000, 23),  # a partial epoch does not fit
+        (-1400.0, 5000.0, 1, 1000, 1),  # one epoch longer than the budget: keep the one already done
+        (-10.0, 400.0, 12, 1000, 12),  # the budget is spent: never fewer than the finished ones
+        (3599.0, 1.0, 1, 50, 50),  # a fast device stops at the configured epochs
+        (300.0, 246.8, 5.5, 1000, 6),  # half-way through the 6th epoch: it is the last one
+        (500.0, 200.0, 5.5, 1000, 8),  # ... or two more follow it
+        (1800.0, 1318.0, 0.08, 1000, 1),  # a slow first probe plans the epoch under way only
     ],
 )
-def test_epochs_in_budget(seconds_per_epoch: float, finished: int, cap: int, expected: int) -> None:
-    assert epochs_in_budget(3600.0, seconds_per_epoch, finished=finished, cap=cap) == expected
+def test_epochs_in_budget(
+    remaining: float, seconds_per_epoch: float, finished: float, cap: int, expected: int
+) -> None:
+    assert epochs_in_budget(remaining, seconds_per_epoch, finished=finished, cap=cap) == expected
+
+
+def test_a_plan_after_slow_first_epochs_follows_the_recent_ones() -> None:
+    seconds = [548.0, 298.0, 261.0, 232.0, 227.0]  # a cold disk cache, then a faster machine
+    assert recent_epoch_seconds(seconds) == 232.0 and recent_epoch_seconds(seconds[:1]) == 548.0
+    # 1800 s budget: 234 s are left, one more epoch at the recent speed
+    left = 1800.0 - sum(seconds)
+    assert epochs_in_budget(left, recent_epoch_seconds(seconds), finished=5, cap=1000) == 6
 
 
 def test_amp_modes() -> None:
