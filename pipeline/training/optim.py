@@ -80,7 +80,8 @@ def epochs_in_budget(remaining_seconds: float, seconds_per_epoch: float, *, fini
 
     The rule of both trainers under a budget (autoprompt's and the benchmark's nnU-Net), re-applied
     while training: planned against the time left, so that epochs run slower or faster before do not
-    bias the plan; never fewer than the epochs begun, never more than ``cap``.
-    ``epochs_in_budget(3450, 150, finished=1, cap=1000) == 24``.
+    bias the plan, and rounded to the nearest epoch, so that a run ends within half an epoch of its
+    budget, before or after it (long epochs do not leave most of one unused); never fewer than the
+    epochs begun, never more than ``cap``. ``epochs_in_budget(3450, 150, finished=1, cap=1000) == 24``.
     """
-    return min(cap, max(math.ceil(finished), int(finished + remaining_seconds / seconds_per_epoch)))
+    return min(cap, max(math.ceil(finished), round(finished + remaining_seconds / seconds_per_epoch)))

@@ -78,7 +78,7 @@ EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkp
 # the autocast dtype of each precision in training (None: no autocast)
 AMP_DTYPES = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
-BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often during an epoch, and after it
+BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often in a run's first epoch
 WAIT_TIMEOUT = datetime.timedelta(hours=24)
 """How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 
@@ -511,7 +511,7 @@ class Trainer:
         for index, batch in enumerate(bar):
             if index == first_timed:
                 timed_from = time.perf_counter()
-            elif self._replans_at(index - first_timed, index):
+            elif self._replans_at(epoch, index - first_timed, index):
                 seconds_per_step = (time.perf_counter() - timed_from) / (index - first_timed)
                 self._plan_within_epoch(epoch, index, seconds_per_step, time.perf_counter() - started)
             batch = batch.to(self.device)
@@ -545,10 +545,12 @@ class Trainer:
             "train_seconds": time.perf_counter() - started,
         }
 
-    def _replans_at(self, timed_steps: int, index: int) -> bool:
-        """Whether a time budget is planned again before step ``index`` of an epoch: after the first
-        ``BUDGET_PROBE_STEPS`` timed steps, then ``BUDGET_REPLANS_PER_EPOCH`` times per epoch."""
-        if self.config.time_budget_minutes is None or timed_steps < BUDGET_PROBE_STEPS:
+    def _replans_at(self, epoch: int, timed_steps: int, index: int) -> bool:
+        """Whether a time budget is planned again before step ``index`` of the run's first epoch (later
+        ones are planned at their end): after the first ``BUDGET_PROBE_STEPS`` timed steps, then
+        ``BUDGET_REPLANS_PER_EPOCH`` times in the epoch, as a cold start speeds up."""
+        budgeted = self.config.time_budget_minutes is not None and epoch == self.start_epoch
+        if not budgeted or timed_steps < BUDGET_PROBE_STEPS:
             return False
         interval = max(1, self.config.iterations_per_epoch // BUDGET_REPLANS_PER_EPOCH)
         return timed_steps == BUDGET_PROBE_STEPS or index % interval == 0
@@ -631,8 +633,8 @@ class Trainer:
         (never more than configured, never fewer than begun), and end the learning-rate schedule with the
         last one.
 
-        Called during and after every epoch, so an estimate that was too long or too short is corrected
-        before the schedule reaches its end (the plan may grow again up to ``config.epochs``)."""
+        Called during a run's first epoch and after every epoch, so an estimate that was too long or too
+        short is corrected (the plan may grow again up to ``config.epochs``)."""
         budget = self.config.time_budget_minutes
         if budget is None:
             return

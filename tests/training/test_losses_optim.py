@@ -141,11 +141,12 @@ def test_a_shortened_run_decays_to_zero_at_its_new_end() -> None:
     ("remaining", "seconds_per_epoch", "finished", "cap", "expected"),
     [
         (3450.0, 150.0, 1, 1000, 24),  # 1 done + 3450 s // 150 s
-        (3450.0, 151.0, 1, 1000, 23),  # a partial epoch does not fit
+        (3380.0, 151.0, 1, 1000, 23),  # 22.4 more: the nearest whole number
+        (3450.0, 151.0, 1, 1000, 24),  # 22.8 more: the last one ends 27 s after the budget
         (-1400.0, 5000.0, 1, 1000, 1),  # one epoch longer than the budget: keep the one already done
         (-10.0, 400.0, 12, 1000, 12),  # the budget is spent: never fewer than the finished ones
         (3599.0, 1.0, 1, 50, 50),  # a fast device stops at the configured epochs
-        (300.0, 246.8, 5.5, 1000, 6),  # half-way through the 6th epoch: it is the last one
+        (200.0, 246.8, 5.5, 1000, 6),  # half-way through the 6th epoch: it is the last one
         (500.0, 200.0, 5.5, 1000, 8),  # ... or two more follow it
         (1800.0, 1318.0, 0.08, 1000, 1),  # a slow first probe plans the epoch under way only
     ],
@@ -162,6 +163,12 @@ def test_a_plan_after_slow_first_epochs_follows_the_recent_ones() -> None:
     # 1800 s budget: 234 s are left, one more epoch at the recent speed
     left = 1800.0 - sum(seconds)
     assert epochs_in_budget(left, recent_epoch_seconds(seconds), finished=5, cap=1000) == 6
+
+
+def test_long_epochs_do_not_leave_most_of_one_unused() -> None:
+    seconds = [635.2, 616.2]  # 3d on a CPU: 549 s of 1800 left, 0.88 of an epoch
+    left = 1800.0 - sum(seconds)
+    assert epochs_in_budget(left, recent_epoch_seconds(seconds), finished=2, cap=1000) == 3
 
 
 def test_amp_modes() -> None:
