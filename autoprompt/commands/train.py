@@ -81,7 +81,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="MINUTES",
         help="train only as many epochs as fit in this many minutes (embedding cache and final "
-        "validation not counted; planned against the time left, during and after every epoch); the "
+        "validation not counted; planned against the time left, in the first epoch and after each); the "
         "learning-rate schedule ends with the last one",
     )
     parser.add_argument(
