@@ -146,6 +146,9 @@ class TrainerConfig:
             last 100 steps; :mod:`pipeline.training.weight_average`).
         prompt_teacher_forcing: probability that a training sample gives SAM's prompt encoder boxes from
             its ground truth (jittered, as MedSAM trains) instead of the generated ones.
+        decoder_region_tokens: None -> SAM's mask decoder trains on the whole window; t -> on a t x t square
+            of image tokens around each window's labels (:mod:`pipeline.training.decoder_regions`), a step
+            several times cheaper; prediction always decodes the whole window.
         cache_embeddings: None -> use the embedding cache when the encoder is frozen and the plans
             allow it; True/False forces it (True with a trainable encoder is an error).
         cache_slice_stride: cache (and train on) only every k-th slice of each case (2d only). The
@@ -188,6 +191,7 @@ class TrainerConfig:
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     weight_average_decay: float = 0.0
     prompt_teacher_forcing: float = 0.0
+    decoder_region_tokens: int | None = None
     cache_embeddings: bool | None = None
     cache_slice_stride: int = 1
     encoder_precision: str = "auto"
@@ -220,6 +224,7 @@ class TrainerConfig:
             "amp": self.amp in AMP_MODES,
             "prompt_teacher_forcing": 0.0 <= self.prompt_teacher_forcing <= 1.0,
             "weight_average_decay": 0.0 <= self.weight_average_decay < 1.0,
+            "decoder_region_tokens": self.decoder_region_tokens is None or self.decoder_region_tokens >= 1,
             "views.count": self.views.count is None or self.views.count >= 1,
             "views.budget_gib": self.views.budget_gib >= 0,
             "views.max_count": self.views.max_count >= 1,

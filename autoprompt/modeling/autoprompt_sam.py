@@ -19,7 +19,7 @@ from torch import nn
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import BottleneckAdapter, DepthAdapter3d
 from autoprompt.modeling.backbone import SamBackbone
-from autoprompt.modeling.class_decoder import combine_logits, decode_classes
+from autoprompt.modeling.class_decoder import DecoderRegion, combine_logits, decode_classes
 from autoprompt.modeling.prompt_generators import (
     Prompts,
     boxes_from_masks,
@@ -34,12 +34,14 @@ class AutoPromptOutput:
     """What :meth:`AutoPromptSAM.forward` returns; leading dims ``L`` = ``(B,)`` (2d) or ``(B, D)`` (3d).
 
     Attributes:
-        logits: ``L x (K+1) x S x S`` background + classes, for a softmax over dim -3.
+        logits: ``L x (K+1) x S x S`` background + classes, for a softmax over dim -3; with a
+            ``decoder_region`` ``L x (K+1) x s x s``, the pixels of each slice's square.
         class_mask_logits: ``L x K x S x S`` per-class SAM decoder logits (before presence);
-            ``ABSENT_LOGIT`` for a class skipped in a slice (``skip_presence_below``).
+            ``ABSENT_LOGIT`` for a class skipped in a slice (``skip_presence_below``); ``s x s`` with a region.
         coarse_logits: ``L x K x S x S`` the prompt generator's coarse masks.
         boxes: ``L x K x 4`` the prompt generator's regressed boxes, ``xyxy`` in [0, 1] of the window.
         presence_logits: ``L x K``.
+        decoder_region: the squares ``logits`` cover (one per slice of the flattened ``L``), or None.
     """
 
     logits: torch.Tensor
@@ -47,6 +49,7 @@ class AutoPromptOutput:
     coarse_logits: torch.Tensor
     boxes: torch.Tensor
     presence_logits: torch.Tensor
+    decoder_region: DecoderRegion | None = None
 
 
 class AutoPromptSAM(nn.Module):
@@ -140,6 +143,7 @@ class AutoPromptSAM(nn.Module):
         embeddings: torch.Tensor | None = None,
         teacher_boxes: torch.Tensor | None = None,
         teacher_mask: torch.Tensor | None = None,
+        decoder_region: DecoderRegion | None = None,
     ) -> AutoPromptOutput:
         """Segment every class in every window.
 
@@ -150,13 +154,18 @@ class AutoPromptSAM(nn.Module):
             teacher_boxes: ``L x K x 4`` boxes (``xyxy`` in [0, 1]) that replace the generated boxes
                 given to SAM where ``teacher_mask`` (``L`` bool) is set; training with prompts from the
                 ground truth. The returned ``boxes`` stay the generated ones.
+            decoder_region: in training, decode each slice (of the flattened ``L``) on its square only
+                (:class:`~autoprompt.modeling.class_decoder.DecoderRegion`); the logits cover the squares.
 
         Returns:
             :class:`AutoPromptOutput` with leading dims ``(B,)`` or ``(B, D)``.
 
         Raises:
-            ValueError: missing inputs, wrong shapes, or embeddings given to a model whose encoder trains.
+            ValueError: missing inputs, wrong shapes, embeddings given to a model whose encoder trains, or a
+                decoder region in eval mode.
         """
+        if decoder_region is not None and not self.training:
+            raise ValueError("decoder_region= is for training only; in eval mode the whole window is decoded")
         if embeddings is not None and not self.uses_frozen_encoder:
             raise ValueError(
                 "embeddings= needs a frozen image encoder, but this model trains encoder adapters; pass images="
@@ -192,7 +201,7 @@ class AutoPromptSAM(nn.Module):
                 use, teacher_boxes.reshape(sam_boxes.shape).to(sam_boxes.dtype), sam_boxes
             )
         keep = self.decoded_classes(prompts.presence_logits)
-        class_logits = self._decode(flat, prompts, sam_boxes, keep)
+        class_logits = self._decode(flat, prompts, sam_boxes, keep, region=decoder_region)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
             sam_boxes = refined_boxes(label_masks(logits.argmax(dim=1), self.num_classes), sam_boxes)
@@ -204,6 +213,7 @@ class AutoPromptSAM(nn.Module):
             coarse_logits=prompts.coarse_logits.reshape(*lead, *prompts.coarse_logits.shape[1:]),
             boxes=prompts.boxes.reshape(*lead, *prompts.boxes.shape[1:]),
             presence_logits=prompts.presence_logits.reshape(*lead, self.num_classes),
+            decoder_region=decoder_region,
         )
 
     def first_boxes(self, *, boxes: torch.Tensor, coarse_logits: torch.Tensor) -> torch.Tensor:
@@ -327,10 +337,16 @@ class AutoPromptSAM(nn.Module):
         return keys & self.state_dict().keys()
 
     def _decode(
-        self, flat: torch.Tensor, prompts: Prompts, boxes: torch.Tensor, keep: torch.Tensor | None
+        self,
+        flat: torch.Tensor,
+        prompts: Prompts,
+        boxes: torch.Tensor,
+        keep: torch.Tensor | None,
+        *,
+        region: DecoderRegion | None = None,
     ) -> torch.Tensor:
         """``N x K x S x S`` class mask logits from SAM's decoder for ``N x K x 4`` boxes and the prompts,
-        of the ``N x K`` pairs in ``keep`` (None: all)."""
+        of the ``N x K`` pairs in ``keep`` (None: all), on each slice's square of ``region`` if given."""
         return decode_classes(
             self.backbone.prompt_encoder,
             self.backbone.mask_decoder,
@@ -340,6 +356,7 @@ class AutoPromptSAM(nn.Module):
             class_tokens=prompts.class_tokens,
             output_size=self.window_size,
             keep=keep,
+            region=region,
         )
 
     def _dtype(self) -> torch.dtype:

@@ -19,6 +19,13 @@ Decisions:
 - **At bf16 on a CPU the decoder runs in bf16** without autocast (:mod:`autoprompt.modeling.low_precision`:
   a bf16 copy for inference, the weights cast in the graph for training): the same rounding of the products
   as bf16 autocast, without converting every activation between fp32 and bf16. fp32 and CUDA run it as is.
+- **A decoder region trains on part of the window** (:class:`DecoderRegion`, training only): the decoder's
+  cost grows with the number of image tokens, so each slice may be decoded on a ``t x t`` square of its
+  ``G x G`` embedding only, as if the slice were moved so that its square lies in the window's centre:
+  the image embedding and the coarse mask are cropped to the square, the dense positional encoding is
+  the centre square's (one for every prompt, as the decoders take one), and the boxes move with the
+  slice. The decoder then attends within the square only; the logits cover the square's pixels
+  (:meth:`DecoderRegion.crop` of the window).
 - The background logit is 0 and class k's logit is its SAM mask logit plus ``logsigmoid(presence_k)``,
   so for one class the softmax equals SAM's sigmoid, and a class judged absent is suppressed. With a
   presence floor ``f`` the suppression is at most ``log f``: presence learnt from a few patients can
@@ -28,6 +35,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,51 @@ ABSENT_LOGIT = -1.0e4
 label map, and finite in fp16 and bf16, so a softmax over it is 0, never NaN."""
 
 
+@dataclass(frozen=True)
+class DecoderRegion:
+    """A ``tokens x tokens`` square of each slice's ``grid x grid`` image embedding that the decoder sees.
+
+    Attributes:
+        offsets: ``N x 2`` int64 (row, column) of each slice's square's first token, in ``0..grid-tokens``.
+        tokens: t, the side of the square in embedding tokens.
+        grid: G, the side of the embedding in tokens (64 for SAM and LiteMedSAM).
+    """
+
+    offsets: torch.Tensor
+    tokens: int
+    grid: int
+
+    def crop(self, maps: torch.Tensor) -> torch.Tensor:
+        """``N x ... x H x W`` maps of the window (H = W, a multiple of G) -> ``N x ... x h x h`` the square's
+        pixels, ``h = H * tokens / grid``."""
+        size = maps.shape[-1]
+        if maps.shape[-2] != size or size % self.grid:
+            raise ValueError(
+                f"maps of shape {tuple(maps.shape)} are not square multiples of the {self.grid} grid"
+            )
+        scale = size // self.grid
+        side = self.tokens * scale
+        starts = (self.offsets.to(maps.device) * scale).tolist()
+        return torch.stack(
+            [map_[..., r : r + side, c : c + side] for map_, (r, c) in zip(maps, starts, strict=True)]
+        )
+
+    @property
+    def centre(self) -> int:
+        """The first token (row and column) of the window's centre square."""
+        return (self.grid - self.tokens) // 2
+
+    def moved_boxes(self, boxes: torch.Tensor, frame_size: int) -> torch.Tensor:
+        """``N x 4`` boxes ``xyxy`` in pixels of a ``frame_size`` frame, moved as each slice is moved to put its
+        square on the centre square."""
+        shift = (self.centre - self.offsets.to(boxes.device, boxes.dtype)) * (frame_size / self.grid)
+        return boxes + shift.flip(-1).repeat(1, 2)  # (row, column) -> (x, y, x, y)
+
+    def select(self, index: torch.Tensor) -> DecoderRegion:
+        """The region of the slices ``index`` (a ``P`` int64 tensor)."""
+        return DecoderRegion(self.offsets[index.to(self.offsets.device)], self.tokens, self.grid)
+
+
 def decode_classes(
     prompt_encoder: nn.Module,
     mask_decoder: nn.Module,
@@ -50,6 +103,7 @@ def decode_classes(
     class_tokens: torch.Tensor,
     output_size: int,
     keep: torch.Tensor | None = None,
+    region: DecoderRegion | None = None,
 ) -> torch.Tensor:
     """Decode K classes per slice as one batch of ``N*K`` prompts (or of the ``keep`` pairs) through SAM.
 
@@ -63,11 +117,15 @@ def decode_classes(
         output_size: S, the window size of the returned logits.
         keep: ``N x K`` bool, the (slice, class) pairs to decode, as one batch of ``keep.sum()`` prompts;
             the others get :data:`ABSENT_LOGIT` everywhere. None decodes every pair.
+        region: decode each slice on its square only (see "A decoder region" above); None: the whole window.
 
     Returns:
-        ``N x K x S x S`` per-class mask logits.
+        ``N x K x S x S`` per-class mask logits; with a region ``N x K x s x s``, the square's pixels
+        (``s = S * tokens / grid``).
     """
     n, k = boxes.shape[:2]
+    if region is not None:
+        output_size = output_size * region.tokens // region.grid
     if keep is None:
         keep = torch.ones((n, k), dtype=torch.bool, device=boxes.device)
     slices, classes = keep.nonzero(as_tuple=True)  # slice-major: every pair of a full keep in N*K order
@@ -81,6 +139,7 @@ def decode_classes(
         coarse_logits=coarse_logits[slices, classes],
         class_tokens=class_tokens[slices, classes],
         output_size=output_size,
+        region=None if region is None else region.select(slices),
     )
     if len(slices) == n * k:
         return decoded.reshape(n, k, output_size, output_size)
@@ -98,6 +157,7 @@ def _decode_prompts(
     coarse_logits: torch.Tensor,
     class_tokens: torch.Tensor,
     output_size: int,
+    region: DecoderRegion | None = None,
 ) -> torch.Tensor:
     """P prompts, each with its own image embedding, through one decoder call.
 
@@ -106,23 +166,32 @@ def _decode_prompts(
         boxes: ``P x 4`` boxes ``xyxy`` in [0, 1] of the window (detached here).
         coarse_logits: ``P x h x w``.
         class_tokens: ``P x 256``.
-        output_size: S.
+        output_size: S, or the square's pixels with a region.
+        region: the square of each prompt's slice (``P`` offsets), or None.
 
     Returns:
-        ``P x S x S`` mask logits.
+        ``P x S x S`` mask logits (``P x s x s`` with a region).
     """
     frame_h, frame_w = prompt_encoder.input_image_size
     scale = boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
     masks = coarse_logits[:, None]
     mask_size = tuple(prompt_encoder.mask_input_size)
-    if tuple(masks.shape[-2:]) != mask_size:
+    image_pe = prompt_encoder.get_dense_pe()
+    boxes = boxes.detach() * scale
+    if region is not None:  # see "A decoder region" above
+        masks = region.crop(F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False))
+        embeddings = region.crop(embeddings)
+        start, end = region.centre, region.centre + region.tokens
+        image_pe = image_pe[..., start:end, start:end]
+        boxes = region.moved_boxes(boxes, frame_w)
+    elif tuple(masks.shape[-2:]) != mask_size:
         masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
-    sparse, dense = prompt_encoder(points=None, boxes=boxes.detach() * scale, masks=masks)
+    sparse, dense = prompt_encoder(points=None, boxes=boxes, masks=masks)
     sparse = torch.cat([sparse, class_tokens[:, None].to(sparse.dtype)], dim=1)
     dense = dense + embeddings  # see "One decoder call" above
     decoder_inputs = {
         "image_embeddings": dense.new_zeros(1, *dense.shape[1:]),
-        "image_pe": prompt_encoder.get_dense_pe(),
+        "image_pe": image_pe,
         "sparse_prompt_embeddings": sparse,
         "dense_prompt_embeddings": dense,
         "multimask_output": False,

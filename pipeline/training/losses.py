@@ -18,6 +18,10 @@ its voxels are left out of the cross-entropy and of both Dice terms, and a windo
 box or presence term (what is under the unannotated part is unknown). Without ignore voxels the loss
 is exactly the unmasked one.
 
+With a decoder region (:attr:`AutoPromptOutput.decoder_region`, training on a square of each window) the
+final logits cover the squares only: ``ce_dice`` scores them against the squares of the target, the
+prompt terms still see the whole window.
+
 Every term is returned separately for logging.
 """
 
@@ -83,6 +87,7 @@ class AutoPromptLoss(nn.Module):
         box, presence = self._prompt_terms(
             output, one_hot, complete=labels.new_ones(labels.shape[0], dtype=torch.bool)
         )
+        decoded_labels = labels if output.decoder_region is None else output.decoder_region.crop(labels)
         if self.weights.coarse_softmax:
             coarse = _softmax_coarse(coarse_logits, coarse_target, torch.ones_like(coarse_target[:, :1]))
         else:
@@ -90,7 +95,7 @@ class AutoPromptLoss(nn.Module):
                 coarse_logits, coarse_target
             )
         terms = {
-            "ce_dice": self.ce_dice(logits, labels[:, None]),
+            "ce_dice": self.ce_dice(logits, decoded_labels[:, None]),
             "coarse": coarse,
             "box": box,
             "presence": presence,
@@ -140,15 +145,10 @@ class AutoPromptLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The terms with the ignore label's voxels (``~valid``, ``N x h x w``) left out."""
         k = self.num_classes
-        logits = output.logits.reshape(-1, k + 1, *output.logits.shape[-2:]).float()
         mask = valid[:, None].float()  # N x 1 x h x w
         known = torch.where(valid, labels, 0)
         one_hot = torch.stack([known == c for c in range(1, k + 1)], dim=1)  # N x K x h x w
-        # cross-entropy + batch Dice without background, over the annotated voxels (as DiceCELoss)
-        cross_entropy = (F.cross_entropy(logits, known, reduction="none") * valid).sum() / valid.sum().clamp(
-            min=1
-        )
-        dice = _masked_dice(logits.softmax(dim=1)[:, 1:], one_hot.float(), mask)
+        ce_dice = self._masked_ce_dice(output, known, valid)
 
         coarse_logits = output.coarse_logits.reshape(-1, k, *output.coarse_logits.shape[-2:]).float()
         coarse_target, coarse_mask = one_hot.float(), mask
@@ -169,8 +169,28 @@ class AutoPromptLoss(nn.Module):
         # windows with ignore voxels: which classes they hold, and where, is unknown
         complete = valid.flatten(1).all(dim=1)  # N
         box, presence = self._prompt_terms(output, one_hot, complete=complete)
-        terms = {"ce_dice": cross_entropy + dice, "coarse": coarse, "box": box, "presence": presence}
+        terms = {"ce_dice": ce_dice, "coarse": coarse, "box": box, "presence": presence}
         return self._with_total(terms)
+
+    def _masked_ce_dice(
+        self, output: AutoPromptOutput, known: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Cross-entropy + batch Dice without background of the final logits over the annotated voxels (as
+        ``DiceCELoss``), on the decoder's squares when it has any.
+
+        Args:
+            known: ``N x h x w`` labels, 0 where unannotated.
+            valid: ``N x h x w`` bool, False on the ignore label.
+        """
+        k = self.num_classes
+        logits = output.logits.reshape(-1, k + 1, *output.logits.shape[-2:]).float()
+        if output.decoder_region is not None:
+            known, valid = output.decoder_region.crop(known), output.decoder_region.crop(valid)
+        one_hot = torch.stack([known == c for c in range(1, k + 1)], dim=1).float()
+        cross_entropy = (F.cross_entropy(logits, known, reduction="none") * valid).sum() / valid.sum().clamp(
+            min=1
+        )
+        return cross_entropy + _masked_dice(logits.softmax(dim=1)[:, 1:], one_hot, valid[:, None].float())
 
 
 def _softmax_coarse(coarse_logits: torch.Tensor, one_hot: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

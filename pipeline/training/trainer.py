@@ -37,6 +37,7 @@ from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.build import load_configured_backbone
+from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.precision import AUTO, resolve_precision
 from autoprompt.progress import progress
 from pipeline.checkpoint import (
@@ -61,6 +62,7 @@ from pipeline.training.data import (
     build_augmentation,
     load_training_cases,
 )
+from pipeline.training.decoder_regions import decoder_regions
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
 from pipeline.training.optim import (
@@ -252,6 +254,7 @@ class Trainer:
         model_config = self.config.model
         backbone = load_configured_backbone(model_config)
         self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
+        self._check_decoder_region()
         self.cache = self._prepare_cache()
         self.views = self._prepare_views()
         window = self.plan.window_size
@@ -462,17 +465,50 @@ class Trainer:
         )
 
     def _forward(
-        self, model: torch.nn.Module, batch: Batch, *, teacher: bool = False
+        self, model: torch.nn.Module, batch: Batch, *, training: bool = False
     ) -> tuple[AutoPromptOutput, dict[str, torch.Tensor]]:
-        """Model output and loss terms; ``teacher`` gives some samples ground-truth boxes (training)."""
-        boxes, mask = self._teacher_boxes(batch.target) if teacher else (None, None)
+        """Model output and loss terms; ``training`` gives some samples ground-truth boxes and decodes each
+        window on its decoder region when the config asks for them."""
+        boxes, mask = self._teacher_boxes(batch.target) if training else (None, None)
+        region = self._decoder_region(batch.target) if training else None
         with torch.autocast(
             device_type=self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            output = model(batch.images, embeddings=batch.embeddings, teacher_boxes=boxes, teacher_mask=mask)
+            output = model(
+                batch.images,
+                embeddings=batch.embeddings,
+                teacher_boxes=boxes,
+                teacher_mask=mask,
+                decoder_region=region,
+            )
         return output, self.loss(output, batch.target)
+
+    def _decoder_region(self, target: torch.Tensor) -> DecoderRegion | None:
+        """Each window's square for the decoder (``decoder_region_tokens``), seeded by step; None: off."""
+        tokens = self.config.decoder_region_tokens
+        if tokens is None:
+            return None
+        return decoder_regions(
+            target.reshape(-1, *target.shape[-2:]),
+            num_classes=self.plans.num_foreground_classes,
+            tokens=tokens,
+            grid=self._embedding_grid(),
+            generator=torch.Generator().manual_seed(self.config.seed * 1_000_033 + self.step),
+        )
+
+    def _embedding_grid(self) -> int:
+        """G, the side of the image embedding in tokens."""
+        return int(self.model.backbone.prompt_encoder.image_embedding_size[0])
+
+    def _check_decoder_region(self) -> None:
+        tokens = self.config.decoder_region_tokens
+        if tokens is not None and tokens > self._embedding_grid():
+            raise AutoPromptError(
+                f"trainer config: decoder_region_tokens={tokens} is larger than the image embedding "
+                f"({self._embedding_grid()} tokens); use at most {self._embedding_grid()} or null (whole window)"
+            )
 
     def _teacher_boxes(self, target: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Ground-truth prompts for a ``prompt_teacher_forcing`` share of the samples, seeded by step."""
@@ -515,7 +551,7 @@ class Trainer:
                 seconds_per_step = (time.perf_counter() - timed_from) / (index - first_timed)
                 self._plan_within_epoch(epoch, index, seconds_per_step, time.perf_counter() - started)
             batch = batch.to(self.device)
-            _, terms = self._forward(self.train_model, batch, teacher=True)
+            _, terms = self._forward(self.train_model, batch, training=True)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
             if self.config.grad_clip > 0:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from autoprompt.modeling.class_decoder import combine_logits, decode_classes
+from autoprompt.modeling.class_decoder import DecoderRegion, combine_logits, decode_classes
 
 
 def test_combine_logits_by_hand():
@@ -68,3 +68,63 @@ def test_a_presence_floor_bounds_the_suppression_by_hand():
     assert torch.allclose(logits.flatten(), torch.tensor(expected))
     assert int(logits.argmax(dim=-3)) == 1  # a confident mask survives an over-confident "absent"
     assert int(combine_logits(class_logits, presence).argmax(dim=-3)) == 0  # without the floor it is erased
+
+
+def _decode(backbone, embeddings, boxes, coarse, tokens, region=None):
+    with torch.no_grad():
+        return decode_classes(
+            backbone.prompt_encoder,
+            backbone.mask_decoder,
+            embeddings,
+            boxes=boxes,
+            coarse_logits=coarse,
+            class_tokens=tokens,
+            output_size=256,
+            region=region,
+        )
+
+
+def test_a_region_of_the_whole_grid_decodes_the_whole_window(tiny_backbone):
+    torch.manual_seed(1)
+    embeddings, coarse = torch.randn(2, 256, 64, 64), torch.randn(2, 3, 256, 256)
+    boxes, tokens = torch.tensor([0.1, 0.2, 0.6, 0.7]).repeat(2, 3, 1), torch.randn(2, 3, 256)
+    whole = DecoderRegion(torch.zeros(2, 2, dtype=torch.int64), tokens=64, grid=64)
+    expected = _decode(tiny_backbone, embeddings, boxes, coarse, tokens)
+    assert torch.equal(_decode(tiny_backbone, embeddings, boxes, coarse, tokens, whole), expected)
+
+
+def test_a_square_decodes_as_the_same_square_moved_to_the_centre(tiny_backbone):
+    """Decoding slice A on its square at (8, 30) = decoding slice B, which holds A's square in the centre
+    square (tokens 20..43) and its boxes moved with it."""
+    torch.manual_seed(2)
+    t, (row, column), centre = 24, (8, 30), 20
+    a_embedding, a_coarse = torch.randn(1, 256, 64, 64), torch.randn(1, 2, 256, 256)
+    b_embedding, b_coarse = torch.randn(1, 256, 64, 64), torch.randn(1, 2, 256, 256)
+    b_embedding[..., centre : centre + t, centre : centre + t] = a_embedding[
+        ..., row : row + t, column : column + t
+    ]
+    b_coarse[..., 4 * centre : 4 * (centre + t), 4 * centre : 4 * (centre + t)] = a_coarse[
+        ..., 4 * row : 4 * (row + t), 4 * column : 4 * (column + t)
+    ]
+    a_boxes = torch.tensor([[[0.5, 0.05, 0.7, 0.3], [0.45, 0.1, 0.6, 0.2]]])
+    shift = torch.tensor([centre - column, centre - row, centre - column, centre - row]) / 64
+    tokens = torch.randn(1, 2, 256)
+    a_region = DecoderRegion(torch.tensor([[row, column]]), tokens=t, grid=64)
+    b_region = DecoderRegion(torch.tensor([[centre, centre]]), tokens=t, grid=64)
+    a_square = _decode(tiny_backbone, a_embedding, a_boxes, a_coarse, tokens, a_region)
+    b_square = _decode(tiny_backbone, b_embedding, a_boxes + shift, b_coarse, tokens, b_region)
+    assert a_square.shape == (1, 2, 4 * t, 4 * t)
+    assert torch.allclose(a_square, b_square, atol=1e-4)
+    moved_elsewhere = DecoderRegion(torch.tensor([[row + 1, column]]), tokens=t, grid=64)
+    assert not torch.allclose(
+        _decode(tiny_backbone, a_embedding, a_boxes, a_coarse, tokens, moved_elsewhere), a_square, atol=1e-3
+    )
+
+
+def test_a_region_crops_each_slice_at_its_own_offset():
+    maps = torch.arange(2 * 3 * 16 * 16).reshape(2, 3, 16, 16)
+    region = DecoderRegion(torch.tensor([[0, 1], [2, 3]]), tokens=2, grid=8)  # 2 pixels per token
+    cropped = region.crop(maps)
+    assert cropped.shape == (2, 3, 4, 4)
+    assert torch.equal(cropped[0], maps[0, :, 0:4, 2:6])
+    assert torch.equal(cropped[1], maps[1, :, 4:8, 6:10])

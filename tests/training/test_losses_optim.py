@@ -105,6 +105,7 @@ def test_3d_leading_dims_are_flattened() -> None:
         **{
             name: value[:, None].repeat(1, 3, *[1] * (value.ndim - 1))
             for name, value in flat.__dict__.items()
+            if value is not None
         }
     )
     terms_3d = loss(stacked, target[:, None].repeat(1, 3, 1, 1))

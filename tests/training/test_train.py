@@ -209,3 +209,45 @@ def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
     assert result.steps == 2 and calls[0] >= 3  # two training steps and one validation batch
     assert "batchgenerators augmentation" in (result.fold_dir / "training_log.txt").read_text()
     assert load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["mirror_augmented"] is True
+
+
+def test_training_on_decoder_regions_and_a_region_larger_than_the_embedding_refused(
+    planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import pipeline.training.trainer as trainer_module
+
+    squares = []
+
+    def recorded(*args, **kwargs):
+        squares.append(trainer_module.decoder_regions.__wrapped__(*args, **kwargs))
+        return squares[-1]
+
+    recorded.__wrapped__ = trainer_module.decoder_regions
+    monkeypatch.setattr(trainer_module, "decoder_regions", recorded)
+    result = train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        overrides=[*TINY, "decoder_region_tokens=16", "val_iterations=1"],
+        epochs=1,
+        iterations_per_epoch=2,
+        device="cpu",
+    )
+    assert result.steps == 2 and len(squares) == 2  # one region per training step, none in validation
+    assert all(region.tokens == 16 and region.grid == 64 for region in squares)
+    assert (
+        load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["trainer_config"][
+            "decoder_region_tokens"
+        ]
+        == 16
+    )
+
+    args = ["train", DATASET, "1", "--config", "tiny", "--preprocessed", str(planned.preprocessed)]
+    args += ["--results", str(tmp_path / "refused"), "--device", "cpu", "--set", "decoder_region_tokens=65"]
+    assert cli.main(args) == 2
+    assert (
+        "decoder_region_tokens=65 is larger than the image embedding (64 tokens)" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.pt"))
