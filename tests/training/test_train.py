@@ -216,13 +216,12 @@ def test_training_on_decoder_regions_and_a_region_larger_than_the_embedding_refu
 ) -> None:
     import pipeline.training.trainer as trainer_module
 
-    squares = []
+    squares, choose = [], trainer_module.decoder_regions
 
     def recorded(*args, **kwargs):
-        squares.append(trainer_module.decoder_regions.__wrapped__(*args, **kwargs))
+        squares.append(choose(*args, **kwargs))
         return squares[-1]
 
-    recorded.__wrapped__ = trainer_module.decoder_regions
     monkeypatch.setattr(trainer_module, "decoder_regions", recorded)
     result = train(
         DATASET,
