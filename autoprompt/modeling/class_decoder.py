@@ -176,16 +176,15 @@ def _decode_prompts(
     scale = boxes.new_tensor([frame_w, frame_h, frame_w, frame_h])
     masks = coarse_logits[:, None]
     mask_size = tuple(prompt_encoder.mask_input_size)
+    if tuple(masks.shape[-2:]) != mask_size:
+        masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
     image_pe = prompt_encoder.get_dense_pe()
     boxes = boxes.detach() * scale
     if region is not None:  # see "A decoder region" above
-        masks = region.crop(F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False))
-        embeddings = region.crop(embeddings)
+        masks, embeddings = region.crop(masks), region.crop(embeddings)
         start, end = region.centre, region.centre + region.tokens
         image_pe = image_pe[..., start:end, start:end]
         boxes = region.moved_boxes(boxes, frame_w)
-    elif tuple(masks.shape[-2:]) != mask_size:
-        masks = F.interpolate(masks, size=mask_size, mode="bilinear", align_corners=False)
     sparse, dense = prompt_encoder(points=None, boxes=boxes, masks=masks)
     sparse = torch.cat([sparse, class_tokens[:, None].to(sparse.dtype)], dim=1)
     dense = dense + embeddings  # see "One decoder call" above
