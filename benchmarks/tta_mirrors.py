@@ -1,4 +1,5 @@
-"""Mirroring test-time augmentation compared on cases a trained model did not see: Dice against seconds.
+"""Mirroring test-time augmentation (and region decoding) compared on cases a trained model did not see:
+Dice against seconds.
 
 Mirroring TTA multiplies the work of a prediction by the number of flips (nnU-Net: every flip of both
 in-plane axes, 4). Whether the last two flips pay is measured here: the same cases predicted with one fold of a
@@ -6,10 +7,12 @@ model folder three ways, each with per-class Dice and HD95, the worst patient, l
 (``benchmarks.few_label_cv.summarise``) and seconds per volume::
 
     python -m benchmarks.tta_mirrors MODEL_DIR IMAGES REFERENCES --cases CASE ... --labels 1 2 3 -o tta.json
+    python -m benchmarks.tta_mirrors ... --variants columns --region-tokens 0 32 -o regions.json
 
 Variants: ``none`` (one prediction per window), ``columns`` (and the left-right mirror: 2 per window),
 ``rows_and_columns`` (nnU-Net's rule, every flip of both in-plane axes: 4 per window). Each case is predicted
-as ``autoprompt predict`` would, with the fold's postprocessing. The cases must be ones the fold was not
+as ``autoprompt predict`` would, with the fold's postprocessing. ``--region-tokens`` predicts each variant once per
+value of ``model.inference_region_tokens`` (0: whole windows), in turn, case by case. The cases must be ones the fold was not
 trained on (for ACDC: training patients outside the fold's training cases, never the test patients).
 """
 
@@ -43,38 +46,47 @@ def compare_mirrors(
     labels: list[int],
     fold: str,
     variants: tuple[str, ...] = tuple(VARIANTS),
+    region_tokens: tuple[int, ...] | None = None,
+    checkpoint: str = "best",
 ) -> dict[str, dict]:
-    """Summary and seconds per volume of each of ``variants`` (keys of :data:`VARIANTS`) on ``cases``."""
+    """Summary and seconds per volume of each of ``variants`` (keys of :data:`VARIANTS`) on ``cases``;
+    with ``region_tokens``, of each variant and value (keys ``"<variant>, region <t>"``)."""
     missing = [case for case in cases if not (images / f"{case}_0000.nii.gz").exists()]
     if missing:
         raise SystemExit(f"{images}: no {missing[0]}_0000.nii.gz; give cases of that folder")
-    predictor = Predictor.from_model_folder(model_dir, folds=[fold], device="cpu")
+    predictor = Predictor.from_model_folder(model_dir, folds=[fold], checkpoint=checkpoint, device="cpu")
     results = {}
     with tempfile.TemporaryDirectory(prefix="tta_mirrors_") as work:
         matching = link_references(
             [f"{case}.nii.gz" for case in cases], references, Path(work) / "references"
         )
-        for name in variants:
-            axes = VARIANTS[name]
-            predictor.tta = axes is not None
-            predictor.mirror_axes = axes or ()
-            predicted = Path(work) / name
-            predicted.mkdir()
-            seconds = []
-            for case in cases:
+        runs = [(name, tokens) for name in variants for tokens in (region_tokens or (None,))]
+        seconds: dict[int, list[float]] = {run: [] for run in range(len(runs))}
+        for run in range(len(runs)):
+            (Path(work) / str(run)).mkdir()
+        for case in cases:  # the runs in turn, case by case: a machine slowing down slows them alike
+            for run, (name, tokens) in enumerate(runs):
+                axes = VARIANTS[name]
+                predictor.tta = axes is not None
+                predictor.mirror_axes = axes or ()
+                for model in predictor.models:
+                    model.inference_region_tokens = tokens or 0
                 start = time.monotonic()
                 prediction = predictor.predict_case([images / f"{case}_0000.nii.gz"])
-                seconds.append(time.monotonic() - start)
-                write_image(prediction.labels, prediction.geometry, predicted / f"{case}.nii.gz")
-            summary = evaluate_folders(matching, predicted, labels=labels)
-            results[name] = {
-                "mirror_axes": list(axes or ()),
-                "seconds_per_volume": float(np.mean(seconds)),
+                seconds[run].append(time.monotonic() - start)
+                write_image(prediction.labels, prediction.geometry, Path(work) / str(run) / f"{case}.nii.gz")
+        for run, (name, tokens) in enumerate(runs):
+            key = name if tokens is None else f"{name}, region {tokens}"
+            summary = evaluate_folders(matching, Path(work) / str(run), labels=labels)
+            results[key] = {
+                "mirror_axes": list(VARIANTS[name] or ()),
+                **({} if tokens is None else {"inference_region_tokens": tokens}),
+                "seconds_per_volume": float(np.mean(seconds[run])),
                 **summarise(summary),
             }
             print(
-                name,
-                {k: results[name][k] for k in ("mean_dice", "min_case_class_dice", "seconds_per_volume")},
+                key,
+                {k: results[key][k] for k in ("mean_dice", "min_case_class_dice", "seconds_per_volume")},
                 flush=True,
             )
     return results
@@ -91,15 +103,39 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", required=True, help="foreground label values")
     parser.add_argument("--fold", default="all", help="the fold to predict with (default: all)")
     parser.add_argument(
+        "--checkpoint", choices=("best", "final", "latest"), default="best", help="(default: best)"
+    )
+    parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="(default: all)"
+    )
+    parser.add_argument(
+        "--region-tokens",
+        type=int,
+        nargs="+",
+        metavar="T",
+        help="also compare model.inference_region_tokens values (0: whole windows; default: as trained)",
     )
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON to write")
     args = parser.parse_args()
     results = compare_mirrors(
-        args.model_dir, args.images, args.references, args.cases, args.labels, args.fold, tuple(args.variants)
+        args.model_dir,
+        args.images,
+        args.references,
+        args.cases,
+        args.labels,
+        args.fold,
+        tuple(args.variants),
+        tuple(args.region_tokens) if args.region_tokens else None,
+        args.checkpoint,
     )
     save_json(
-        {"model_dir": str(args.model_dir), "fold": args.fold, "cases": args.cases, "variants": results},
+        {
+            "model_dir": str(args.model_dir),
+            "fold": args.fold,
+            "checkpoint": args.checkpoint,
+            "cases": args.cases,
+            "variants": results,
+        },
         args.output,
     )
 

@@ -280,8 +280,8 @@ def _whole_number(text: str, *, least: int) -> int:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--presence-floor``, ``--box-refinement``, ``--skip-absent-below``: the model's inference-only
-    settings for this run; each defaults to the trained model's value."""
+    """``--presence-floor``, ``--box-refinement``, ``--skip-absent-below``, ``--region-tokens``: the model's
+    inference-only settings for this run; each defaults to the trained model's value."""
     parser.add_argument(
         "--presence-floor",
         type=probability,
@@ -304,6 +304,13 @@ def add_decoding_arguments(parser: argparse.ArgumentParser | argparse._ArgumentG
         help="do not decode a class in a window where its presence probability is below P (faster with many "
         "classes; 0 decodes every class; default: the model's setting, model.skip_presence_below)",
     )
+    parser.add_argument(
+        "--region-tokens",
+        type=non_negative_int,
+        metavar="T",
+        help="decode each window on a T x T square of image tokens around its foreground where it fits, the rest "
+        "as background (faster; 0: whole windows; default: the model's setting, model.inference_region_tokens)",
+    )
 
 
 def decoding_from_args(args: argparse.Namespace) -> dict[str, float]:
@@ -312,6 +319,7 @@ def decoding_from_args(args: argparse.Namespace) -> dict[str, float]:
         "presence_floor": args.presence_floor,
         "box_refinement": args.box_refinement,
         "skip_presence_below": args.skip_absent_below,
+        "inference_region_tokens": args.region_tokens,
     }
     return {name: value for name, value in given.items() if value is not None}
 

@@ -19,7 +19,13 @@ from torch import nn
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import BottleneckAdapter, DepthAdapter3d
 from autoprompt.modeling.backbone import SamBackbone
-from autoprompt.modeling.class_decoder import DecoderRegion, combine_logits, decode_classes
+from autoprompt.modeling.class_decoder import (
+    ABSENT_LOGIT,
+    DecoderRegion,
+    combine_logits,
+    decode_classes,
+    regions_around,
+)
 from autoprompt.modeling.prompt_generators import (
     Prompts,
     boxes_from_masks,
@@ -77,6 +83,8 @@ class AutoPromptSAM(nn.Module):
             is not decoded in that slice (in no decoder pass) and its mask logits are
             :data:`~autoprompt.modeling.class_decoder.ABSENT_LOGIT`, whatever ``presence_floor``.
             0 decodes every class.
+        inference_region_tokens: t > 0: in eval mode, each slice is decoded on a ``t x t`` square of image
+            tokens around its current foreground where that fits (:meth:`_decode_around`); 0: whole windows.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class AutoPromptSAM(nn.Module):
         presence_floor: float = 0.0,
         box_refinement: int = 0,
         skip_presence_below: float = 0.0,
+        inference_region_tokens: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -104,6 +113,7 @@ class AutoPromptSAM(nn.Module):
         self.presence_floor = presence_floor
         self.box_refinement = box_refinement
         self.skip_presence_below = skip_presence_below
+        self.inference_region_tokens = inference_region_tokens
         self.backbone.eval()
 
     @property
@@ -201,11 +211,16 @@ class AutoPromptSAM(nn.Module):
                 use, teacher_boxes.reshape(sam_boxes.shape).to(sam_boxes.dtype), sam_boxes
             )
         keep = self.decoded_classes(prompts.presence_logits)
-        class_logits = self._decode(flat, prompts, sam_boxes, keep, region=decoder_region)
+        if self.training:
+            class_logits = self._decode(flat, prompts, sam_boxes, keep, region=decoder_region)
+        else:
+            coarse_foreground = exclusive_masks(prompts.coarse_logits).any(dim=1)
+            class_logits = self._decode_around(flat, prompts, sam_boxes, keep, coarse_foreground)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
-            sam_boxes = refined_boxes(label_masks(logits.argmax(dim=1), self.num_classes), sam_boxes)
-            class_logits = self._decode(flat, prompts, sam_boxes, keep)
+            labels = logits.argmax(dim=1)
+            sam_boxes = refined_boxes(label_masks(labels, self.num_classes), sam_boxes)
+            class_logits = self._decode_around(flat, prompts, sam_boxes, keep, labels > 0)
             logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         return AutoPromptOutput(
             logits=logits.reshape(*lead, *logits.shape[1:]),
@@ -358,6 +373,49 @@ class AutoPromptSAM(nn.Module):
             keep=keep,
             region=region,
         )
+
+    def _decode_around(
+        self,
+        flat: torch.Tensor,
+        prompts: Prompts,
+        boxes: torch.Tensor,
+        keep: torch.Tensor | None,
+        foreground: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eval-mode :meth:`_decode`: with :attr:`inference_region_tokens`, each slice whose ``N x H x W`` bool
+        ``foreground`` fits a square (:func:`~autoprompt.modeling.class_decoder.regions_around`) is decoded on
+        that square only and is :data:`~autoprompt.modeling.class_decoder.ABSENT_LOGIT` outside it; the other
+        slices are decoded whole. Returns ``N x K x S x S`` class mask logits."""
+        tokens, grid = self.inference_region_tokens, flat.shape[-1]
+        if not 0 < tokens < grid:
+            return self._decode(flat, prompts, boxes, keep)
+        fits, region = regions_around(boxes_from_masks(foreground), tokens=tokens, grid=grid)
+        if not fits.any():
+            return self._decode(flat, prompts, boxes, keep)
+        logits = None
+        for chosen, chosen_region in ((fits, region), (~fits, None)):
+            index = chosen.nonzero()[:, 0]
+            if len(index) == 0:
+                continue
+            decoded = decode_classes(
+                self.backbone.prompt_encoder,
+                self.backbone.mask_decoder,
+                flat[index],
+                boxes=boxes[index],
+                coarse_logits=prompts.coarse_logits[index],
+                class_tokens=prompts.class_tokens[index],
+                output_size=self.window_size,
+                keep=None if keep is None else keep[index],
+                region=chosen_region,
+            )
+            if logits is None:
+                size = self.window_size
+                logits = decoded.new_full((len(flat), self.num_classes, size, size), ABSENT_LOGIT)
+            if chosen_region is None:
+                logits[index] = decoded
+            else:
+                logits[index] = chosen_region.paste(decoded, logits[index])
+        return logits
 
     def _dtype(self) -> torch.dtype:
         return self.backbone.pixel_mean.dtype

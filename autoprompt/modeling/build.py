@@ -123,6 +123,7 @@ def build_autoprompt_sam(
         presence_floor=config.presence_floor,
         box_refinement=config.box_refinement,
         skip_presence_below=config.skip_presence_below,
+        inference_region_tokens=config.inference_region_tokens,
     ).to(backbone.pixel_mean.device)
 
 

@@ -92,6 +92,39 @@ class DecoderRegion:
         """The region of the slices ``index`` (a ``P`` int64 tensor)."""
         return DecoderRegion(self.offsets[index.to(self.offsets.device)], self.tokens, self.grid)
 
+    def paste(self, squares: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Write ``N x ... x s x s`` squares (what :meth:`crop` cuts) into ``N x ... x S x S`` windows, in place."""
+        scale = windows.shape[-1] // self.grid
+        side = self.tokens * scale
+        for window, square, (r, c) in zip(windows, squares, (self.offsets * scale).tolist(), strict=True):
+            window[..., r : r + side, c : c + side] = square
+        return windows
+
+
+def centred_offsets(boxes: torch.Tensor, *, tokens: int, grid: int) -> torch.Tensor:
+    """``N x 4`` boxes ``xyxy`` in [0, 1] -> ``N x 2`` int64 (row, column) of the first token of a
+    ``tokens x tokens`` square centred on each box, not yet kept inside the ``grid x grid`` embedding."""
+    centre = torch.stack([boxes[:, 1] + boxes[:, 3], boxes[:, 0] + boxes[:, 2]], dim=-1) * (grid / 2)
+    return torch.round(centre - tokens / 2).long()
+
+
+def regions_around(boxes: torch.Tensor, *, tokens: int, grid: int) -> tuple[torch.Tensor, DecoderRegion]:
+    """Squares for decoding at inference: around each slice's foreground box, where it fits.
+
+    Args:
+        boxes: ``N x 4`` each slice's foreground box ``xyxy`` in [0, 1]; an empty foreground as ``(0, 0, 1, 1)``
+            (which never fits).
+        tokens: t, the side of the squares, less than G; grid: G, the side of the embedding (in tokens).
+
+    Returns:
+        ``fits``, ``N`` bool: the box with a margin of ``t // 8`` tokens on each side fits a ``t x t`` square;
+        and the :class:`DecoderRegion` of those slices (``fits.sum()`` offsets), centred on their boxes.
+    """
+    extent = (boxes[:, 2:] - boxes[:, :2]).amax(dim=-1) * grid
+    fits = extent + 2 * (tokens // 8) <= tokens
+    offsets = centred_offsets(boxes[fits], tokens=tokens, grid=grid).clamp(0, grid - tokens)
+    return fits, DecoderRegion(offsets.cpu(), tokens, grid)
+
 
 def decode_classes(
     prompt_encoder: nn.Module,

@@ -81,6 +81,12 @@ class ModelConfig:
             skipping overrides the floor for the skipped classes: the floor lets a confident SAM mask of a
             class judged absent survive, skipping erases it, so it trades that safety net for decoder work.
             0 (the default) decodes every class.
+        inference_region_tokens: at inference only: SAM's mask decoder runs on a ``t x t`` square of the image
+            tokens around each window's current foreground (the coarse label map in the first pass, the
+            previous label map in the refinement passes), as ``decoder_region_tokens`` trains it, and the
+            window outside the square is background; a window without foreground, or whose foreground with
+            a margin of ``t / 8`` tokens on each side does not fit the square, is decoded whole. The
+            decoder's work per pass shrinks with the square's area. 0 (the default) decodes whole windows.
     """
 
     backbone: str = "litemedsam"
@@ -102,6 +108,7 @@ class ModelConfig:
     presence_floor: float = 0.0
     box_refinement: int = 2
     skip_presence_below: float = 0.0
+    inference_region_tokens: int = 0
     encoder_runtime: EncoderRuntime = "auto"
 
     def __post_init__(self) -> None:
@@ -130,6 +137,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.skip_presence_below = {self.skip_presence_below} must be in [0, 1) (0: decode every "
                 "class), e.g. 0.01"
+            )
+        if self.inference_region_tokens < 0:
+            raise ValueError(
+                f"model.inference_region_tokens = {self.inference_region_tokens} must be 0 (whole windows) or a "
+                "square's side in image tokens, e.g. 32"
             )
         if self.box_refinement < 0:
             raise ValueError(f"model.box_refinement = {self.box_refinement} must be 0 or more, e.g. 2")

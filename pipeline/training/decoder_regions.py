@@ -4,14 +4,16 @@ SAM's mask decoder costs in proportion to the image tokens it attends over, and 
 training step from cached embeddings. Training it on a ``t x t`` square of the ``G x G`` embedding makes
 a step several times cheaper. The square is centred on the window's labels (all classes together), moved
 by up to ``t / 4`` tokens at random so that the labels do not always sit in its middle, and kept inside
-the window; a window without labels gets a square anywhere. Prediction always decodes the whole window.
+the window; a window without labels gets a square anywhere. Prediction decodes whole windows unless
+``model.inference_region_tokens`` is set (:func:`~autoprompt.modeling.class_decoder.regions_around`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from autoprompt.modeling.class_decoder import DecoderRegion
+from autoprompt.modeling.class_decoder import DecoderRegion, centred_offsets
+from autoprompt.modeling.prompt_generators import boxes_from_masks
 
 
 def decoder_regions(
@@ -31,16 +33,9 @@ def decoder_regions(
         The :class:`DecoderRegion` of the ``N`` windows (offsets on the CPU).
     """
     labelled = ((target >= 1) & (target <= num_classes)).cpu()
-    scale = target.shape[-1] / grid
     spare = grid - tokens
     jitter = torch.randint(-(tokens // 4), tokens // 4 + 1, (len(target), 2), generator=generator)
     anywhere = torch.randint(0, spare + 1, (len(target), 2), generator=generator)
-    offsets = torch.empty((len(target), 2), dtype=torch.int64)
-    for index, window in enumerate(labelled):
-        rows, columns = window.any(dim=1).nonzero(), window.any(dim=0).nonzero()
-        if len(rows) == 0:
-            offsets[index] = anywhere[index]
-            continue
-        centre = torch.stack([rows.min() + rows.max() + 1, columns.min() + columns.max() + 1]) / (2 * scale)
-        offsets[index] = (torch.round(centre - tokens / 2).long() + jitter[index]).clamp(0, spare)
-    return DecoderRegion(offsets, tokens, grid)
+    centred = (centred_offsets(boxes_from_masks(labelled), tokens=tokens, grid=grid) + jitter).clamp(0, spare)
+    has_labels = labelled.flatten(1).any(dim=1)
+    return DecoderRegion(torch.where(has_labels[:, None], centred, anywhere), tokens, grid)

@@ -10,7 +10,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import AdaptedEncoderBlock
 from autoprompt.modeling.autoprompt_sam import to_three_channels
 from autoprompt.modeling.build import build_autoprompt_sam
-from autoprompt.modeling.class_decoder import ABSENT_LOGIT, decode_classes
+from autoprompt.modeling.class_decoder import ABSENT_LOGIT, DecoderRegion, decode_classes
 from autoprompt.modeling.prompt_generators import boxes_from_masks, exclusive_masks, label_masks
 from tests.modeling.conftest import tiny_config
 
@@ -413,3 +413,47 @@ def test_a_window_with_every_class_skipped_is_background_without_a_decoder_call(
     assert sizes == []
     assert out.logits.shape == (2, 4, 256, 256) and bool(out.logits.isfinite().all())
     assert bool((out.logits.argmax(dim=1) == 0).all())
+
+
+def test_inference_regions_decode_a_small_foreground_on_its_square_and_an_empty_slice_whole(
+    tiny_backbone, tiny_slices
+):
+    _, embeddings = tiny_slices
+    emb = embeddings[:2]
+    plain = _build(tiny_backbone, classes=2, box_refinement=0).eval()
+    _randomise_trainable(plain)
+    regional = _build(tiny_backbone, classes=2, box_refinement=0, inference_region_tokens=32).eval()
+    regional.load_trainable_state_dict(plain.trainable_state_dict())
+    coarse = torch.full((2, 2, 64, 64), -10.0)
+    coarse[0, 1, 20:30, 25:35] = 10.0  # slice 0: class 2 on 10 x 10 tokens; slice 1: no foreground
+    handles = [
+        m.prompt_generator.heads.coarse.register_forward_hook(lambda *_: coarse) for m in (plain, regional)
+    ]
+    try:
+        expected, _ = _decoder_batches(plain, emb)
+        out, sizes = _decoder_batches(regional, emb)
+        with torch.inference_mode():
+            prompts = regional.prompt_generator(embeddings=emb)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sizes == [2, 2]  # slice 0's two classes on the square, slice 1's in the whole window
+    torch.testing.assert_close(out.class_mask_logits[1], expected.class_mask_logits[1], rtol=0, atol=1e-5)
+    decoded = out.class_mask_logits[0] != ABSENT_LOGIT
+    rows, columns = decoded.any(dim=(0, 2)).nonzero()[:, 0], decoded.any(dim=(0, 1)).nonzero()[:, 0]
+    assert (len(rows), len(columns)) == (128, 128)  # 32 tokens of 4 pixels
+    top, left = int(rows[0]), int(columns[0])
+    assert top <= 4 * 20 - 16 and top + 128 >= 4 * 30 + 16  # the foreground with 4 tokens on each side
+    assert left <= 4 * 25 - 16 and left + 128 >= 4 * 35 + 16
+    with torch.inference_mode():
+        square = decode_classes(
+            regional.backbone.prompt_encoder,
+            regional.backbone.mask_decoder,
+            emb[:1],
+            boxes=regional.first_boxes(boxes=prompts.boxes, coarse_logits=prompts.coarse_logits)[:1],
+            coarse_logits=prompts.coarse_logits[:1],
+            class_tokens=prompts.class_tokens[:1],
+            output_size=256,
+            region=DecoderRegion(torch.tensor([[top // 4, left // 4]]), tokens=32, grid=64),
+        )
+    torch.testing.assert_close(out.class_mask_logits[0][:, top : top + 128, left : left + 128], square[0])

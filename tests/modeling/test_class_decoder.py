@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from autoprompt.modeling.class_decoder import DecoderRegion, combine_logits, decode_classes
+from autoprompt.modeling.class_decoder import DecoderRegion, combine_logits, decode_classes, regions_around
 
 
 def test_combine_logits_by_hand():
@@ -128,3 +128,26 @@ def test_a_region_crops_each_slice_at_its_own_offset():
     assert cropped.shape == (2, 3, 4, 4)
     assert torch.equal(cropped[0], maps[0, :, 0:4, 2:6])
     assert torch.equal(cropped[1], maps[1, :, 4:8, 6:10])
+
+
+def test_paste_writes_back_what_crop_cut():
+    maps = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    region = DecoderRegion(torch.tensor([[0, 1], [2, 3]]), tokens=2, grid=8)
+    pasted = region.paste(region.crop(maps), torch.zeros_like(maps))
+    inside = region.paste(torch.ones(2, 3, 4, 4), torch.zeros_like(maps)).bool()
+    assert int(inside.sum()) == 2 * 3 * 16
+    assert torch.equal(pasted[inside], maps[inside]) and not pasted[~inside].any()
+
+
+def test_regions_around_centre_fitting_boxes_and_leave_the_others_whole():
+    boxes = torch.tensor(
+        [
+            [0.4, 0.3, 0.6, 0.5],  # 12.8 tokens + 2 x 4 margin fit 32: centred on (25.6, 32) -> (10, 16)
+            [0.0, 0.0, 0.1, 0.05],  # fits, at the corner: kept inside the grid
+            [0.1, 0.1, 0.5, 0.3],  # 25.6 tokens wide: with the margins more than 32
+            [0.0, 0.0, 1.0, 1.0],  # an empty foreground
+        ]
+    )
+    fits, region = regions_around(boxes, tokens=32, grid=64)
+    assert fits.tolist() == [True, True, False, False]
+    assert region.offsets.tolist() == [[10, 16], [0, 0]] and (region.tokens, region.grid) == (32, 64)
