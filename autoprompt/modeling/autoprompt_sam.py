@@ -213,9 +213,11 @@ class AutoPromptSAM(nn.Module):
         keep = self.decoded_classes(prompts.presence_logits)
         if self.training:
             class_logits = self._decode(flat, prompts, sam_boxes, keep, region=decoder_region)
-        else:
-            coarse_foreground = exclusive_masks(prompts.coarse_logits).any(dim=1)
-            class_logits = self._decode_around(flat, prompts, sam_boxes, keep, coarse_foreground)
+        else:  # the coarse foreground only where a square is to be placed on it
+            foreground = (
+                exclusive_masks(prompts.coarse_logits).any(dim=1) if self.inference_region_tokens else None
+            )
+            class_logits = self._decode_around(flat, prompts, sam_boxes, keep, foreground)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
             labels = logits.argmax(dim=1)
@@ -380,14 +382,15 @@ class AutoPromptSAM(nn.Module):
         prompts: Prompts,
         boxes: torch.Tensor,
         keep: torch.Tensor | None,
-        foreground: torch.Tensor,
+        foreground: torch.Tensor | None,
     ) -> torch.Tensor:
         """Eval-mode :meth:`_decode`: with :attr:`inference_region_tokens`, each slice whose ``N x H x W`` bool
         ``foreground`` fits a square (:func:`~autoprompt.modeling.class_decoder.regions_around`) is decoded on
         that square only and is :data:`~autoprompt.modeling.class_decoder.ABSENT_LOGIT` outside it; the other
-        slices are decoded whole. Returns ``N x K x S x S`` class mask logits."""
+        slices are decoded whole (all of them when ``foreground`` is None). Returns ``N x K x S x S`` class mask
+        logits."""
         tokens, grid = self.inference_region_tokens, flat.shape[-1]
-        if not 0 < tokens < grid:
+        if foreground is None or not 0 < tokens < grid:
             return self._decode(flat, prompts, boxes, keep)
         fits, region = regions_around(boxes_from_masks(foreground), tokens=tokens, grid=grid)
         if not fits.any():
