@@ -161,7 +161,8 @@ class TrainerConfig:
         amp: mixed precision of the network during training: "auto" (as ``encoder_precision``; fp16
             with gradient scaling, fp32 means none), "none", "fp16" (CUDA only) or "bf16" (CPU with
             bf16 instructions or CUDA; ``benchmarks/precision.py`` measures the difference).
-        num_workers: background processes producing batches (0: in the training process).
+        num_workers: background processes producing batches (0: in the training process); None: 0 on
+            a CPU (its cores train), a few on a GPU (the host would otherwise leave the GPU waiting).
         time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
             epochs run so far; the embedding cache and the final validation are not counted), never
             more than ``epochs``; the learning-rate schedule ends with the last epoch that fits.
@@ -196,7 +197,7 @@ class TrainerConfig:
     cache_slice_stride: int = 1
     encoder_precision: str = "auto"
     amp: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None
     time_budget_minutes: float | None = None
     final_validation: bool = True
     validation_tta: bool | None = None
@@ -217,7 +218,7 @@ class TrainerConfig:
             "pretrained_learning_rate_scale": self.pretrained_learning_rate_scale > 0,
             "warmup_epochs": self.warmup_epochs >= 0,
             "oversample_foreground": 0.0 <= self.oversample_foreground <= 1.0,
-            "num_workers": self.num_workers >= 0,
+            "num_workers": self.num_workers is None or self.num_workers >= 0,
             "cache_slice_stride": self.cache_slice_stride >= 1,
             "time_budget_minutes": self.time_budget_minutes is None or self.time_budget_minutes > 0,
             "encoder_precision": self.encoder_precision in ("auto", "fp32", "bf16"),

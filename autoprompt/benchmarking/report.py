@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,12 @@ def methods_in(report: dict) -> tuple[str, ...]:
     return tuple(m for m in METHODS if any(run["method"] == m for run in report["runs"]))
 
 
+def _cells(runs: dict[str, dict], methods: Sequence[str], cell: Callable[[dict], str]) -> list[str]:
+    """One table cell per method: ``cell`` of its run at this training size, "-" where it has none (a merged
+    curve whose sizes come from runs with and without ``--vs none``)."""
+    return [cell(runs[m]) if m in runs else "-" for m in methods]
+
+
 def _lost_cell(run: dict) -> str:
     return "-" if "lost" not in run else (", ".join(run["lost"]) or "none")
 
@@ -188,11 +194,11 @@ def format_report(report: dict) -> str:
         for name, value in report["labels"].items():
             if value == 0:
                 continue
-            dice = [_cell(runs[m]["per_class"][name]["dice"], 4) for m in methods]
-            hd95 = [_cell(runs[m]["per_class"][name]["hd95"], 2) for m in methods]
+            dice = _cells(runs, methods, lambda r, n=name: _cell(r["per_class"][n]["dice"], 4))
+            hd95 = _cells(runs, methods, lambda r, n=name: _cell(r["per_class"][n]["hd95"], 2))
             lines.append(f"| {name} ({value}) | " + " | ".join(dice + hd95) + " |")
-        dice = [_cell(runs[m]["mean"]["dice"], 4) for m in methods]
-        hd95 = [_cell(runs[m]["mean"]["hd95"], 2) for m in methods]
+        dice = _cells(runs, methods, lambda r: _cell(r["mean"]["dice"], 4))
+        hd95 = _cells(runs, methods, lambda r: _cell(r["mean"]["hd95"], 2))
         lines.append("| **mean** | " + " | ".join(f"**{v}**" for v in dice + hd95) + " |")
         lines += ["", "| spread and cost | " + " | ".join(titles) + " |", "|---" * (1 + len(methods)) + "|"]
         rows = [
@@ -206,7 +212,7 @@ def format_report(report: dict) -> str:
             ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),
             ("peak memory, inference (MiB)", lambda r: _cell(r["peak_rss_mib"]["predicted"], 0)),
         ]
-        lines += [f"| {label} | " + " | ".join(cell(runs[m]) for m in methods) + " |" for label, cell in rows]
+        lines += [f"| {label} | " + " | ".join(_cells(runs, methods, cell)) + " |" for label, cell in rows]
     if len(sizes) > 1:
         lines += [
             "",
@@ -217,10 +223,9 @@ def format_report(report: dict) -> str:
         lines.append("|---" * (1 + len(methods)) + "|")
         for size in sizes:
             runs = by_size[size]
-            count = runs[methods[0]]["num_train_groups"]
-            lines.append(
-                f"| {count} | " + " | ".join(_cell(runs[m]["mean"]["dice"], 4) for m in methods) + " |"
-            )
+            count = next(iter(runs.values()))["num_train_groups"]
+            dice = _cells(runs, methods, lambda r: _cell(r["mean"]["dice"], 4))
+            lines.append(f"| {count} | " + " | ".join(dice) + " |")
         lines += ["", "![Dice vs training-set size](data_efficiency.png)"]
     lines += ["", "![Dice per class](dice_by_class.png)", ""]
     return "\n".join(lines)
@@ -252,7 +257,7 @@ def _plot_dice_bars(report: dict, path: Path) -> None:
     runs = {run["method"]: run for run in report["runs"] if run["train_size"] == largest}
     names = [name for name, value in report["labels"].items() if value != 0]
     positions = np.arange(len(names) + 1)
-    methods = methods_in(report)
+    methods = [method for method in methods_in(report) if method in runs]
     width = 0.8 / len(methods)
     figure, axis = plt.subplots(figsize=(1.6 * len(positions) + 2, 4))
     for index, method in enumerate(methods):

@@ -193,6 +193,15 @@ class Batch:
     target: torch.Tensor
     embeddings: torch.Tensor | None = None
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory (the data loader calls this for a GPU), so that
+        :meth:`to` copies it while the GPU works."""
+        return Batch(
+            images=self.images.pin_memory(),
+            target=self.target.pin_memory(),
+            embeddings=None if self.embeddings is None else self.embeddings.pin_memory(),
+        )
+
     def to(self, device: torch.device) -> Batch:
         move = {"device": device, "non_blocking": True}
         return Batch(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ AMP_DTYPES = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
 BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often in a run's first epoch
 WAIT_TIMEOUT = datetime.timedelta(hours=24)
+GPU_BATCH_WORKERS = 4  # background batch makers on a GPU when ``num_workers`` is None
+LOSS_SHOWN_EVERY = 10  # steps between the loss shown on the progress bar (each read waits for the GPU)
 """How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 
 
@@ -96,6 +99,21 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class TrainingPrompts:
+    """What a training step adds to the model's inputs (all None: nothing, as in validation).
+
+    Attributes:
+        teacher_boxes: ``L x K x 4`` jittered ground-truth boxes, or None.
+        teacher_mask: ``L`` bool, which samples use them, or None.
+        decoder_region: each window's square for SAM's decoder, or None (whole windows).
+    """
+
+    teacher_boxes: torch.Tensor | None = None
+    teacher_mask: torch.Tensor | None = None
+    decoder_region: DecoderRegion | None = None
 
 
 @dataclass
@@ -153,6 +171,17 @@ def encoder_batch_size(device: torch.device) -> int:
     batches; measured by ``benchmarks/model_speed.py``). GPUs want large batches.
     """
     return 1 if device.type == "cpu" else 16
+
+
+def batch_workers(num_workers: int | None, device: torch.device) -> int:
+    """Background processes that make training batches: ``num_workers``, or for None 0 on a CPU (its few
+    cores run the steps) and up to :data:`GPU_BATCH_WORKERS` on a GPU, where batches made between steps
+    leave the GPU waiting."""
+    if num_workers is not None:
+        return num_workers
+    if device.type == "cpu":
+        return 0
+    return max(1, min(GPU_BATCH_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def describe_views(count: int) -> str:
@@ -464,13 +493,22 @@ class Trainer:
             zoom=self.config.zoom if augment and self.config.zoom.views > 0 else None,
         )
 
+    def _training_prompts(self, target: torch.Tensor) -> TrainingPrompts:
+        """This step's ground-truth boxes for some samples and each window's decoder region, as the config
+        asks for them, drawn from ``target`` (``L x h x w`` labels, on the host) and moved to the device."""
+        boxes, mask = self._teacher_boxes(target)
+        return TrainingPrompts(
+            teacher_boxes=None if boxes is None else boxes.to(self.device, non_blocking=True),
+            teacher_mask=None if mask is None else mask.to(self.device, non_blocking=True),
+            decoder_region=self._decoder_region(target),
+        )
+
     def _forward(
-        self, model: torch.nn.Module, batch: Batch, *, training: bool = False
+        self, model: torch.nn.Module, batch: Batch, *, prompts: TrainingPrompts | None = None
     ) -> tuple[AutoPromptOutput, dict[str, torch.Tensor]]:
-        """Model output and loss terms; ``training`` gives some samples ground-truth boxes and decodes each
-        window on its decoder region when the config asks for them."""
-        boxes, mask = self._teacher_boxes(batch.target) if training else (None, None)
-        region = self._decoder_region(batch.target) if training else None
+        """Model output and loss terms; ``prompts`` (training) give some samples ground-truth boxes and
+        decode each window on its decoder region."""
+        prompts = prompts or TrainingPrompts()
         with torch.autocast(
             device_type=self.device.type,
             dtype=self.amp_dtype or torch.float32,
@@ -479,9 +517,9 @@ class Trainer:
             output = model(
                 batch.images,
                 embeddings=batch.embeddings,
-                teacher_boxes=boxes,
-                teacher_mask=mask,
-                decoder_region=region,
+                teacher_boxes=prompts.teacher_boxes,
+                teacher_mask=prompts.teacher_mask,
+                decoder_region=prompts.decoder_region,
             )
         return output, self.loss(output, batch.target)
 
@@ -532,9 +570,14 @@ class Trainer:
             augment=True,
         )
         loader = batch_loader(
-            dataset, num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda"
+            dataset,
+            num_workers=batch_workers(self.config.num_workers, self.device),
+            pin_memory=self.device.type == "cuda",
         )
-        sums = dict.fromkeys(("total", *LOSS_TERMS), 0.0)
+        # summed on the device: reading a loss each step would make the host wait for the GPU
+        sums = {
+            name: torch.zeros((), dtype=torch.float64, device=self.device) for name in ("total", *LOSS_TERMS)
+        }
         bar = progress(
             loader,
             total=len(dataset),
@@ -550,8 +593,9 @@ class Trainer:
             elif self._replans_at(epoch, index - first_timed, index):
                 seconds_per_step = (time.perf_counter() - timed_from) / (index - first_timed)
                 self._plan_within_epoch(epoch, index, seconds_per_step, time.perf_counter() - started)
+            prompts = self._training_prompts(batch.target)  # from the labels still on the host: no GPU sync
             batch = batch.to(self.device)
-            _, terms = self._forward(self.train_model, batch, training=True)
+            _, terms = self._forward(self.train_model, batch, prompts=prompts)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
             if self.config.grad_clip > 0:
@@ -566,13 +610,15 @@ class Trainer:
                 self.weight_average.update(self.model)
             self.step += 1
             for name in sums:
-                sums[name] += float(terms[name].detach())
-            bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}")
+                sums[name] += terms[name].detach()
+            if index % LOSS_SHOWN_EVERY == 0:
+                bar.set_postfix(loss=f"{float(terms['total'].detach()):.3f}")
         count = len(dataset)
+        totals = torch.stack(list(sums.values()))
         if self.dist.world_size > 1:  # the mean over every process's steps, for the log and the history
-            totals = torch.tensor(list(sums.values()), dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(totals)
-            sums = dict(zip(sums, (float(v) / self.dist.world_size for v in totals), strict=True))
+            totals /= self.dist.world_size
+        sums = dict(zip(sums, totals.tolist(), strict=True))
         return {
             "epoch": epoch,
             "train_loss": sums["total"] / count,

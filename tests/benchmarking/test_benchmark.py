@@ -372,14 +372,14 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
 def test_curve_merges_runs_of_several_benchmarks_in_size_order(tmp_path: Path):
     from benchmarks.curve import merge_reports
 
-    def report(groups: int, dice: float, **settings) -> dict:
+    def report(groups: int, dice: float, methods=("autoprompt", "nnunet"), **settings) -> dict:
         runs = [
             summarise_run(
                 method=method, size=str(groups), train_cases=["c"] * (2 * groups), num_groups=groups,
                 stamps=_stamps(60.0, 3), evaluation=_evaluation({1: d, 2: d}, {1: 5.0, 2: 5.0}),
                 num_test_cases=2, group_regex=GROUP,
             )
-            for method, d in (("autoprompt", dice), ("nnunet", dice - 0.1))
+            for method, d in (("autoprompt", dice), ("nnunet", dice - 0.1)) if method in methods
         ]  # fmt: skip
         return {
             "settings": {**SETTINGS, **settings},
@@ -394,6 +394,12 @@ def test_curve_merges_runs_of_several_benchmarks_in_size_order(tmp_path: Path):
     assert merged["settings"]["merged_from"][1] == {"report": "three", "autoprompt_overrides": ["a=1"]}
     write_report(merged, tmp_path)
     assert "| 3 | 0.7000 | 0.6000 |" in (tmp_path / "report.md").read_text().splitlines()
+    # a size benchmarked with --vs none: nnU-Net's cells are empty, the largest size's plot has one bar per class
+    alone = merge_reports([report(3, 0.7), report(20, 0.9, methods=("autoprompt",))], ["three", "twenty"])
+    write_report(alone, tmp_path / "alone")
+    lines = (tmp_path / "alone" / "report.md").read_text().splitlines()
+    assert "| 20 | 0.9000 | - |" in lines and "| **mean** | **0.9000** | **-** | **5.00** | **-** |" in lines
+    assert (tmp_path / "alone" / "dice_by_class.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="differs from seven in budget_minutes"):
         merge_reports([report(7, 0.8), report(3, 0.7, budget_minutes=10.0)], ["seven", "three"])
     with pytest.raises(ValueError, match="given twice"):
