@@ -10,8 +10,7 @@ model folder three ways, each with per-class Dice and HD95, the worst patient, l
     python -m benchmarks.tta_mirrors ... --variants columns --region-tokens 0 32 -o regions.json
 
 Variants: ``none`` (one prediction per window), ``columns`` (and the left-right mirror: 2 per window),
-``rows_and_columns`` (nnU-Net's rule, every flip of both in-plane axes: 4 per window), ``columns_from_embeddings``
-(the left-right mirror decoded from the window's mirrored embedding: one encoder pass per window). Each case is predicted
+``rows_and_columns`` (nnU-Net's rule, every flip of both in-plane axes: 4 per window). Each case is predicted
 as ``autoprompt predict`` would, with the fold's postprocessing. ``--region-tokens`` predicts each variant once per
 value of ``model.inference_region_tokens`` (0: whole windows), in turn, case by case. The cases must be ones the fold was not
 trained on (for ACDC: training patients outside the fold's training cases, never the test patients).
@@ -36,10 +35,7 @@ VARIANTS: dict[str, tuple[int, ...] | None] = {
     "none": None,
     "columns": (-1,),
     "rows_and_columns": (-2, -1),
-    "columns_from_embeddings": (-1,),
 }
-FROM_EMBEDDINGS = {"columns_from_embeddings"}
-"""Variants whose mirrored predictions decode the mirrored embeddings (one encoder pass per window)."""
 
 
 def compare_mirrors(
@@ -65,6 +61,7 @@ def compare_mirrors(
             [f"{case}.nii.gz" for case in cases], references, Path(work) / "references"
         )
         runs = [(name, tokens) for name in variants for tokens in (region_tokens or (None,))]
+        model_tokens = {id(model): model.inference_region_tokens for model in predictor.models}
         seconds: dict[int, list[float]] = {run: [] for run in range(len(runs))}
         for run in range(len(runs)):
             (Path(work) / str(run)).mkdir()
@@ -73,9 +70,8 @@ def compare_mirrors(
                 axes = VARIANTS[name]
                 predictor.tta = axes is not None
                 predictor.mirror_axes = axes or ()
-                predictor.mirror_embeddings = name in FROM_EMBEDDINGS
-                for model in predictor.models:
-                    model.inference_region_tokens = tokens or 0
+                for model in predictor.models:  # without --region-tokens each model keeps its own setting
+                    model.inference_region_tokens = model_tokens[id(model)] if tokens is None else tokens
                 start = time.monotonic()
                 prediction = predictor.predict_case([images / f"{case}_0000.nii.gz"])
                 seconds[run].append(time.monotonic() - start)

@@ -128,9 +128,6 @@ class Predictor:
         tta: mirroring test-time augmentation (one prediction per combination of ``mirror_axes``).
         mirror_axes: the in-plane axes TTA mirrors (``(-2, -1)``, rows and columns: 4 predictions per
             window; ``(-1,)``, columns only: 2).
-        mirror_embeddings: TTA decodes the mirrored embeddings of each window instead of encoding its mirror
-            images (:func:`~pipeline.inference.tta.with_mirroring`'s ``encode``), when the folds share a
-            frozen encoder.
         precision: "fp32", "bf16" (CPU or CUDA), "fp16" (CUDA) or "auto" (:mod:`autoprompt.precision`)
             for the networks.
         postprocessing: keep-largest-component rules (:mod:`pipeline.inference.postprocessing`); None: none.
@@ -157,7 +154,6 @@ class Predictor:
         device: torch.device | str,
         tta: bool = True,
         mirror_axes: tuple[int, ...] = IN_PLANE_AXES,
-        mirror_embeddings: bool = False,
         precision: str = AUTO,
         postprocessing: dict | None = None,
         batch_size: int | None = None,
@@ -173,7 +169,6 @@ class Predictor:
         self.models = [model.to(self.device).eval() for model in models]
         self.tta = tta
         self.mirror_axes = mirror_axes
-        self.mirror_embeddings = mirror_embeddings
         self.precision = resolve_precision(precision, self.device)
         self.postprocessing = postprocessing
         self.batch_size = batch_size or (
@@ -327,9 +322,8 @@ class Predictor:
 
     def _slabs(self, images: torch.Tensor, bar) -> Iterator[tuple[int, torch.Tensor]]:
         """One sliding-window pass over ``C x S x h x w`` images: ``(first, K+1 x n x h x w)`` slabs."""
-        encode = self._encode_windows if self.mirror_embeddings and self.shares_encoder else None
         window_fn = (
-            with_mirroring(self._predict_windows, axes=self.mirror_axes, encode=encode)
+            with_mirroring(self._predict_windows, axes=self.mirror_axes)
             if self.tta
             else self._predict_windows
         )
@@ -474,21 +468,12 @@ class Predictor:
         """Argmax over ``K+1 x ...`` probabilities mapped to label values (before postprocessing)."""
         return self.label_values.astype(self._label_dtype)[np.argmax(probabilities, axis=0)]
 
-    def _encode_windows(self, images: torch.Tensor) -> torch.Tensor:
-        """:meth:`_encode` of ``n x C x h x w`` windows on the CPU, in the networks' precision."""
-        with autocast(self.device, self.precision):
-            return self._encode(images.to(self.device, non_blocking=True))
-
-    def _predict_windows(
-        self, images: torch.Tensor, stacks: torch.Tensor, embeddings: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _predict_windows(self, images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
         """Mean softmax of all folds for every slice of each stack.
 
         Args:
             images: ``n x C x h x w`` consecutive slices cut at one window position (CPU).
             stacks: ``B x D`` indices into ``images``.
-            embeddings: ``n x 256 x 64 x 64`` frozen-encoder embeddings of ``images`` (mirroring TTA from
-                embeddings); None: encoded here when the folds share the encoder.
 
         Returns:
             ``B x D x K+1 x h x w`` float32 probabilities on the CPU.
@@ -496,8 +481,7 @@ class Predictor:
         images = images.to(self.device, non_blocking=True)
         depth = stacks.shape[1]
         with autocast(self.device, self.precision):
-            if embeddings is None and self.shares_encoder:
-                embeddings = self._encode(images)
+            embeddings = self._encode(images) if self.shares_encoder else None
             outputs = []
             for batch in stacks.split(self.batch_size):
                 batch = batch.to(self.device)

@@ -8,7 +8,6 @@ all variants are averaged.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 
 import torch
 
@@ -30,22 +29,12 @@ def mirror_combinations(axes: tuple[int, ...] = IN_PLANE_AXES) -> list[tuple[int
     return [combo for size in range(len(axes) + 1) for combo in itertools.combinations(axes, size)]
 
 
-def with_mirroring(
-    window_fn: WindowFn,
-    *,
-    axes: tuple[int, ...] = IN_PLANE_AXES,
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> WindowFn:
+def with_mirroring(window_fn: WindowFn, *, axes: tuple[int, ...] = IN_PLANE_AXES) -> WindowFn:
     """Wrap a :data:`~pipeline.inference.sliding_window.WindowFn` with mirroring TTA.
 
     Args:
-        window_fn: ``(images n x C x h x w, stacks B x D) -> B x K+1 x h x w`` probabilities; with ``encode``
-            it also takes ``embeddings=`` (``n x E x g x g``).
+        window_fn: ``(images n x C x h x w, stacks B x D) -> B x K+1 x h x w`` probabilities.
         axes: in-plane axes to mirror (negative, counted from the end of both tensors).
-        encode: None: every flip is predicted from the flipped images. Else the images' embeddings
-            (``n x E x g x g``, the same in-plane layout) are computed once and a flip's prediction decodes
-            them flipped: one encoder pass per window instead of one per flip, an approximation, since the
-            encoder is not exactly equivariant to mirroring.
 
     Returns:
         A function with the same signature that returns the mean of the un-mirrored predictions of
@@ -54,16 +43,10 @@ def with_mirroring(
     combinations = mirror_combinations(axes)
 
     def mirrored(images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
-        embeddings = None if encode is None else encode(images)
         total = None
         for flip in combinations:
             flipped = torch.flip(images, flip) if flip else images
-            if embeddings is None:
-                probabilities = window_fn(flipped, stacks)
-            else:
-                probabilities = window_fn(
-                    flipped, stacks, embeddings=torch.flip(embeddings, flip) if flip else embeddings
-                )
+            probabilities = window_fn(flipped, stacks)
             probabilities = torch.flip(probabilities, flip) if flip else probabilities
             total = probabilities if total is None else total + probabilities
         return total / len(combinations)

@@ -135,33 +135,3 @@ def test_tta_averages_unmirrored_predictions_of_a_position_dependent_model() -> 
     result = with_mirroring(rightward)(images, torch.tensor([[0]]))
     torch.testing.assert_close(result, torch.full((1, 1, 2, 8, 8), 0.5))
     assert calls == [1.0, 1.0, 0.0, 0.0]  # the original, row flip, column flip, both: inputs really flipped
-
-
-def test_tta_from_embeddings_encodes_once_and_decodes_each_flip_of_the_embeddings() -> None:
-    """With an encoder that commutes with mirroring (2 x 2 average pooling), decoding the flipped embeddings
-    equals encoding the flipped images: the same average, from one encoder call instead of one per flip."""
-    encoded = []
-
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        encoded.append(images.clone())
-        return torch.nn.functional.avg_pool2d(images, 2)  # n x 1 x h/2 x w/2
-
-    def decode(
-        images: torch.Tensor, stacks: torch.Tensor, embeddings: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        features = encode(images) if embeddings is None else embeddings
-        upsampled = torch.nn.functional.interpolate(features, scale_factor=2.0)  # position-dependent below
-        ramp = torch.linspace(0, 1, images.shape[-1])
-        probabilities = pointwise_probabilities((upsampled + images) / 2 * ramp)
-        return probabilities[stacks.flatten()].view(*stacks.shape, *probabilities.shape[1:])
-
-    images = torch.rand(3, 1, 8, 8)
-    stacks = torch.tensor([[0], [2]])
-    exact = with_mirroring(decode, axes=(-2, -1))(images, stacks)
-    assert len(encoded) == 4
-    encoded.clear()
-    shared = with_mirroring(decode, axes=(-2, -1), encode=encode)(images, stacks)
-    assert len(encoded) == 1 and torch.equal(encoded[0], images)  # the unflipped windows, once
-    torch.testing.assert_close(shared, exact, atol=1e-6, rtol=1e-6)
-    plain = decode(images, stacks)
-    assert (exact - plain).abs().max() > 1e-3  # the flips matter to this decoder
