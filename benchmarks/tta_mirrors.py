@@ -8,17 +8,20 @@ model folder three ways, each with per-class Dice and HD95, the worst patient, l
 
     python -m benchmarks.tta_mirrors MODEL_DIR IMAGES REFERENCES --cases CASE ... --labels 1 2 3 -o tta.json
     python -m benchmarks.tta_mirrors ... --variants columns --region-tokens 0 32 -o regions.json
+    python -m benchmarks.tta_mirrors ... --variants columns --box-refinement 1 2 -o refinement.json
 
 Variants: ``none`` (one prediction per window), ``columns`` (and the left-right mirror: 2 per window),
 ``rows_and_columns`` (nnU-Net's rule, every flip of both in-plane axes: 4 per window). Each case is predicted
 as ``autoprompt predict`` would, with the fold's postprocessing. ``--region-tokens`` predicts each variant once per
-value of ``model.inference_region_tokens`` (0: whole windows), in turn, case by case. The cases must be ones the fold was not
+value of ``model.inference_region_tokens`` (0: whole windows), ``--box-refinement`` once per value of
+``model.box_refinement`` (and per combination when both are given), in turn, case by case. The cases must be ones the fold was not
 trained on (for ACDC: training patients outside the fold's training cases, never the test patients).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +41,10 @@ VARIANTS: dict[str, tuple[int, ...] | None] = {
 }
 
 
+DECODING_OPTIONS = {"inference_region_tokens": "region", "box_refinement": "refinement"}
+"""Decoding settings a comparison can vary (the model attribute -> its word in a result key)."""
+
+
 def compare_mirrors(
     model_dir: Path,
     images: Path,
@@ -46,42 +53,46 @@ def compare_mirrors(
     labels: list[int],
     fold: str,
     variants: tuple[str, ...] = tuple(VARIANTS),
-    region_tokens: tuple[int, ...] | None = None,
+    decoding: dict[str, tuple[int, ...]] | None = None,
     checkpoint: str = "best",
 ) -> dict[str, dict]:
-    """Summary and seconds per volume of each of ``variants`` (keys of :data:`VARIANTS`) on ``cases``;
-    with ``region_tokens``, of each variant and value (keys ``"<variant>, region <t>"``)."""
+    """Summary and seconds per volume of each of ``variants`` (keys of :data:`VARIANTS`) on ``cases``; with
+    ``decoding`` (values to compare per key of :data:`DECODING_OPTIONS`), of each variant and combination of
+    values (keys like ``"columns, region 32, refinement 1"``). Unvaried settings stay as each model has them."""
     missing = [case for case in cases if not (images / f"{case}_0000.nii.gz").exists()]
     if missing:
         raise SystemExit(f"{images}: no {missing[0]}_0000.nii.gz; give cases of that folder")
     predictor = Predictor.from_model_folder(model_dir, folds=[fold], checkpoint=checkpoint, device="cpu")
+    varied = {key: values for key, values in (decoding or {}).items() if values}
+    settings = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
+    runs = [(name, setting) for name in variants for setting in settings]
+    trained = {id(model): {key: getattr(model, key) for key in varied} for model in predictor.models}
     results = {}
     with tempfile.TemporaryDirectory(prefix="tta_mirrors_") as work:
         matching = link_references(
             [f"{case}.nii.gz" for case in cases], references, Path(work) / "references"
         )
-        runs = [(name, tokens) for name in variants for tokens in (region_tokens or (None,))]
-        model_tokens = {id(model): model.inference_region_tokens for model in predictor.models}
         seconds: dict[int, list[float]] = {run: [] for run in range(len(runs))}
         for run in range(len(runs)):
             (Path(work) / str(run)).mkdir()
         for case in cases:  # the runs in turn, case by case: a machine slowing down slows them alike
-            for run, (name, tokens) in enumerate(runs):
+            for run, (name, setting) in enumerate(runs):
                 axes = VARIANTS[name]
                 predictor.tta = axes is not None
                 predictor.mirror_axes = axes or ()
-                for model in predictor.models:  # without --region-tokens each model keeps its own setting
-                    model.inference_region_tokens = model_tokens[id(model)] if tokens is None else tokens
+                for model in predictor.models:
+                    for key, value in {**trained[id(model)], **setting}.items():
+                        setattr(model, key, value)
                 start = time.monotonic()
                 prediction = predictor.predict_case([images / f"{case}_0000.nii.gz"])
                 seconds[run].append(time.monotonic() - start)
                 write_image(prediction.labels, prediction.geometry, Path(work) / str(run) / f"{case}.nii.gz")
-        for run, (name, tokens) in enumerate(runs):
-            key = name if tokens is None else f"{name}, region {tokens}"
+        for run, (name, setting) in enumerate(runs):
+            key = ", ".join([name, *(f"{DECODING_OPTIONS[k]} {v}" for k, v in setting.items())])
             summary = evaluate_folders(matching, Path(work) / str(run), labels=labels)
             results[key] = {
                 "mirror_axes": list(VARIANTS[name] or ()),
-                **({} if tokens is None else {"inference_region_tokens": tokens}),
+                **setting,
                 "seconds_per_volume": float(np.mean(seconds[run])),
                 **summarise(summary),
             }
@@ -116,6 +127,13 @@ def main() -> None:
         metavar="T",
         help="also compare model.inference_region_tokens values (0: whole windows; default: as trained)",
     )
+    parser.add_argument(
+        "--box-refinement",
+        type=int,
+        nargs="+",
+        metavar="R",
+        help="also compare model.box_refinement values (extra decoder passes; default: as trained)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON to write")
     args = parser.parse_args()
     results = compare_mirrors(
@@ -126,7 +144,10 @@ def main() -> None:
         args.labels,
         args.fold,
         tuple(args.variants),
-        tuple(args.region_tokens) if args.region_tokens else None,
+        {
+            "inference_region_tokens": tuple(args.region_tokens or ()),
+            "box_refinement": tuple(args.box_refinement or ()),
+        },
         args.checkpoint,
     )
     save_json(
