@@ -12,10 +12,11 @@ model folder three ways, each with per-class Dice and HD95, the worst patient, l
 
 Variants: ``none`` (one prediction per window), ``columns`` (and the left-right mirror: 2 per window),
 ``rows_and_columns`` (nnU-Net's rule, every flip of both in-plane axes: 4 per window). Each case is predicted
-as ``autoprompt predict`` would, with the fold's postprocessing. ``--region-tokens`` predicts each variant once per
-value of ``model.inference_region_tokens`` (0: whole windows), ``--box-refinement`` once per value of
-``model.box_refinement`` (and per combination when both are given), in turn, case by case. The cases must be ones the fold was not
-trained on (for ACDC: training patients outside the fold's training cases, never the test patients).
+as ``autoprompt predict`` would, with the fold's postprocessing. ``--region-tokens`` predicts each variant once
+per value of ``model.inference_region_tokens`` (0: whole windows), ``--box-refinement`` once per value of
+``model.box_refinement`` (and per combination when both are given), in turn, case by case. The cases must be
+ones the fold was not trained on (for ACDC: training patients outside the fold's training cases, never the
+test patients).
 """
 
 from __future__ import annotations

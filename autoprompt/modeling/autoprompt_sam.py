@@ -400,16 +400,9 @@ class AutoPromptSAM(nn.Module):
             index = chosen.nonzero()[:, 0]
             if len(index) == 0:
                 continue
-            decoded = decode_classes(
-                self.backbone.prompt_encoder,
-                self.backbone.mask_decoder,
-                flat[index],
-                boxes=boxes[index],
-                coarse_logits=prompts.coarse_logits[index],
-                class_tokens=prompts.class_tokens[index],
-                output_size=self.window_size,
-                keep=None if keep is None else keep[index],
-                region=chosen_region,
+            subset_keep = None if keep is None else keep[index]
+            decoded = self._decode(
+                flat[index], prompts.subset(index), boxes[index], subset_keep, region=chosen_region
             )
             if logits is None:
                 size = self.window_size

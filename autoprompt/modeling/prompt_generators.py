@@ -14,7 +14,7 @@ columns ``c0..c1`` of a ``W``-wide window has ``x_min = c0 / W`` and ``x_max = (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ class Prompts:
     coarse_logits: torch.Tensor
     boxes: torch.Tensor
     class_tokens: torch.Tensor
+
+    def subset(self, index: torch.Tensor) -> Prompts:
+        """The prompts of the slices ``index`` (a ``P`` int64 tensor)."""
+        return Prompts(*(getattr(self, field.name)[index] for field in fields(self)))
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:

@@ -83,9 +83,9 @@ AMP_DTYPES = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP
 BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up step) to plan a time budget early
 BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often in a run's first epoch
 WAIT_TIMEOUT = datetime.timedelta(hours=24)
+"""How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 GPU_BATCH_WORKERS = 4  # background batch makers on a GPU when ``num_workers`` is None
 LOSS_SHOWN_EVERY = 10  # steps between the loss shown on the progress bar (each read waits for the GPU)
-"""How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
 
 
 @dataclass(frozen=True)
