@@ -161,8 +161,9 @@ class TrainerConfig:
         amp: mixed precision of the network during training: "auto" (as ``encoder_precision``; fp16
             with gradient scaling, fp32 means none), "none", "fp16" (CUDA only) or "bf16" (CPU with
             bf16 instructions or CUDA; ``benchmarks/precision.py`` measures the difference).
-        num_workers: background processes producing batches (0: in the training process); None: 0 on
-            a CPU (its cores train), a few on a GPU (the host would otherwise leave the GPU waiting).
+        num_workers: background processes producing batches (0: in the training process, the
+            cached presets' choice on a CPU and on a GPU alike, ``docs/results.md``); None (written by
+            round-25 presets) means 0.
         time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
             epochs run so far; the embedding cache and the final validation are not counted), never
             more than ``epochs``; the learning-rate schedule ends with the last epoch that fits.
@@ -197,7 +198,7 @@ class TrainerConfig:
     cache_slice_stride: int = 1
     encoder_precision: str = "auto"
     amp: str = "auto"
-    num_workers: int | None = None
+    num_workers: int | None = 0
     time_budget_minutes: float | None = None
     final_validation: bool = True
     validation_tta: bool | None = None

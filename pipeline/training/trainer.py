@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -84,7 +83,6 @@ BUDGET_PROBE_STEPS = 3  # steps timed at the start of a run (after a warm-up ste
 BUDGET_REPLANS_PER_EPOCH = 10  # a time budget is planned again this often in a run's first epoch
 WAIT_TIMEOUT = datetime.timedelta(hours=24)
 """How long a DDP process waits for the others at a barrier (a cache shard, an epoch's checkpoints)."""
-GPU_BATCH_WORKERS = 4  # background batch makers on a GPU when ``num_workers`` is None
 LOSS_SHOWN_EVERY = 10  # steps between the loss shown on the progress bar (each read waits for the GPU)
 
 
@@ -171,17 +169,6 @@ def encoder_batch_size(device: torch.device) -> int:
     batches; measured by ``benchmarks/model_speed.py``). GPUs want large batches.
     """
     return 1 if device.type == "cpu" else 16
-
-
-def batch_workers(num_workers: int | None, device: torch.device) -> int:
-    """Background processes that make training batches: ``num_workers``, or for None 0 on a CPU (its few
-    cores run the steps) and up to :data:`GPU_BATCH_WORKERS` on a GPU, where batches made between steps
-    leave the GPU waiting."""
-    if num_workers is not None:
-        return num_workers
-    if device.type == "cpu":
-        return 0
-    return max(1, min(GPU_BATCH_WORKERS, (os.cpu_count() or 1) - 1))
 
 
 def describe_views(count: int) -> str:
@@ -571,7 +558,7 @@ class Trainer:
         )
         loader = batch_loader(
             dataset,
-            num_workers=batch_workers(self.config.num_workers, self.device),
+            num_workers=self.config.num_workers or 0,
             pin_memory=self.device.type == "cuda",
         )
         # summed on the device: reading a loss each step would make the host wait for the GPU

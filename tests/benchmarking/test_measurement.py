@@ -90,3 +90,22 @@ def test_speed_predicts_fold_all_models_and_refuses_other_folds(tmp_path, monkey
     with pytest.raises(SystemExit) as stop:
         speed.main(["--no-encoder", "--fold", "last"])
     assert stop.value.code == 2 and "give a number or 'all'" in capsys.readouterr().err
+
+
+def test_training_step_times_each_setting_on_a_subset_and_writes_its_json(tmp_path):
+    from benchmarks import training_step
+
+    raw = make_synthetic_dataset(tmp_path / "raw", num_cases=5, shape=(3, 40, 32))
+    output = tmp_path / "step.json"
+    argv = [
+        *f"--raw {raw} --cases 4 --preset tiny --device cpu --epochs 1 --steps 2 --set views.count=2".split(),
+        "--batch-sizes",
+        "0",
+        "2",
+    ]
+    assert training_step.main([*argv, "--work", str(tmp_path / "work"), "-o", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["cases"] == 4 and report["preset"] == "tiny" and report["overrides"] == ["views.count=2"]
+    assert [(row["workers"], row["batch_size"]) for row in report["rows"]] == [(0, None), (0, 2)]
+    assert all(row["ms_per_step"] > 0 and len(row["ms_per_step_by_epoch"]) == 1 for row in report["rows"])
+    assert len(list((tmp_path / "work" / "raw" / raw.name / "labelsTr").iterdir())) == 4

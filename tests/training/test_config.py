@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from autoprompt.errors import AutoPromptError
 from pipeline.trainer_config import (
@@ -17,7 +16,6 @@ from pipeline.trainer_config import (
     save_trainer_config,
     trainer_config_from_dict,
 )
-from pipeline.training.trainer import GPU_BATCH_WORKERS, batch_workers
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -114,14 +112,3 @@ def test_malformed_yaml_names_the_file(tmp_path: Path) -> None:
     path.write_text("epochs: [1, 2\n")
     with pytest.raises(AutoPromptError, match="broken.yaml: not valid YAML"):
         load_trainer_config(path)
-
-
-def test_batch_workers_are_zero_on_a_cpu_and_some_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The presets leave num_workers to the device: a CPU's cores train, a GPU waits for batches made inline."""
-    assert load_trainer_config("2d_frozen").num_workers is None
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert batch_workers(None, torch.device("cpu")) == 0
-    assert batch_workers(None, torch.device("cuda")) == GPU_BATCH_WORKERS
-    assert batch_workers(3, torch.device("cuda")) == 3 and batch_workers(2, torch.device("cpu")) == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert batch_workers(None, torch.device("cuda")) == 1  # one core stays with the training process

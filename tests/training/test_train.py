@@ -114,6 +114,23 @@ def test_kill_and_resume_equals_an_uninterrupted_run(
     assert_same_run(resumed, trained)
 
 
+def test_batches_made_by_background_workers_train_the_same_run(
+    trained: TrainingResult, planned: PlannedDataset, tmp_path: Path
+) -> None:
+    """Two batch-making processes (a GPU's default) give the same batches, losses and weights as inline."""
+    with_workers = train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        overrides=[*TINY, "num_workers=2"],
+        device="cpu",
+        raw=planned.raw,
+    )
+    assert_same_run(with_workers, trained)
+
+
 def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count calls of the backbone's image encoder (``SamBackbone.encode``, used by every encoding path)."""
     from autoprompt.modeling.backbone import SamBackbone
