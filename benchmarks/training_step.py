@@ -72,7 +72,6 @@ class UtilisationLog:
              f"-lms={UTILISATION_PERIOD_MS}"],
             stdout=path.open("w"),
         )  # fmt: skip
-        self.marks: list[int] = []
 
     def lines(self) -> int:
         """Samples written so far (a mark for :meth:`mean_between`)."""

@@ -67,7 +67,6 @@ def compare_mirrors(
     varied = {key: values for key, values in (decoding or {}).items() if values}
     settings = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
     runs = [(name, setting) for name in variants for setting in settings]
-    trained = {id(model): {key: getattr(model, key) for key in varied} for model in predictor.models}
     results = {}
     with tempfile.TemporaryDirectory(prefix="tta_mirrors_") as work:
         matching = link_references(
@@ -82,7 +81,7 @@ def compare_mirrors(
                 predictor.tta = axes is not None
                 predictor.mirror_axes = axes or ()
                 for model in predictor.models:
-                    for key, value in {**trained[id(model)], **setting}.items():
+                    for key, value in setting.items():
                         setattr(model, key, value)
                 start = time.monotonic()
                 prediction = predictor.predict_case([images / f"{case}_0000.nii.gz"])
