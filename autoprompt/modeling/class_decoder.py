@@ -72,7 +72,7 @@ class DecoderRegion:
             )
         scale = size // self.grid
         side = self.tokens * scale
-        starts = (self.offsets.to(maps.device) * scale).tolist()
+        starts = (self.offsets.cpu() * scale).tolist()  # no read-back in training: offsets are on the host
         return torch.stack(
             [map_[..., r : r + side, c : c + side] for map_, (r, c) in zip(maps, starts, strict=True)]
         )
@@ -96,7 +96,9 @@ class DecoderRegion:
         """Write ``N x ... x s x s`` squares (what :meth:`crop` cuts) into ``N x ... x S x S`` windows, in place."""
         scale = windows.shape[-1] // self.grid
         side = self.tokens * scale
-        for window, square, (r, c) in zip(windows, squares, (self.offsets * scale).tolist(), strict=True):
+        for window, square, (r, c) in zip(
+            windows, squares, (self.offsets.cpu() * scale).tolist(), strict=True
+        ):
             window[..., r : r + side, c : c + side] = square
         return windows
 
@@ -159,9 +161,13 @@ def decode_classes(
     n, k = boxes.shape[:2]
     if region is not None:
         output_size = output_size * region.tokens // region.grid
-    if keep is None:
-        keep = torch.ones((n, k), dtype=torch.bool, device=boxes.device)
-    slices, classes = keep.nonzero(as_tuple=True)  # slice-major: every pair of a full keep in N*K order
+    if keep is None:  # every pair, slice-major, indexed without reading anything back from the device
+        slices = torch.arange(n, device=boxes.device)[:, None].expand(n, k).reshape(-1)
+        classes = torch.arange(k, device=boxes.device).repeat(n)
+        region_slices = torch.arange(n)[:, None].expand(n, k).reshape(-1)
+    else:
+        slices, classes = keep.nonzero(as_tuple=True)  # slice-major: a full keep gives the N*K order
+        region_slices = slices
     if len(slices) == 0:
         return embeddings.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
     decoded = _decode_prompts(
@@ -172,7 +178,7 @@ def decode_classes(
         coarse_logits=coarse_logits[slices, classes],
         class_tokens=class_tokens[slices, classes],
         output_size=output_size,
-        region=None if region is None else region.select(slices),
+        region=None if region is None else region.select(region_slices),
     )
     if len(slices) == n * k:
         return decoded.reshape(n, k, output_size, output_size)

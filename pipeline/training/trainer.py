@@ -292,8 +292,9 @@ class Trainer:
         )
         self.augmentation = None if fixed else build_augmentation(self.config.augmentation, window)
         self.loss = AutoPromptLoss(self.plans.num_foreground_classes, self.config.loss)
+        self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(
-            self.model.parameters(),
+            self.trainable_parameters,
             learning_rate=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
             pretrained=self.model.pretrained_parameters(),
@@ -587,14 +588,12 @@ class Trainer:
             self.scaler.scale(terms["total"]).backward()
             if self.config.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], self.config.grad_clip
-                )
+                torch.nn.utils.clip_grad_norm_(self.trainable_parameters, self.config.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             if self.weight_average is not None:
-                self.weight_average.update(self.model)
+                self.weight_average.update()
             self.step += 1
             for name in sums:
                 sums[name] += terms[name].detach()
