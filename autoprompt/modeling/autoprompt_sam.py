@@ -29,6 +29,7 @@ from autoprompt.modeling.class_decoder import (
 from autoprompt.modeling.prompt_generators import (
     Prompts,
     boxes_from_masks,
+    channel_argmax,
     exclusive_masks,
     label_masks,
     refined_boxes,
@@ -220,7 +221,7 @@ class AutoPromptSAM(nn.Module):
             class_logits = self._decode_around(flat, prompts, sam_boxes, keep, foreground)
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
-            labels = logits.argmax(dim=1)
+            labels = channel_argmax(logits, dim=1)
             sam_boxes = refined_boxes(label_masks(labels, self.num_classes), sam_boxes)
             class_logits = self._decode_around(flat, prompts, sam_boxes, keep, labels > 0)
             logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)

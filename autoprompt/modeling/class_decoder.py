@@ -170,6 +170,8 @@ def decode_classes(
         region_slices = slices
     if len(slices) == 0:
         return embeddings.new_full((n, k, output_size, output_size), ABSENT_LOGIT)
+    if region is not None:  # each slice's square once, before it is repeated for its K prompts
+        embeddings = region.crop(embeddings)
     decoded = _decode_prompts(
         prompt_encoder,
         mask_decoder,
@@ -201,7 +203,8 @@ def _decode_prompts(
     """P prompts, each with its own image embedding, through one decoder call.
 
     Args:
-        embeddings: ``P x 256 x 64 x 64`` the image embedding of each prompt's slice.
+        embeddings: ``P x 256 x 64 x 64`` the image embedding of each prompt's slice; with a region
+            ``P x 256 x t x t``, already cut to its square.
         boxes: ``P x 4`` boxes ``xyxy`` in [0, 1] of the window (detached here).
         coarse_logits: ``P x h x w``.
         class_tokens: ``P x 256``.
@@ -220,7 +223,7 @@ def _decode_prompts(
     image_pe = prompt_encoder.get_dense_pe()
     boxes = boxes.detach() * scale
     if region is not None:  # see "A decoder region" above
-        masks, embeddings = region.crop(masks), region.crop(embeddings)
+        masks = region.crop(masks)
         start, end = region.centre, region.centre + region.tokens
         image_pe = image_pe[..., start:end, start:end]
         boxes = region.moved_boxes(boxes, frame_w)

@@ -44,8 +44,7 @@ def build_optimizer(
 
     With a scale of 1 there is one parameter group, else two (new, then pretrained; an empty one is left
     out); the schedule scales every group alike. On a GPU the update is PyTorch's fused kernel (a few
-    launches per step instead of several per weight: the step from cached embeddings is bound by the
-    host's per-operation work there).
+    launches per step instead of several per weight).
     """
     trainable = [p for p in parameters if p.requires_grad]
     options = {"lr": learning_rate, "weight_decay": weight_decay}

@@ -38,6 +38,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.build import load_configured_backbone
 from autoprompt.modeling.class_decoder import DecoderRegion
+from autoprompt.modeling.prompt_generators import channel_argmax
 from autoprompt.precision import AUTO, resolve_precision
 from autoprompt.progress import progress
 from pipeline.checkpoint import (
@@ -653,7 +654,7 @@ class Trainer:
                 batch = batch.to(self.device)
                 output, terms = self._forward(model, batch)
                 loss_sum += float(terms["total"])
-                predicted = output.logits.argmax(dim=-3)
+                predicted = channel_argmax(output.logits, dim=-3)
                 for c in range(1, k + 1):
                     pred_c, true_c = predicted == c, batch.target == c
                     pred_c &= batch.target <= k  # the ignore label's voxels count for nothing

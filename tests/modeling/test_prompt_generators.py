@@ -8,6 +8,7 @@ from autoprompt.modeling.prompt_generators import (
     ContextPyramid,
     EncoderHeadGenerator,
     boxes_from_masks,
+    channel_argmax,
     exclusive_masks,
     refined_boxes,
 )
@@ -30,6 +31,17 @@ def test_exclusive_masks_give_each_pixel_to_its_most_confident_class_by_hand():
     masks = exclusive_masks(logits)
     assert masks[0, 0, 0].tolist() == [True, False, False, False]  # pixel 1 goes to the larger class 2
     assert masks[0, 1, 0].tolist() == [False, True, True, False]  # pixel 3: both negative, background
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [1, -3, 0])
+def test_channel_argmax_equals_torchs_argmax_ties_included(dtype, dim):
+    torch.manual_seed(0)
+    scores = torch.randint(-2, 3, (2, 4, 5, 6)).to(dtype)  # few values: many ties
+    scores[1, :, 0, 0] = 1.0  # a pixel where every channel ties
+    labels = channel_argmax(scores, dim=dim)
+    assert torch.equal(labels, scores.argmax(dim=dim))
+    assert labels.shape == scores.argmax(dim=dim).shape
 
 
 def test_refined_boxes_keep_the_previous_box_of_an_empty_mask():
