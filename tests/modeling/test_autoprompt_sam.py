@@ -25,6 +25,20 @@ def _build(backbone, *, classes: int = 2, depth: int = 1, channels: int = 1, **c
     )
 
 
+def _trained_like(backbone, **build_options):
+    """A model in eval mode with random trainable weights, as after training."""
+    model = _build(backbone, **build_options).eval()
+    _randomise_trainable(model)
+    return model
+
+
+def _with_weights_of(source, backbone, **build_options):
+    """A model built with ``build_options`` (in eval mode) that carries ``source``'s trainable weights."""
+    model = _build(backbone, **build_options).eval()
+    model.load_trainable_state_dict(source.trainable_state_dict())
+    return model
+
+
 def _stack(tensor: torch.Tensor, depth: int) -> torch.Tensor:
     """The first ``depth`` slices as one stack: ``1 x D x ...``; depth 1 -> the 2d batch ``1 x ...``."""
     return tensor[:1] if depth == 1 else tensor[:depth].unsqueeze(0)
@@ -286,8 +300,7 @@ def test_backbone_name_must_match_the_config(tiny_backbone):
 
 def test_teacher_boxes_replace_the_generated_boxes_only_where_asked(tiny_backbone, tiny_slices):
     _, embeddings = tiny_slices
-    model = _build(tiny_backbone, classes=2).eval()
-    _randomise_trainable(model)
+    model = _trained_like(tiny_backbone, classes=2)
     emb = embeddings[:2]
     truth = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]).expand(2, 2, 4)
     with torch.inference_mode():
@@ -317,8 +330,7 @@ def _boxes_given_to_sam(model, embeddings: torch.Tensor) -> list[torch.Tensor]:
 
 def test_coarse_mask_boxes_come_from_the_coarse_label_map(tiny_backbone, tiny_slices):
     _, embeddings = tiny_slices
-    model = _build(tiny_backbone, classes=3, box_source="coarse_mask", box_refinement=0).eval()
-    _randomise_trainable(model)
+    model = _trained_like(tiny_backbone, classes=3, box_source="coarse_mask", box_refinement=0)
     (boxes,) = _boxes_given_to_sam(model, embeddings[:2])
     with torch.inference_mode():
         coarse = model(embeddings=embeddings[:2]).coarse_logits
@@ -330,12 +342,10 @@ def test_box_refinement_takes_each_pass_boxes_from_the_previous_label_map_in_eva
 ):
     _, embeddings = tiny_slices
     emb = embeddings[:2]
-    single = _build(tiny_backbone, classes=2, box_refinement=0).eval()
-    _randomise_trainable(single)
+    single = _trained_like(tiny_backbone, classes=2, box_refinement=0)
     with torch.no_grad():  # classes judged present, so the label map holds them where their mask logit is > 0
         single.prompt_generator.heads.presence.bias.fill_(10.0)
-    refined = _build(tiny_backbone, classes=2, box_refinement=2).eval()
-    refined.load_trainable_state_dict(single.trainable_state_dict())
+    refined = _with_weights_of(single, tiny_backbone, classes=2, box_refinement=2)
     passes = _boxes_given_to_sam(refined, emb)
     assert len(passes) == 3
     with torch.inference_mode():
@@ -374,12 +384,15 @@ def test_skipping_absent_classes_decodes_only_the_present_ones_with_the_same_log
 ):
     _, embeddings = tiny_slices
     emb = embeddings[:2]
-    plain = _build(tiny_backbone, classes=2, presence_floor=floor, box_refinement=refinement).eval()
-    _randomise_trainable(plain)
-    skipping = _build(
-        tiny_backbone, classes=2, presence_floor=floor, box_refinement=refinement, skip_presence_below=0.5
-    ).eval()
-    skipping.load_trainable_state_dict(plain.trainable_state_dict())
+    plain = _trained_like(tiny_backbone, classes=2, presence_floor=floor, box_refinement=refinement)
+    skipping = _with_weights_of(
+        plain,
+        tiny_backbone,
+        classes=2,
+        presence_floor=floor,
+        box_refinement=refinement,
+        skip_presence_below=0.5,
+    )
     presence = torch.tensor([[20.0, 20.0], [-20.0, 20.0]])
     kept = presence > 0
     handles = [_forced_presence(model, presence) for model in (plain, skipping)]
@@ -420,10 +433,8 @@ def test_inference_regions_decode_a_small_foreground_on_its_square_and_an_empty_
 ):
     _, embeddings = tiny_slices
     emb = embeddings[:2]
-    plain = _build(tiny_backbone, classes=2, box_refinement=0).eval()
-    _randomise_trainable(plain)
-    regional = _build(tiny_backbone, classes=2, box_refinement=0, inference_region_tokens=32).eval()
-    regional.load_trainable_state_dict(plain.trainable_state_dict())
+    plain = _trained_like(tiny_backbone, classes=2, box_refinement=0)
+    regional = _with_weights_of(plain, tiny_backbone, classes=2, box_refinement=0, inference_region_tokens=32)
     coarse = torch.full((2, 2, 64, 64), -10.0)
     coarse[0, 1, 20:30, 25:35] = 10.0  # slice 0: class 2 on 10 x 10 tokens; slice 1: no foreground
     handles = [
