@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoprompt.benchmarking.measurement import load_average, machine_info, markdown_table
+from autoprompt.benchmarking.nnunet_baseline import link_raw_subset
 from autoprompt.devices import resolve_device
 from pipeline.experiment_planning import plan_and_preprocess
-from pipeline.files import save_json
+from pipeline.files import load_json, save_json
 from pipeline.training.run import train
 
 UTILISATION_PERIOD_MS = 250
@@ -43,23 +43,12 @@ class Setting:
 
 
 def subset_dataset(raw: Path, cases: int | None, work: Path) -> Path:
-    """``raw`` itself, or a copy of its first ``cases`` labelled cases (sorted by name) under ``work``."""
+    """``raw`` itself, or ``work/raw`` holding links to its first ``cases`` labelled cases (sorted by name)."""
     if cases is None:
         return raw
-    labels = sorted((raw / "labelsTr").iterdir())[:cases]
-    subset = work / "raw" / raw.name
-    for folder in ("imagesTr", "labelsTr"):
-        (subset / folder).mkdir(parents=True, exist_ok=True)
-    dataset = json.loads((raw / "dataset.json").read_text())
-    ending = dataset["file_ending"]
-    for label in labels:
-        case = label.name[: -len(ending)]
-        shutil.copy(label, subset / "labelsTr" / label.name)
-        for image in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"):
-            shutil.copy(image, subset / "imagesTr" / image.name)
-    dataset["numTraining"] = len(labels)
-    (subset / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    return subset
+    ending = load_json(raw / "dataset.json")["file_ending"]
+    case_ids = [label.name[: -len(ending)] for label in sorted((raw / "labelsTr").iterdir())[:cases]]
+    return link_raw_subset(raw, case_ids, work / "raw", raw.name)
 
 
 class UtilisationLog:

@@ -117,7 +117,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(
 def test_batches_made_by_background_workers_train_the_same_run(
     trained: TrainingResult, planned: PlannedDataset, tmp_path: Path
 ) -> None:
-    """Two batch-making processes (a GPU's default) give the same batches, losses and weights as inline."""
+    """Two batch-making processes give the same batches, losses and weights as batches made inline."""
     with_workers = train(
         DATASET,
         0,
