@@ -11,13 +11,18 @@ decoder are scored against the ground truth:
 - ``decoder_dice``: Dice of SAM's mask for the class (logit > 0) before presence;
 - ``teacher_dice``: the same with the ground-truth box given to SAM instead of the generated one (one
   decoder pass: no box refinement);
-- ``final_dice``: Dice of the final label map (argmax) for the class.
+- ``final_dice``: Dice of the final label map (argmax) for the class;
+- ``pretrained_box_dice``: the backbone's own, untrained mask decoder given only the ground-truth box (SAM
+  as MedSAM is used interactively): what SAM's prior alone makes of the window.
 
 A window's class is "lost" when its final Dice is below 0.1; each lost one is attributed to the first
 failing term in the chain presence (< 0.5) -> box (IoU < 0.3) -> coarse mask (Dice < 0.1) -> decoder.
 Writes JSON (means per class, the lost windows and their causes)::
 
     python -m benchmarks.few_label_diagnostics MODEL_FOLDER --fold 0 --preprocessed PRE/Dataset227_ACDCcv -o diag.json
+
+``--cases`` diagnoses other cases preprocessed and cached in ``--preprocessed`` (a test case that another
+fold trained on), e.g. a fold-``all`` model: ``--fold all --checkpoint final --cases chaos_015``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from autoprompt.allocator import retain_freed_memory
+from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.prompt_generators import boxes_from_masks
 from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json, save_json
@@ -40,7 +46,15 @@ from pipeline.training.embedding_cache import EmbeddingCache
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TERMS = ("presence", "box_iou", "coarse_dice", "decoder_dice", "teacher_dice", "final_dice")
+TERMS = (
+    "presence",
+    "box_iou",
+    "coarse_dice",
+    "decoder_dice",
+    "teacher_dice",
+    "final_dice",
+    "pretrained_box_dice",
+)
 
 
 def dice(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -66,22 +80,48 @@ def cause(record: dict) -> str:
     return "decoder"
 
 
+def pretrained_box_logits(
+    backbone: SamBackbone, embeddings: torch.Tensor, boxes: torch.Tensor
+) -> torch.Tensor:
+    """``W x K x S x S`` mask logits of the untrained ``backbone`` decoder for ``W x 256 x 64 x 64``
+    ``embeddings`` and ``W x K x 4`` ``boxes`` (xyxy in [0, 1] of the window), one box per prompt, no mask prompt."""
+    prompt_encoder, decoder = backbone.prompt_encoder, backbone.mask_decoder
+    size = prompt_encoder.input_image_size[0]
+    w, k = boxes.shape[:2]
+    sparse, dense = prompt_encoder(points=None, boxes=boxes.reshape(-1, 4) * size, masks=None)
+    logits, _ = decoder(
+        image_embeddings=embeddings.repeat_interleave(k, dim=0),
+        image_pe=prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    return torch.nn.functional.interpolate(logits, size=backbone.model_input_size, mode="bilinear").reshape(
+        w, k, backbone.model_input_size, backbone.model_input_size
+    )
+
+
 def class_names(folder: ModelFolder) -> list[str]:
     """The foreground class names in label order."""
     return [n for n, v in sorted(folder.plans.labels.items(), key=lambda kv: kv[1]) if v]
 
 
 def validation_windows(
-    folder: ModelFolder, fold: int | str, checkpoint: str, preprocessed: Path
+    folder: ModelFolder,
+    fold: int | str,
+    checkpoint: str,
+    preprocessed: Path,
+    cases: list[str] | None = None,
 ) -> Iterator[tuple[str, int, torch.Tensor, torch.Tensor]]:
-    """Every slice of the fold's validation cases in the fixed inference windows, from the embedding cache.
+    """Every slice of the fold's validation cases (or of ``cases``, preprocessed and cached in
+    ``preprocessed``) in the fixed inference windows, from the embedding cache.
 
     Yields:
         ``(case, slice, embeddings W x 256 x 64 x 64 float32, labels W x S x S int64)``, W windows per slice
         (view 0 of the cache the fold was trained with, found by its backbone checksum).
     """
     state = load_checkpoint(folder.fold_dir(fold) / f"checkpoint_{checkpoint}.pt")
-    val_ids = load_json(preprocessed / "splits_final.json")[int(fold)]["val"]
+    val_ids = cases or load_json(preprocessed / "splits_final.json")[int(fold)]["val"]
     plan = folder.plans.configuration(folder.configuration)
     k = folder.plans.num_foreground_classes
     cases = load_training_cases(preprocessed / plan.data_identifier, val_ids, labels=range(1, k + 1), seed=0)
@@ -123,6 +163,12 @@ def main() -> None:
     parser = fold_parser(__doc__)
     parser.add_argument("--min-pixels", type=int, default=50)
     parser.add_argument(
+        "--cases",
+        nargs="+",
+        help="diagnose these cases of --preprocessed (cached there) instead of the fold's validation cases, "
+        "e.g. test cases another fold trained on",
+    )
+    parser.add_argument(
         "--presence-floor", type=float, help="evaluate with this presence floor instead of the trained one"
     )
     parser.add_argument("-o", "--output", required=True)
@@ -149,11 +195,12 @@ def main() -> None:
     if args.box_refinement is not None:
         model.box_refinement = args.box_refinement
     refinement = model.box_refinement
+    pretrained = load_backbone(folder.trainer_config.model.backbone).eval()
     k = folder.plans.num_foreground_classes
     names = class_names(folder)
     records: list[dict] = []
     for case_name, s, emb, labels in validation_windows(
-        folder, fold, args.checkpoint, Path(args.preprocessed)
+        folder, fold, args.checkpoint, Path(args.preprocessed), args.cases
     ):
         one_hot = torch.stack([labels == c for c in range(1, k + 1)], dim=1)  # W x K x h x w
         if not one_hot.flatten(2).sum(-1).ge(args.min_pixels).any():
@@ -168,6 +215,7 @@ def main() -> None:
                 teacher_mask=torch.ones(len(labels), dtype=torch.bool),
             )
             model.box_refinement = refinement
+            untrained = pretrained_box_logits(pretrained, emb, truth_boxes)
         final = out.logits.argmax(dim=1)
         first_boxes = model.first_boxes(boxes=out.boxes, coarse_logits=out.coarse_logits)
         for w in range(len(labels)):
@@ -187,11 +235,13 @@ def main() -> None:
                     "decoder_dice": dice(out.class_mask_logits[w, c] > 0, truth),
                     "teacher_dice": dice(teacher.class_mask_logits[w, c] > 0, truth),
                     "final_dice": dice(final[w] == c + 1, truth),
+                    "pretrained_box_dice": dice(untrained[w, c] > 0, truth),
                 }
                 records.append(record)
     summary: dict = {
         "model_folder": str(folder.path),
         "fold": fold,
+        "cases": args.cases,
         "presence_floor": model.presence_floor,
         "box_source": model.box_source,
         "box_refinement": refinement,

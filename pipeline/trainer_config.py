@@ -64,7 +64,8 @@ class AugmentationConfig:
     cache), and to draw the random augmented views of the embedding cache
     (:mod:`pipeline.training.augmented_views`), where ``ViewConfig.p_spatial`` replaces ``p_spatial``.
     nnU-Net's noise variance (0, 0.1) is for z-scored images; images in [0, 1] have a standard deviation
-    of about 0.2, hence a variance 25 times smaller.
+    of about 0.2, hence a variance 25 times smaller. ``class_intensity_range`` is new here (not nnU-Net's):
+    each foreground class's own brightness factor (:mod:`pipeline.training.class_intensity`).
     """
 
     rotation_degrees: float = 180.0  # in-plane rotation in [-r, r] (nnU-Net 2d); 0 switches it off
@@ -78,6 +79,11 @@ class AugmentationConfig:
     low_resolution_range: tuple[float, float] = (0.5, 1.0)  # simulated low resolution; (1, 1) -> off
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True  # random flips of the in-plane axes
+    class_intensity_range: tuple[float, float] = (
+        1.0,
+        1.0,
+    )  # each class's own factor (log-uniform); (1, 1) -> off
+    p_class_intensity: float = 0.5  # per-sample probability that a class present is scaled
 
 
 @dataclass

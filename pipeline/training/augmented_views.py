@@ -92,12 +92,15 @@ def view_key_parts(
     seed: int,
     zoom: ZoomConfig | None = None,
 ) -> dict[str, object]:
-    """The values the views key is made of (written to ``views.json``; ``zoom``'s view settings only when
-    it makes zoomed views, so views made without them keep their key)."""
+    """The values the views key is made of (written to ``views.json``; ``zoom``'s view settings and the
+    per-class brightness only when they are on, so views made without them keep their key)."""
+    ranges = json.loads(json.dumps(asdict(augmentation)))
+    if tuple(augmentation.class_intensity_range) == (1.0, 1.0):  # off: views made before it keep their key
+        del ranges["class_intensity_range"], ranges["p_class_intensity"]
     parts: dict[str, object] = {
         "base_key": base.key,
         "count": count,
-        "augmentation": json.loads(json.dumps(asdict(augmentation))),
+        "augmentation": ranges,
         "p_spatial": p_spatial,
         "seed": seed,
     }

@@ -18,8 +18,9 @@ Two modes:
 * **free windows** (the encoder trains, or no cache): any window position inside the padded slice;
   nnU-Net's 2D augmentations on the fly (:func:`build_augmentation`, ranges in
   :class:`pipeline.trainer_config.AugmentationConfig`): rotation, scaling, optional elastic
-  deformation, noise, blur, brightness, contrast, simulated low resolution, gamma, mirroring; the same
-  spatial transform for all slices of a stack; images clipped back to [0, 1] (the backbone's input range).
+  deformation, per-class brightness (when switched on), noise, blur, brightness, contrast, simulated low
+  resolution, gamma, mirroring; the same spatial transform for all slices of a stack; images clipped back
+  to [0, 1] (the backbone's input range).
 * **fixed windows** (cached frozen-encoder embeddings): only the window positions inference uses
   (:func:`pipeline.windows.window_slicers`), because only their embeddings exist. A
   cached embedding cannot follow an image augmented afterwards, so augmentation happens before encoding:
@@ -53,6 +54,7 @@ from autoprompt.progress import progress
 from pipeline.files import load_npy
 from pipeline.roi_zoom import RoiBox, foreground_box, jittered_box, zoom_in
 from pipeline.trainer_config import AugmentationConfig, ZoomConfig
+from pipeline.training.class_intensity import ClassIntensityTransform
 from pipeline.windows import stack_indices, window_slicers
 
 if TYPE_CHECKING:
@@ -328,6 +330,8 @@ def build_augmentation(
             p_scale_per_sample=p_spatial,
         )
     ]
+    if tuple(config.class_intensity_range) != (1.0, 1.0):
+        transforms.append(ClassIntensityTransform(config.class_intensity_range, config.p_class_intensity))
     if config.noise_variance > 0:
         transforms.append(GaussianNoiseTransform(noise_variance=(0, config.noise_variance), p_per_sample=0.1))
     if max(config.blur_sigma) > 0:

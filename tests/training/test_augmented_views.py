@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_erosion
 
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
@@ -88,6 +90,31 @@ def test_a_zoomed_view_shows_the_ground_truth_region_enlarged_with_its_labels() 
     assert ((image[:, 0] > 0.5) == (labels > 0)).mean() > 0.97
     skipped = zoomed_view_box(tight, ZoomConfig(views=0.0), window, np.random.default_rng(0))
     assert skipped is None  # zoom.views = 0: every random view is a window of the slice
+
+
+def test_a_random_view_scales_the_class_under_its_warped_label() -> None:
+    geometry_and_class_only = dataclasses.replace(
+        GEOMETRY_ONLY, class_intensity_range=(0.3, 0.5), p_class_intensity=1.0
+    )
+    assert AugmentationConfig().class_intensity_range == (1.0, 1.0)  # off by default
+    seg = np.zeros((2, 64, 64), dtype=np.int16)
+    seg[:, 12:52, 12:52] = 1
+    data = np.where(seg > 0, 0.8, 0.2).astype(np.float32)[None]
+    image, labels = render_view(
+        data,
+        seg,
+        top=0,
+        left=0,
+        window=(64, 64),
+        view=2,
+        augmentation=build_augmentation(geometry_and_class_only, (64, 64), p_spatial=1.0),
+        seed=11,
+    )
+    inside = binary_erosion(labels[0] == 1, iterations=3)
+    outside = binary_erosion((labels[0] == 0) & (image[0, 0] > 0.1), iterations=3)  # the padding stays 0
+    assert inside.sum() > 50 and outside.sum() > 50
+    assert np.all((image[0, 0][inside] > 0.8 * 0.3 - 0.02) & (image[0, 0][inside] < 0.8 * 0.5 + 0.02))
+    np.testing.assert_allclose(image[0, 0][outside], 0.2, atol=0.02)
 
 
 def test_the_mirror_view_is_the_window_reversed_left_right() -> None:
@@ -184,6 +211,8 @@ def test_views_are_reused_and_rebuilt_when_their_settings_change(
     assert changed.key != views.key and not changed.is_complete(case)
     assert changed.build(model, [case], device=torch.device("cpu"), batch_size=2) == 1
     assert view_cache(tmp_path, count=4, augmentation=GEOMETRY_ONLY).key != views.key
+    organ_brightness = AugmentationConfig(**{**GEOMETRY_ONLY.__dict__, "class_intensity_range": (0.5, 2.0)})
+    assert view_cache(tmp_path, count=3, augmentation=organ_brightness).key != views.key
 
     np.save(views.paths(case.name)[0], np.zeros(3, dtype=np.float16))  # a damaged file is rebuilt
     assert not views.is_complete(case)
