@@ -79,10 +79,7 @@ class AugmentationConfig:
     low_resolution_range: tuple[float, float] = (0.5, 1.0)  # simulated low resolution; (1, 1) -> off
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True  # random flips of the in-plane axes
-    class_intensity_range: tuple[float, float] = (
-        1.0,
-        1.0,
-    )  # each class's own factor (log-uniform); (1, 1) -> off
+    class_intensity_range: tuple[float, float] = (1.0, 1.0)  # per-class factor, log-uniform; (1, 1) -> off
     p_class_intensity: float = 0.5  # per-sample probability that a class present is scaled
 
 
