@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 TokenLayout = Literal["tokens", "channels_last"]
@@ -71,6 +72,22 @@ class DepthAdapter3d(nn.Module):
         stacks = x.reshape(n // depth, depth, c, h, w).transpose(1, 2)  # B x C x D x H x W
         mixed = stacks + self.conv(stacks)
         return mixed.transpose(1, 2).reshape(n, c, h, w)
+
+    def centre(self, x: torch.Tensor, *, depth: int) -> torch.Tensor:
+        """``(B*D) x C x H x W`` -> ``B x C x H x W``: :meth:`forward`'s output at the centre slice of each
+        stack, computed for that slice only, as a grouped 2D convolution over the slices its kernel reaches."""
+        n, c, h, w = x.shape
+        if n % depth:
+            raise ValueError(f"{n} slices cannot be split into stacks of depth {depth}")
+        stacks = x.reshape(n // depth, depth, c, h, w)
+        centre, reach = depth // 2, self.conv.kernel_size[0] // 2
+        low, high = max(0, centre - reach), min(depth, centre + reach + 1)
+        if depth == 1:
+            return stacks[:, 0]
+        taps = self.conv.weight[:, 0, low - centre + reach : high - centre + reach]  # C x n x kh x kw
+        neighbours = stacks[:, low:high].transpose(1, 2).reshape(-1, c * (high - low), h, w)
+        mixed = F.conv2d(neighbours, taps, self.conv.bias, padding=self.conv.padding[1:], groups=c)
+        return stacks[:, centre] + mixed
 
 
 class AdaptedEncoderBlock(nn.Module):

@@ -6,7 +6,8 @@ is repeated, three are used as they are, any other number is averaged and the me
 square (the backbone's own encoder input: 256 for LiteMedSAM, 1024 for SAM/MedSAM ViT).
 
 Leading dimensions ``L``: ``(B,)`` for 2d inputs ``B x C x S x S``, ``(B, D)`` for stacks
-``B x D x C x S x S`` (D = ``stack_depth``).
+``B x D x C x S x S`` (D = ``stack_depth``); the outputs of a model that decodes only the centre slice of
+each stack have ``(B, 1)``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from autoprompt.modeling.prompt_generators import (
 
 @dataclass
 class AutoPromptOutput:
-    """What :meth:`AutoPromptSAM.forward` returns; leading dims ``L`` = ``(B,)`` (2d) or ``(B, D)`` (3d).
+    """What :meth:`AutoPromptSAM.forward` returns; leading dims ``L`` = ``(B,)`` (2d), ``(B, D)`` (3d) or
+    ``(B, 1)`` (3d, centre slices only).
 
     Attributes:
         logits: ``L x (K+1) x S x S`` background + classes, for a softmax over dim -3; with a
@@ -74,6 +76,8 @@ class AutoPromptSAM(nn.Module):
         in_channels: C input channels.
         stack_depth: D slices per stack (1 for 2d).
         depth_adapter: depth adapter on the stacked embeddings, or None.
+        centre_slice_only: for stacks, only each stack's centre slice goes through the prompt generator
+            and the mask decoder (after the depth adapter has mixed its neighbours in); outputs ``(B, 1)``.
         box_source: ``head`` or ``coarse_mask``, where the first boxes given to SAM come from; coarse-mask
             boxes are those of the coarse label map (each pixel to its most confident class, so one
             class's box does not stretch over a region another class claims more strongly).
@@ -97,6 +101,7 @@ class AutoPromptSAM(nn.Module):
         in_channels: int,
         stack_depth: int = 1,
         depth_adapter: DepthAdapter3d | None = None,
+        centre_slice_only: bool = False,
         box_source: str = "head",
         presence_floor: float = 0.0,
         box_refinement: int = 0,
@@ -110,6 +115,7 @@ class AutoPromptSAM(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.stack_depth = stack_depth
+        self.centre_slice_only = centre_slice_only and stack_depth > 1
         self.box_source = box_source
         self.presence_floor = presence_floor
         self.box_refinement = box_refinement
@@ -121,6 +127,11 @@ class AutoPromptSAM(nn.Module):
     def window_size(self) -> int:
         """S, the side of the square windows the model takes and returns (the backbone's, 256 or 1024)."""
         return self.backbone.model_input_size
+
+    @property
+    def output_depth(self) -> int:
+        """Slices per stack in the outputs: 1 when only centre slices are decoded, else ``stack_depth``."""
+        return 1 if self.centre_slice_only else self.stack_depth
 
     @property
     def uses_frozen_encoder(self) -> bool:
@@ -169,7 +180,8 @@ class AutoPromptSAM(nn.Module):
                 (:class:`~autoprompt.modeling.class_decoder.DecoderRegion`); the logits cover the squares.
 
         Returns:
-            :class:`AutoPromptOutput` with leading dims ``(B,)`` or ``(B, D)``.
+            :class:`AutoPromptOutput` with leading dims ``(B,)``, ``(B, D)`` or ``(B, 1)``
+            (:attr:`centre_slice_only`).
 
         Raises:
             ValueError: missing inputs, wrong shapes, embeddings given to a model whose encoder trains, or a
@@ -201,7 +213,15 @@ class AutoPromptSAM(nn.Module):
             flat = embeddings.reshape(-1, *embeddings.shape[-3:]).to(self._dtype())
         else:
             flat = self._encode_flat(flat_images)
-        if self.depth_adapter is not None:
+        if self.centre_slice_only:
+            flat = (
+                self._centre_slices(flat)
+                if self.depth_adapter is None
+                else self.depth_adapter.centre(flat, depth=self.stack_depth)
+            )
+            flat_images = None if flat_images is None else self._centre_slices(flat_images)
+            lead = (lead[0], 1)
+        elif self.depth_adapter is not None:
             flat = self.depth_adapter(flat, depth=self.stack_depth)
 
         prompts = self.prompt_generator(embeddings=flat, images=flat_images)
@@ -413,6 +433,10 @@ class AutoPromptSAM(nn.Module):
             else:
                 logits[index] = chosen_region.paste(decoded, logits[index])
         return logits
+
+    def _centre_slices(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(B*D) x ...`` slices of stacks -> ``B x ...`` the centre slice of each stack."""
+        return flat.reshape(-1, self.stack_depth, *flat.shape[1:])[:, self.stack_depth // 2]
 
     def _dtype(self) -> torch.dtype:
         return self.backbone.pixel_mean.dtype

@@ -119,6 +119,7 @@ def build_autoprompt_sam(
             if depth_adapter == "embedding"
             else None
         ),
+        centre_slice_only=config.decoded_slices == "centre",
         box_source=config.box_source,
         presence_floor=config.presence_floor,
         box_refinement=config.box_refinement,

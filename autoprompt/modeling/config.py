@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 PromptGeneratorKind = Literal["encoder_head", "coarse_unet"]
 DepthAdapterPlacement = Literal["none", "embedding", "encoder"]
+DecodedSlices = Literal["all", "centre"]
 BoxSource = Literal["head", "coarse_mask"]
 EncoderRuntime = Literal["auto", "eager", "openvino"]
 ENCODER_RUNTIMES: tuple[str, ...] = ("auto", "eager", "openvino")
@@ -21,6 +22,7 @@ ENCODER_RUNTIMES: tuple[str, ...] = ("auto", "eager", "openvino")
 _CHOICES: dict[str, tuple[str, ...]] = {
     "prompt_generator": ("encoder_head", "coarse_unet"),
     "depth_adapter": ("none", "embedding", "encoder"),
+    "decoded_slices": ("all", "centre"),
     "box_source": ("head", "coarse_mask"),
     "encoder_runtime": ENCODER_RUNTIMES,
 }
@@ -49,6 +51,10 @@ class ModelConfig:
             Ignored for 2d models (stack depth 1).
         depth_kernel: kernel of the depth adapters' 3D convolution, ``(depth, height, width)``, odd sizes,
             e.g. ``(3, 3, 3)`` or ``(3, 1, 1)``.
+        decoded_slices: for stacks (3d): ``all`` sends every slice of a stack through the prompt generator
+            and SAM's mask decoder (and scores it), ``centre`` only the centre slice, the others being context
+            that reaches it through the depth adapter; a step then decodes one window per stack, and
+            inference decodes each slice once, as the centre of its own stack. Ignored for 2d models.
         train_decoder: fine-tune SAM's mask decoder weights as well (not its IoU head and multimask
             outputs, which single-mask decoding never uses).
         train_prompt_encoder: fine-tune SAM's prompt encoder parts that box and mask prompts use.
@@ -98,6 +104,7 @@ class ModelConfig:
     adapter_dim: int = 32
     depth_adapter: DepthAdapterPlacement = "embedding"
     depth_kernel: tuple[int, int, int] = (3, 3, 3)
+    decoded_slices: DecodedSlices = "all"
     train_decoder: bool = False
     train_prompt_encoder: bool = False
     head_channels: int = 64

@@ -185,6 +185,13 @@ class Predictor:
             raise ValueError(
                 f"models have stack depths {sorted(depths)}, the '{configuration}' plan has {self.plan.stack_depth}"
             )
+        centre = {model.centre_slice_only for model in self.models}
+        if len(centre) > 1:
+            raise ValueError(
+                "some models decode every slice of a stack, others only the centre slice; ensemble models "
+                "trained with the same model.decoded_slices"
+            )
+        self.centre_slice_only = centre.pop()
         self.shares_encoder = all(model.uses_frozen_encoder for model in self.models) and (
             len({model.backbone.checksum for model in self.models}) == 1
         )
@@ -334,6 +341,7 @@ class Predictor:
             window=self.plan.window_size,
             depth=self.plan.stack_depth,
             step_size=self.step_size,
+            centre_only=self.centre_slice_only,
         )
         while True:
             with torch.inference_mode():  # not around the yield: the caller's code runs in its own mode
@@ -476,7 +484,8 @@ class Predictor:
             stacks: ``B x D`` indices into ``images``.
 
         Returns:
-            ``B x D x K+1 x h x w`` float32 probabilities on the CPU.
+            ``B x D x K+1 x h x w`` float32 probabilities on the CPU (``B x 1 x ...``, the centre slices,
+            when the models decode only those).
         """
         images = images.to(self.device, non_blocking=True)
         depth = stacks.shape[1]

@@ -23,6 +23,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 from pipeline.windows import DEFAULT_STEP_SIZE, pad_to_window, stack_indices, window_slicers
 
 # window_fn(images n x C x h x w, stacks B x D indices into images) -> B x D x K+1 x h x w probabilities
+# (B x 1 x K+1 x h x w, the centre slices, with centre_only)
 WindowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 DEFAULT_CHUNK_STACKS = 16
@@ -48,6 +49,7 @@ def sliding_window_slabs(
     depth: int = 1,
     step_size: float = DEFAULT_STEP_SIZE,
     chunk_stacks: int = DEFAULT_CHUNK_STACKS,
+    centre_only: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Predict every slice of a case window by window, blend the windows as nnU-Net does, and yield the
     finished slices in slabs, so no more than a few slabs of probabilities are ever held.
@@ -65,12 +67,14 @@ def sliding_window_slabs(
         data: ``C x S x H x W`` preprocessed case (values in [0, 1]).
         window_fn: ``window_fn(images, stacks)``: ``images`` is ``n x C x h x w`` (consecutive slices
             cut at one window position), ``stacks`` is ``B x D`` indices into ``images``; returns
-            ``B x D x num_outputs x h x w`` probabilities of every slice of every stack.
+            ``B x D x num_outputs x h x w`` probabilities of every slice of every stack
+            (``B x 1 x ...`` of the centre slices with ``centre_only``).
         num_outputs: ``K + 1`` (background and classes).
         window: ``(h, w)`` in-plane window size.
         depth: stack depth ``D`` (1 for "2d").
         step_size: overlap of neighbouring in-plane windows (0.5: half a window).
         chunk_stacks: stacks per call of ``window_fn``.
+        centre_only: ``window_fn`` predicts only the centre slice of each stack.
 
     Yields:
         ``(start, probabilities)``: ``num_outputs x n x H x W`` float32 probabilities of slices
@@ -82,7 +86,7 @@ def sliding_window_slabs(
     padded, unpad = pad_to_window(data, window)
     rows, cols = padded.shape[-2:]
     positions = window_slicers((rows, cols), window, step_size=step_size)
-    gaussian = gaussian_importance((depth, *window), device=data.device)  # D x h x w
+    gaussian = gaussian_importance((1 if centre_only else depth, *window), device=data.device)  # D' x h x w
     # the unfinished slices first .. first + len(weights) - 1
     first = 0
     result = torch.zeros((num_outputs, 0, rows, cols), dtype=torch.float32, device=data.device)
@@ -95,7 +99,7 @@ def sliding_window_slabs(
             grow = high - first - len(weights)
             result = torch.cat([result, result.new_zeros((num_outputs, grow, rows, cols))], dim=1)
             weights = torch.cat([weights, weights.new_zeros((grow, rows, cols))])
-        targets = stacks.flatten() - first
+        targets = (stacks[:, reach : reach + 1] if centre_only else stacks).flatten() - first
         for row_slice, col_slice in positions:
             images = padded[:, low:high, row_slice, col_slice].transpose(0, 1)
             probabilities = window_fn(images, stacks - low).to(result.device, torch.float32)
@@ -120,6 +124,7 @@ def sliding_window_predict(
     depth: int = 1,
     step_size: float = DEFAULT_STEP_SIZE,
     chunk_stacks: int = DEFAULT_CHUNK_STACKS,
+    centre_only: bool = False,
 ) -> torch.Tensor:
     """All slices of :func:`sliding_window_slabs` in one tensor (same arguments).
 
@@ -135,6 +140,7 @@ def sliding_window_predict(
         depth=depth,
         step_size=step_size,
         chunk_stacks=chunk_stacks,
+        centre_only=centre_only,
     )
     for first, slab in slabs:
         result[:, first : first + slab.shape[1]] = slab

@@ -417,6 +417,8 @@ class BatchDataset(torch.utils.data.Dataset):
             them, with ``embedding_files``); each sample then draws one of its ``count`` views.
         zoom: free-window mode: a sample is, with probability ``zoom.views``, the case's region of interest
             enlarged to the window (:func:`zoomed_view_box`) before ``augmentation``; None: never.
+        centre_target_only: stacks keep only their centre slice's labels, ``B x 1 x h x w`` (for a model
+            that decodes centre slices only); the images and embeddings keep all ``D`` slices.
     """
 
     def __init__(
@@ -433,6 +435,7 @@ class BatchDataset(torch.utils.data.Dataset):
         embedding_files: Sequence[Path] | None = None,
         views: ViewCache | None = None,
         zoom: ZoomConfig | None = None,
+        centre_target_only: bool = False,
     ) -> None:
         if embedding_files is not None and not sampler.fixed:
             raise ValueError("cached embeddings need a fixed-window sampler")
@@ -452,6 +455,7 @@ class BatchDataset(torch.utils.data.Dataset):
         self._views: list[CaseViews] | None = None
         self.zoom = zoom if embedding_files is None else None
         self._tight: dict[int, RoiBox | None] = {}
+        self.centre_target_only = centre_target_only and stack_depth > 1
 
     def __len__(self) -> int:
         return self.length
@@ -494,6 +498,9 @@ class BatchDataset(torch.utils.data.Dataset):
         target_batch = np.stack(targets).astype(np.int16)  # B x D x h x w
         if self.augmentation is not None:
             image_batch, target_batch = self._augment(image_batch, target_batch, rng)
+        if self.centre_target_only:
+            centre = self.stack_depth // 2
+            target_batch = target_batch[:, centre : centre + 1]
         batch = Batch(
             images=torch.from_numpy(image_batch),
             target=torch.from_numpy(target_batch.astype(np.int64)),

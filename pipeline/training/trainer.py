@@ -38,6 +38,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.build import load_configured_backbone
 from autoprompt.modeling.class_decoder import DecoderRegion
+from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import channel_argmax
 from autoprompt.precision import AUTO, resolve_precision
 from autoprompt.progress import progress
@@ -76,6 +77,8 @@ from pipeline.training.optim import (
 from pipeline.training.progress import TrainingLog, epoch_line, plot_progress
 from pipeline.training.teacher_prompts import jittered_truth_boxes
 from pipeline.training.weight_average import WeightAverage
+from planners.planner import MAX_BATCH_SIZE
+from planners.plans import ConfigurationPlan
 
 EMA_MOMENTUM = 0.9  # nnU-Net's smoothing of the pseudo-Dice that selects checkpoint_best
 # the autocast dtype of each precision in training (None: no autocast)
@@ -172,6 +175,15 @@ def encoder_batch_size(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
+def planned_batch_size(plan: ConfigurationPlan, model: ModelConfig) -> int:
+    """Samples per step when the config leaves it to the plans: the plan's batch, except for a model that
+    decodes only centre slices, whose decoder memory goes to one window per stack instead of ``D``, so
+    it takes ``D`` times as many stacks (at most the planner's largest batch)."""
+    if model.decoded_slices == "centre" and plan.stack_depth > 1:
+        return min(MAX_BATCH_SIZE, plan.batch_size * plan.stack_depth)
+    return plan.batch_size
+
+
 def describe_views(count: int) -> str:
     """``"3 views per training window (the window, its mirror image, 1 random view)"``."""
     if count == 1:
@@ -221,7 +233,9 @@ class Trainer:
         self.class_names = [
             name for name, _ in sorted(self.plans.foreground_labels.items(), key=lambda kv: kv[1])
         ]
-        self.batch_size = max(1, (config.batch_size or self.plan.batch_size) // self.dist.world_size)
+        self.batch_size = max(
+            1, (config.batch_size or planned_batch_size(self.plan, config.model)) // self.dist.world_size
+        )
         self.amp_dtype = amp_dtype(config.amp, device)
         self.use_scaler = self.amp_dtype is torch.float16
         self.log = TrainingLog(self.fold_dir / "training_log.txt", enabled=self.dist.is_main)
@@ -480,6 +494,7 @@ class Trainer:
             embedding_files=None if self.cache is None else [self.cache.path(c.name) for c in sampler.cases],
             views=self.views if augment else None,
             zoom=self.config.zoom if augment and self.config.zoom.views > 0 else None,
+            centre_target_only=self.model.centre_slice_only,
         )
 
     def _training_prompts(self, target: torch.Tensor) -> TrainingPrompts:

@@ -88,6 +88,26 @@ def test_a_slices_own_stack_counts_most(chunk: int) -> None:
     torch.testing.assert_close(result.sum(dim=0), torch.ones(6, 8, 8))
 
 
+@pytest.mark.parametrize(("num_slices", "depth", "chunk"), [(9, 3, 2), (7, 5, 16), (2, 5, 1)])
+def test_centre_only_gives_each_slice_the_centre_answer_of_its_own_stack(num_slices, depth, chunk) -> None:
+    """A window_fn that predicts only the centre slices (``B x 1 x ...``): each slice takes its own stack's
+    answer, unblended along depth; here the answer names the stack's centre slice."""
+
+    def own_centre(images: torch.Tensor, stacks: torch.Tensor) -> torch.Tensor:
+        centres = images[stacks[:, depth // 2], 0, 32, 32]  # the slice index the data holds (window centre)
+        out = torch.zeros(len(stacks), 1, 2, *images.shape[-2:])
+        out[:, 0, 1] = centres[:, None, None] / num_slices
+        out[:, 0, 0] = 1 - out[:, 0, 1]
+        return out
+
+    data = torch.arange(num_slices, dtype=torch.float32).view(1, num_slices, 1, 1).expand(1, num_slices, 8, 8)
+    result = sliding_window_predict(
+        data, own_centre, num_outputs=2, window=WINDOW, depth=depth, chunk_stacks=chunk, centre_only=True
+    )
+    expected = (torch.arange(num_slices, dtype=torch.float32) / num_slices).view(-1, 1, 1).expand(-1, 8, 8)
+    torch.testing.assert_close(result[1], expected)
+
+
 def test_slabs_come_as_soon_as_their_slices_are_finished() -> None:
     """Each slice is handed back once the stacks reaching it (centred up to D // 2 slices past it) are
     predicted, before later chunks run: the accumulator never holds the whole case."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from autoprompt.modeling.adapters import (
@@ -26,6 +27,20 @@ def test_depth_adapter_single_slice_is_identity_even_when_trained():
     torch.nn.init.normal_(adapter.conv.weight)
     x = torch.randn(5, 4, 6, 6)  # 5 stacks of depth 1
     assert torch.equal(adapter(x, depth=1), x)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (3, 1, 1), (5, 3, 1), (7, 1, 1)])
+@pytest.mark.parametrize("depth", [1, 3, 5])
+def test_depth_adapter_centre_equals_the_centre_slice_of_the_whole_stack(kernel, depth):
+    """``centre`` computes only the centre slices, with kernels shorter or longer than the stack."""
+    generator = torch.Generator().manual_seed(depth)
+    adapter = DepthAdapter3d(4, kernel=kernel)
+    with torch.no_grad():
+        adapter.conv.weight.copy_(torch.randn(adapter.conv.weight.shape, generator=generator))
+        adapter.conv.bias.copy_(torch.randn(4, generator=generator))
+    x = torch.randn(2 * depth, 4, 6, 7, generator=generator)  # 2 stacks
+    whole = adapter(x, depth=depth).reshape(2, depth, 4, 6, 7)[:, depth // 2]
+    torch.testing.assert_close(adapter.centre(x, depth=depth), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_depth_adapter_mixes_neighbour_slices_by_hand():

@@ -199,6 +199,31 @@ def test_trained_embedding_depth_adapter_mixes_neighbouring_slices(tiny_backbone
     assert torch.equal(before[0], after[0])  # a kernel of depth 3 reaches one slice only
 
 
+@pytest.mark.parametrize("generator", ["encoder_head", "coarse_unet"])
+def test_decoding_centre_slices_only_equals_the_centre_of_the_whole_stack(
+    tiny_backbone, tiny_slices, generator
+):
+    """``decoded_slices=centre``: ``(B, 1)`` outputs, the same as the centre slice of a model that decodes
+    every slice (with the same weights: the slices are decoded independently after the depth adapter)."""
+    images, embeddings = tiny_slices
+    options = {"classes": 2, "depth": 3, "depth_kernel": (3, 1, 1), "prompt_generator": generator}
+    every = _trained_like(tiny_backbone, **options)
+    centre = _with_weights_of(every, tiny_backbone, decoded_slices="centre", **options)
+    assert centre.centre_slice_only and centre.output_depth == 1 and every.output_depth == 3
+    with torch.no_grad():
+        whole = every(images[None, :3], embeddings=embeddings[None, :3])
+        only = centre(images[None, :3], embeddings=embeddings[None, :3])
+    assert only.logits.shape == (1, 1, 3, 256, 256) and only.boxes.shape == (1, 1, 2, 4)
+    for name in ("logits", "coarse_logits", "boxes", "presence_logits"):
+        torch.testing.assert_close(
+            getattr(only, name)[:, 0], getattr(whole, name)[:, 1], atol=1e-4, rtol=1e-4
+        )
+
+
+def test_a_2d_model_ignores_decoded_slices(tiny_backbone):
+    assert not _build(tiny_backbone, decoded_slices="centre").centre_slice_only
+
+
 def test_trained_encoder_depth_adapters_mix_neighbouring_slices(tiny_backbone, tiny_slices):
     images = tiny_slices[0]
     model = _build(tiny_backbone, classes=1, depth=2, depth_adapter="encoder", decoder_adapters=False)

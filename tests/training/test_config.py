@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoprompt.errors import AutoPromptError
+from autoprompt.modeling.config import ModelConfig
 from pipeline.trainer_config import (
     TrainerConfig,
     default_preset,
@@ -16,6 +17,8 @@ from pipeline.trainer_config import (
     save_trainer_config,
     trainer_config_from_dict,
 )
+from pipeline.training.trainer import planned_batch_size
+from planners.plans import ConfigurationPlan
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -38,9 +41,35 @@ def test_defaults_per_configuration() -> None:
 
 
 def test_the_cpu_3d_preset_is_2d_frozen_but_for_the_configuration() -> None:
-    """3d_frozen shares 2d_frozen's cache and views, and takes the choices made by CV on 2d."""
+    """3d_frozen shares 2d_frozen's cache and views, and takes the choices made by CV on 2d; of its own it
+    decodes only the centre slice of each stack."""
     two_d, three_d = (load_trainer_config(name).to_dict() for name in ("2d_frozen", "3d_frozen"))
-    assert {key for key in two_d if two_d[key] != three_d[key]} == {"configuration"}
+    assert {key for key in two_d if two_d[key] != three_d[key]} == {"configuration", "model"}
+    model_2d, model_3d = two_d["model"], three_d["model"]
+    assert {key for key in model_2d if model_2d[key] != model_3d[key]} == {"decoded_slices"}
+    assert model_3d["decoded_slices"] == "centre"
+
+
+@pytest.mark.parametrize(
+    ("decoded", "depth", "plan_batch", "expected"),
+    [("all", 5, 2, 2), ("centre", 5, 2, 8), ("centre", 3, 2, 6), ("centre", 1, 8, 8), ("all", 1, 8, 8)],
+)
+def test_centre_slice_models_take_a_stack_per_planned_window(decoded, depth, plan_batch, expected) -> None:
+    """With ``batch_size: null``: a model decoding centre slices spends the plan's ``batch x D`` decoded windows
+    on as many stacks, at most the planner's largest batch (8)."""
+    plan = ConfigurationPlan(
+        data_identifier="autoprompt_slices",
+        slice_axis=0,
+        target_spacing=[5.0, 1.5, 1.5],
+        window_size=[256, 256],
+        stack_depth=depth,
+        batch_size=plan_batch,
+        median_shape=[30, 256, 256],
+        cache_embeddings=True,
+        estimated_cache_gib=1.0,
+        inplane_rule="median",
+    )
+    assert planned_batch_size(plan, ModelConfig(decoded_slices=decoded)) == expected
 
 
 @pytest.mark.parametrize(

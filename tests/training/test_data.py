@@ -116,6 +116,20 @@ def test_stacks_repeat_edge_slices() -> None:
         assert stack == [max(centre - 1, 0), centre, min(centre + 1, 3)]
 
 
+def test_centre_targets_are_the_labels_of_each_stacks_centre_slice() -> None:
+    """For models that decode centre slices: all ``D`` slices of images, the centre slice of labels."""
+    case = make_case("a", (4, 16, 16), label_at=None)
+    case.seg[:] = np.arange(4, dtype=np.int16)[:, None, None]  # each slice labelled with its index
+    sampler = WindowSampler([case], window=WINDOW, oversample_foreground=0.0, fixed=True)
+    dataset = BatchDataset(
+        sampler, batch_size=8, stack_depth=3, seed=0, stream=0, epoch=0, length=1, centre_target_only=True
+    )
+    batch = dataset[0]
+    assert batch.images.shape == (8, 3, 1, *WINDOW) and batch.target.shape == (8, 1, *WINDOW)
+    centre_slice = (batch.images[:, 1, 0, 0, 0] * 4).round().long()
+    assert (batch.target[:, 0] == centre_slice[:, None, None]).all()
+
+
 def test_slice_stride_samples_only_cached_slices() -> None:
     from pipeline.training.data import cached_slices
 

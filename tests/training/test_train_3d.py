@@ -1,5 +1,6 @@
 """3d training on the tiny synthetic volumes: the cached 3d_frozen preset (the CPU default) end to end with
-prediction, the encoder-adapter 3d_adapter preset, and kill-and-resume."""
+prediction, decoding every slice of a stack or only its centre, the encoder-adapter 3d_adapter preset, and
+kill-and-resume."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def test_3d_on_a_cpu_trains_3d_frozen_from_cached_embeddings(trained_3d: Trainin
     assert folder.configuration == "3d" and folder.plans.configuration("3d").stack_depth == 3
     model = folder.load_model(0, checkpoint="final", device="cpu")
     assert model.stack_depth == 3 and model.uses_frozen_encoder and model.depth_adapter is not None
+    assert model.centre_slice_only and model.output_depth == 1  # the other slices of a stack are context
     state = load_checkpoint(trained_3d.fold_dir / "checkpoint_final.pt")
     assert any(key.startswith("depth_adapter.") for key in state["model"])
     assert not any(key.startswith("backbone.image_encoder.") for key in state["model"])
@@ -66,6 +68,29 @@ def test_3d_on_a_cpu_trains_3d_frozen_from_cached_embeddings(trained_3d: Trainin
 
 def test_a_3d_frozen_model_predicts_in_the_input_geometry(
     trained_3d: TrainingResult, planned: PlannedDataset, tmp_path: Path
+) -> None:
+    assert_3d_prediction_keeps_the_input_geometry(trained_3d, planned, tmp_path)
+
+
+def test_a_3d_model_decoding_every_slice_trains_and_predicts(planned: PlannedDataset, tmp_path: Path) -> None:
+    """``model.decoded_slices=all``: every slice of a stack is decoded and scored (3d_frozen decodes the centre)."""
+    result = train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=tmp_path / "results",
+        configuration="3d",
+        overrides=[*FROZEN_3D, "model.decoded_slices=all"],
+        device="cpu",
+    )
+    assert result.steps == 2 and np.isfinite(result.history[-1]["train_loss"])
+    model = ModelFolder(result.model_folder).load_model(0, checkpoint="final", device="cpu")
+    assert model.stack_depth == 3 and not model.centre_slice_only and model.output_depth == 3
+    assert_3d_prediction_keeps_the_input_geometry(result, planned, tmp_path)
+
+
+def assert_3d_prediction_keeps_the_input_geometry(
+    trained: TrainingResult, planned: PlannedDataset, tmp_path: Path
 ) -> None:
     """Through ``autoprompt predict -c 3d``: 5 slices (stacks padded at both ends), oblique, other spacing."""
     source = sitk.ReadImage(str(planned.raw / DATASET / "imagesTr" / "case_000_0000.nii.gz"))
@@ -88,7 +113,7 @@ def test_a_3d_frozen_model_predicts_in_the_input_geometry(
             "-c",
             "3d",
             "--results",
-            str(trained_3d.model_folder.parent.parent),
+            str(trained.model_folder.parent.parent),
             "--device",
             "cpu",
             "--no-tta",
