@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from pipeline.trainer_config import (
     trainer_config_from_dict,
 )
 from pipeline.training.trainer import planned_batch_size
-from planners.plans import ConfigurationPlan
+from tests.planners.test_plans import make_plans
 
 
 @pytest.mark.parametrize("preset", preset_names())
@@ -57,18 +58,7 @@ def test_the_cpu_3d_preset_is_2d_frozen_but_for_the_configuration() -> None:
 def test_centre_slice_models_take_a_stack_per_planned_window(decoded, depth, plan_batch, expected) -> None:
     """With ``batch_size: null``: a model decoding centre slices spends the plan's ``batch x D`` decoded windows
     on as many stacks, at most the planner's largest batch (8)."""
-    plan = ConfigurationPlan(
-        data_identifier="autoprompt_slices",
-        slice_axis=0,
-        target_spacing=[5.0, 1.5, 1.5],
-        window_size=[256, 256],
-        stack_depth=depth,
-        batch_size=plan_batch,
-        median_shape=[30, 256, 256],
-        cache_embeddings=True,
-        estimated_cache_gib=1.0,
-        inplane_rule="median",
-    )
+    plan = dataclasses.replace(make_plans().configuration("3d"), stack_depth=depth, batch_size=plan_batch)
     assert planned_batch_size(plan, ModelConfig(decoded_slices=decoded)) == expected
 
 
