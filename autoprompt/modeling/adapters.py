@@ -76,14 +76,14 @@ class DepthAdapter3d(nn.Module):
     def centre(self, x: torch.Tensor, *, depth: int) -> torch.Tensor:
         """``(B*D) x C x H x W`` -> ``B x C x H x W``: :meth:`forward`'s output at the centre slice of each
         stack, computed for that slice only, as a grouped 2D convolution over the slices its kernel reaches."""
+        if depth == 1:
+            return x
         n, c, h, w = x.shape
         if n % depth:
             raise ValueError(f"{n} slices cannot be split into stacks of depth {depth}")
         stacks = x.reshape(n // depth, depth, c, h, w)
         centre, reach = depth // 2, self.conv.kernel_size[0] // 2
         low, high = max(0, centre - reach), min(depth, centre + reach + 1)
-        if depth == 1:
-            return stacks[:, 0]
         taps = self.conv.weight[:, 0, low - centre + reach : high - centre + reach]  # C x n x kh x kw
         neighbours = stacks[:, low:high].transpose(1, 2).reshape(-1, c * (high - low), h, w)
         mixed = F.conv2d(neighbours, taps, self.conv.bias, padding=self.conv.padding[1:], groups=c)
