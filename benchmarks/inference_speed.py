@@ -37,7 +37,6 @@ import torch
 from autoprompt.benchmarking.nnunet_baseline import TRAINER_NAME, NnUNetRoots, link_raw_subset, run_logged
 from autoprompt.benchmarking.nnunet_baseline import plan_and_preprocess as nnunet_plan_and_preprocess
 from autoprompt.benchmarking.nnunet_baseline import train as nnunet_train
-from autoprompt.modeling.backbone import load_backbone
 from autoprompt.paths import dataset_id
 from pipeline.checkpoint import checkpoint_path, save_checkpoint
 from pipeline.dataset import load_raw_dataset
@@ -79,8 +78,8 @@ def untrained_autoprompt_model(raw_subset: Path, work: Path, *, configuration: s
         trainer_config=trainer_config,
         configuration=configuration,
     )
-    backbone = load_backbone(trainer_config.model.backbone, checkpoint=trainer_config.model.checkpoint)
-    model = folder.build_model(device="cpu", backbone=backbone)
+    model = folder.build_model(device="cpu")
+    backbone = model.backbone
     metadata = {
         "backbone": backbone.name,
         "backbone_checksum": backbone.checksum,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autoprompt.errors import AutoPromptError
-from autoprompt.modeling.backbone import backbone_window_size, check_backbone_name
+from autoprompt.modeling.backbone import backbone_window_size, backbone_windows, check_backbone_name
 from autoprompt.paths import dataset_id
 from pipeline.dataset import (
     DEFAULT_NUM_FOLDS,
@@ -194,7 +194,7 @@ def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool, backb
         AutoPromptError: an existing plans.json is invalid, has other labels/channels than dataset.json, or
             other windows than ``backbone`` takes.
     """
-    window = backbone_window_size(backbone)
+    windows = backbone_windows(backbone)
     if reuse and path.is_file():
         plans = Plans.load(path)
         for key in ("labels", "channel_names"):
@@ -203,15 +203,18 @@ def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool, backb
                     f"{path}: {key} differ from {raw.dataset_json_path}; re-plan with --overwrite-plans"
                 )
         planned = {tuple(plan.window_size) for plan in plans.configurations.values()}
-        if planned != {(window, window)}:
-            shown = ", ".join(f"{rows} x {cols}" for rows, cols in sorted(planned))
+        foreign = sorted(size for size in planned if size[0] != size[1] or size[0] not in windows)
+        if foreign:
+            shown = ", ".join(f"{rows} x {cols}" for rows, cols in foreign)
+            native = backbone_window_size(backbone)
             raise AutoPromptError(
-                f"{path}: planned for {shown} windows, but backbone {backbone} takes {window} x {window}; "
-                "pass the backbone it was planned for (--backbone) or re-plan with --overwrite-plans "
-                "(preprocessed cases of other windows are kept)"
+                f"{path}: planned for {shown} windows, but backbone {backbone} takes {native} x {native}"
+                f"{' or smaller' if len(windows) > 1 else ''}; pass the backbone it was planned for (--backbone) or "
+                "re-plan with --overwrite-plans (preprocessed cases of other windows are kept)"
             )
         return plans
-    plans = plan_dataset(fingerprint, raw.dataset_json, window=window)
+    native = backbone_window_size(backbone)
+    plans = plan_dataset(fingerprint, raw.dataset_json, window=native, smaller_windows=windows[:-1])
     try:
         unchanged = load_json(path) == plans.to_dict()
     except (OSError, ValueError):

@@ -23,7 +23,7 @@ import torch
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
-from autoprompt.modeling.backbone import SamBackbone, backbone_window_size
+from autoprompt.modeling.backbone import SamBackbone, backbone_windows
 from autoprompt.modeling.build import build_autoprompt_sam, load_configured_backbone
 from pipeline.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.files import atomic_path, load_json
@@ -100,31 +100,47 @@ class ModelFolder:
                 folds.append(parse_fold(match.group(1)))
         return sorted(folds, key=lambda f: (isinstance(f, str), f if isinstance(f, int) else 0))
 
+    def window(self) -> int:
+        """S, the side of the windows this folder's configuration is planned for (the backbone is built for it).
+
+        Raises:
+            AutoPromptError: the plans' windows are not ones the model config's backbone takes (planned for
+                another backbone).
+        """
+        rows, cols = self.plans.configuration(self.configuration).window_size
+        backbone = self.trainer_config.model.backbone
+        if rows != cols or rows not in backbone_windows(backbone):
+            raise AutoPromptError(
+                f"{self.path / 'plans.json'}: configuration '{self.configuration}' has {rows} x {cols} windows, "
+                f"which backbone {backbone} does not take; plan the dataset for it "
+                f"('autoprompt plan-and-preprocess -d {self.plans.dataset_name} --backbone {backbone} "
+                "--overwrite-plans') and train again"
+            )
+        return rows
+
     def build_model(
         self, *, device: str | torch.device, backbone: SamBackbone | None = None
     ) -> AutoPromptSAM:
         """A freshly initialised model for this folder's plans and config, in eval mode on ``device``.
 
         Args:
-            backbone: a loaded backbone to share (e.g. one backbone for all folds of an ensemble);
-                loaded (and checksum-verified) from the model config when None.
+            backbone: a loaded backbone to share (e.g. one backbone for all folds of an ensemble), built for
+                the plans' windows (:meth:`window`); loaded (and checksum-verified) from the model config
+                when None.
 
         Raises:
-            AutoPromptError: the plans' windows are not the backbone's (planned for another backbone).
+            AutoPromptError: the plans' windows are not ones the backbone takes (planned for another backbone).
         """
         plan = self.plans.configuration(self.configuration)
         model_config = self.trainer_config.model
-        window = backbone_window_size(model_config.backbone)
-        if list(plan.window_size) != [window, window]:
-            rows, cols = plan.window_size
-            raise AutoPromptError(
-                f"{self.path / 'plans.json'}: configuration '{self.configuration}' has {rows} x {cols} windows, "
-                f"but backbone {model_config.backbone} takes {window} x {window}; plan the dataset for it "
-                f"('autoprompt plan-and-preprocess -d {self.plans.dataset_name} --backbone {model_config.backbone} "
-                "--overwrite-plans') and train again"
-            )
+        window = self.window()
         if backbone is None:
-            backbone = load_configured_backbone(model_config)
+            backbone = load_configured_backbone(model_config, window=window)
+        elif backbone.model_input_size != window:
+            raise ValueError(
+                f"the backbone given takes {backbone.model_input_size} x {backbone.model_input_size} windows, "
+                f"but {self.path / 'plans.json'} plans {window} x {window}; load it with window={window}"
+            )
         model = build_autoprompt_sam(
             model_config,
             num_classes=self.plans.num_foreground_classes,

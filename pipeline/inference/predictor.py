@@ -253,7 +253,7 @@ class Predictor:
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
         decoding = check_decoding(model_config, decoding or {})
-        backbone = load_configured_backbone(model_config)
+        backbone = load_configured_backbone(model_config, window=model_folder.window())
         models = [
             model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds

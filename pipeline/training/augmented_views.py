@@ -75,11 +75,17 @@ def windows_per_view(cases: Sequence[TrainingCase], base: EmbeddingCache) -> int
     return sum(int(np.prod(base.expected_shape(case)[:2])) for case in cases)
 
 
-def choose_view_count(config: ViewConfig, training_windows: int) -> int:
-    """``config.count`` or, when None, as many views as ``config.budget_gib`` holds (1..``max_count``)."""
+def choose_view_count(
+    config: ViewConfig, training_windows: int, *, bytes_per_embedding: int = BYTES_PER_EMBEDDING
+) -> int:
+    """``config.count`` or, when None: 1 from ``config.single_view_from`` training windows on, else as many views
+    as ``config.budget_gib`` holds (1..``max_count``) of ``training_windows`` embeddings of ``bytes_per_embedding``
+    each (the cache's, smaller in small windows)."""
     if config.count is not None:
         return config.count
-    per_view = max(training_windows, 1) * BYTES_PER_EMBEDDING
+    if training_windows >= config.single_view_from:
+        return 1
+    per_view = max(training_windows, 1) * bytes_per_embedding
     return int(np.clip(int(config.budget_gib * 2**30 // per_view), 1, config.max_count))
 
 
@@ -203,7 +209,7 @@ class ViewCache:
         rows, windows = self.base.expected_shape(case)[:2]
         lead = (self.count - 1, rows, windows)
         channels = case.data.shape[0]
-        return (*lead, *EMBEDDING_SHAPE), (*lead, channels, *self.window), (*lead, *self.window)
+        return (*lead, *self.base.embedding_shape), (*lead, channels, *self.window), (*lead, *self.window)
 
     def is_complete(self, case: TrainingCase) -> bool:
         """Whether all three files of ``case`` exist with the expected shapes and dtypes."""

@@ -39,6 +39,7 @@ from pipeline.windows import DEFAULT_STEP_SIZE
 from planners.plans import Plans
 
 EMBEDDING_SHAPE = (256, 64, 64)
+"""One window's embedding at the registry backbones' own window sizes (a smaller window's grid is smaller)."""
 CACHE_DTYPE = np.float16
 
 
@@ -87,10 +88,19 @@ class EmbeddingCache:
     Args:
         preprocessed_dataset: ``PREPROCESSED/DatasetXXX_Name``.
         parts: :func:`cache_key_parts`.
+        embedding_shape: ``(256, h, w)`` of one window's embedding (the backbone's ``embed_dim`` and
+            ``embedding_size``; set by the window, which is in the key).
     """
 
-    def __init__(self, preprocessed_dataset: Path, parts: dict[str, object]) -> None:
+    def __init__(
+        self,
+        preprocessed_dataset: Path,
+        parts: dict[str, object],
+        *,
+        embedding_shape: tuple[int, int, int] = EMBEDDING_SHAPE,
+    ) -> None:
         self.parts = parts
+        self.embedding_shape = tuple(embedding_shape)
         self.key = cache_key(parts)
         self.folder = Path(preprocessed_dataset) / "embeddings" / self.key
         self.window = tuple(parts["window_size"])
@@ -113,7 +123,12 @@ class EmbeddingCache:
 
     def expected_shape(self, case: TrainingCase) -> tuple[int, ...]:
         windows = fixed_windows(case.data.shape[-2:], self.window)
-        return (len(cached_slices(case.num_slices, self.slice_stride)), len(windows), *EMBEDDING_SHAPE)
+        return (len(cached_slices(case.num_slices, self.slice_stride)), len(windows), *self.embedding_shape)
+
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes of one cached window's embedding."""
+        return int(np.prod(self.embedding_shape)) * np.dtype(CACHE_DTYPE).itemsize
 
     def build(
         self, model: AutoPromptSAM, cases: Sequence[TrainingCase], *, device: torch.device, batch_size: int

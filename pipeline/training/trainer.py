@@ -283,9 +283,8 @@ class Trainer:
         )
         self.val_ids = val_ids
         model_config = self.config.model
-        backbone = load_configured_backbone(model_config)
+        backbone = load_configured_backbone(model_config, window=self.model_folder.window())
         self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
-        self._check_decoder_region()
         self.cache = self._prepare_cache()
         self.views = self._prepare_views()
         window = self.plan.window_size
@@ -398,7 +397,10 @@ class Trainer:
             slice_stride=stride,
             encoder_runtime=self.model.backbone.resolved_encoder_runtime(precision),
         )
-        cache = EmbeddingCache(self.preprocessed_dataset, parts)
+        backbone = self.model.backbone
+        cache = EmbeddingCache(
+            self.preprocessed_dataset, parts, embedding_shape=(backbone.embed_dim, *backbone.embedding_size)
+        )
         cases = self.train_cases + [
             c for c in self.val_cases if c.name not in {t.name for t in self.train_cases}
         ]
@@ -419,7 +421,9 @@ class Trainer:
         if self.cache is None:
             return None
         training_windows = windows_per_view(self.train_cases, self.cache)
-        count = choose_view_count(self.config.views, training_windows)
+        count = choose_view_count(
+            self.config.views, training_windows, bytes_per_embedding=self.cache.embedding_bytes
+        )
         parts = view_key_parts(
             self.cache,
             count=count,
@@ -528,9 +532,10 @@ class Trainer:
         return output, self.loss(output, batch.target)
 
     def _decoder_region(self, target: torch.Tensor) -> DecoderRegion | None:
-        """Each window's square for the decoder (``decoder_region_tokens``), seeded by step; None: off."""
+        """Each window's square for the decoder (``decoder_region_tokens``), seeded by step; None: off, or a
+        square no smaller than the embedding (a small window's grid), i.e. the whole window."""
         tokens = self.config.decoder_region_tokens
-        if tokens is None:
+        if tokens is None or tokens >= self._embedding_grid():
             return None
         return decoder_regions(
             target.reshape(-1, *target.shape[-2:]),
@@ -543,14 +548,6 @@ class Trainer:
     def _embedding_grid(self) -> int:
         """G, the side of the image embedding in tokens."""
         return int(self.model.backbone.prompt_encoder.image_embedding_size[0])
-
-    def _check_decoder_region(self) -> None:
-        tokens = self.config.decoder_region_tokens
-        if tokens is not None and tokens > self._embedding_grid():
-            raise AutoPromptError(
-                f"trainer config: decoder_region_tokens={tokens} is larger than the image embedding "
-                f"({self._embedding_grid()} tokens); use at most {self._embedding_grid()} or null (whole window)"
-            )
 
     def _teacher_boxes(self, target: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Ground-truth prompts for a ``prompt_teacher_forcing`` share of the samples, seeded by step."""

@@ -493,3 +493,34 @@ def test_inference_regions_decode_a_small_foreground_on_its_square_and_an_empty_
             region=DecoderRegion(torch.tensor([[top // 4, left // 4]]), tokens=32, grid=64),
         )
     torch.testing.assert_close(out.class_mask_logits[0][:, top : top + 128, left : left + 128], square[0])
+
+
+@pytest.mark.parametrize("generator", ["encoder_head", "coarse_unet"])
+def test_a_backbone_built_for_a_small_window_keeps_its_weights_and_gives_a_quarter_size_grid(generator):
+    from autoprompt.modeling.backbone import load_backbone
+
+    small = load_backbone("tiny", window=80)
+    native = load_backbone("tiny")
+    assert small.model_input_size == 80 and small.embedding_size == (20, 20)
+    assert small.prompt_encoder.mask_input_size == (80, 80)
+    for (name, weight), (_, native_weight) in zip(
+        small.state_dict().items(), native.state_dict().items(), strict=True
+    ):
+        assert torch.equal(weight, native_weight), name  # the same weights, only the frames differ
+    small.encoder_runtime = "eager"
+    images = torch.rand(2, 1, 80, 80, generator=torch.Generator().manual_seed(0))
+    model = _build(small, classes=2, prompt_generator=generator, head_context_levels=3).eval()
+    with torch.no_grad():
+        out = model(images)
+    assert out.logits.shape == (2, 3, 80, 80) and out.boxes.shape == (2, 2, 4)
+    assert torch.isfinite(out.logits).all()
+    with torch.no_grad():  # the grid follows the window: one slice alone gives its own embedding
+        assert small.encode(images[:1].expand(-1, 3, -1, -1)).shape == (1, 256, 20, 20)
+
+
+@pytest.mark.parametrize(("name", "window"), [("tiny", 72), ("tiny", 48), ("tiny", 512), ("sam_vit_b", 512)])
+def test_a_window_the_backbone_cannot_take_is_refused(name, window):
+    from autoprompt.modeling.backbone import load_backbone
+
+    with pytest.raises(AutoPromptError, match=f"cannot take {window} x {window} windows"):
+        load_backbone(name, window=window)

@@ -105,3 +105,40 @@ def test_fine_tuned_litemedsam_weights_load_with_verify_checkpoint_off(litemedsa
     assert torch.equal(
         dict(tuned.mask_decoder.state_dict())[first.removeprefix("mask_decoder.")], state[first]
     )
+
+
+@pytest.mark.parametrize("window", [96, 256])
+def test_litemedsam_built_for_a_small_window_still_segments_a_boxed_ventricle(shared_data: Path, window: int):
+    """The same weights in a 96 x 96 window (a small-slice dataset's plan): a ground-truth box around the left
+    ventricle of a real slice, enlarged to the window, still gives its mask."""
+    volume = sitk.GetArrayFromImage(
+        sitk.ReadImage(shared_data / "Dataset027_ACDC/imagesTr/patient002_frame01_0000.nii.gz")
+    )
+    labels = sitk.GetArrayFromImage(
+        sitk.ReadImage(shared_data / "Dataset027_ACDC/labelsTr/patient002_frame01.nii.gz")
+    )
+    middle = volume.shape[0] // 2
+    plane = volume[middle].astype(np.float32)
+    plane = (plane - plane.min()) / (plane.max() - plane.min())
+    image = F.interpolate(torch.from_numpy(plane)[None, None], size=(window, window), mode="bilinear")
+    truth = F.interpolate(
+        torch.from_numpy((labels[middle] == 3).astype(np.float32))[None, None], size=(window, window)
+    )
+    rows, cols = np.nonzero(truth[0, 0].numpy())
+    box = torch.tensor([[[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]]], dtype=torch.float32)
+    backbone = load_backbone("litemedsam", window=window)
+    assert backbone.embedding_size == (window // 4, window // 4)
+    with torch.no_grad():
+        embedding = backbone.encode(image.expand(-1, 3, -1, -1))
+        sparse, dense = backbone.prompt_encoder(points=None, boxes=box, masks=None)
+        masks, _ = backbone.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=backbone.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+    predicted = F.interpolate(masks, size=(window, window), mode="bilinear")[0, 0] > 0
+    wanted = truth[0, 0] > 0.5
+    dice = 2 * (predicted & wanted).sum() / (predicted.sum() + wanted.sum())
+    assert dice > 0.85, f"Dice {dice:.3f} in a {window} x {window} window"

@@ -133,6 +133,8 @@ def test_the_mirror_view_is_the_window_reversed_left_right() -> None:
         (ViewConfig(budget_gib=1.0, max_count=16), 10, 16),  # few slices: as many views as allowed
         (ViewConfig(budget_gib=1.0, max_count=16), 100, 5),  # 1 GiB / (100 x 2 MiB) = 5
         (ViewConfig(budget_gib=1.0, max_count=16), 10_000, 1),  # many slices: the slices themselves
+        (ViewConfig(budget_gib=4.0), 299, 6),  # 4 GiB / (299 x 2 MiB) = 6.8, under single_view_from (300)
+        (ViewConfig(budget_gib=4.0), 300, 1),  # from single_view_from on: one view, whatever the budget holds
         (ViewConfig(count=4), 10_000, 4),  # set in the preset
     ],
 )
@@ -141,6 +143,13 @@ def test_the_view_count_follows_the_training_slices_and_the_budget(
 ) -> None:
     assert BYTES_PER_EMBEDDING == 2 * 2**20
     assert choose_view_count(config, windows) == expected
+
+
+def test_small_window_embeddings_hold_more_views_in_the_same_budget() -> None:
+    # an 80 x 80 window's embedding is 256 x 20 x 20 fp16 (200 KiB): 100 windows fill 1 GiB 52 times
+    small = 256 * 20 * 20 * 2
+    assert choose_view_count(ViewConfig(budget_gib=1.0, max_count=64), 100, bytes_per_embedding=small) == 52
+    assert choose_view_count(ViewConfig(budget_gib=1.0, max_count=64), 100) == 5
 
 
 @pytest.fixture(scope="module")

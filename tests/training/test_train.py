@@ -228,8 +228,8 @@ def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
     assert load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["mirror_augmented"] is True
 
 
-def test_training_on_decoder_regions_and_a_region_larger_than_the_embedding_refused(
-    planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+def test_training_on_decoder_regions_and_a_region_as_large_as_the_embedding_decodes_whole_windows(
+    planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pipeline.training.trainer as trainer_module
 
@@ -260,10 +260,16 @@ def test_training_on_decoder_regions_and_a_region_larger_than_the_embedding_refu
         == 16
     )
 
-    args = ["train", DATASET, "1", "--config", "tiny", "--preprocessed", str(planned.preprocessed)]
-    args += ["--results", str(tmp_path / "refused"), "--device", "cpu", "--set", "decoder_region_tokens=65"]
-    assert cli.main(args) == 2
-    assert (
-        "decoder_region_tokens=65 is larger than the image embedding (64 tokens)" in capsys.readouterr().err
+    squares.clear()
+    train(
+        DATASET,
+        1,
+        preprocessed=planned.preprocessed,
+        results=tmp_path / "whole",
+        config="tiny",
+        overrides=[*TINY, "decoder_region_tokens=64", "val_iterations=1"],
+        epochs=1,
+        iterations_per_epoch=2,
+        device="cpu",
     )
-    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").rglob("*.pt"))
+    assert squares == []  # a square as large as the 64 x 64 grid is the whole window: no region drawn
