@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from planners.plans import Plans
 from tests.hostile.conftest import (
     DATASET,
     SHAPE,
@@ -101,7 +102,7 @@ def micron_spacing_case(setup: Setup, tmp_path: Path) -> Case:
     return Case(
         _plan(tmp_path / "raw", tmp_path),
         ("case_003_0000.nii.gz: spacing 1e-05 x 1e-05 x 1e-05 mm resamples to", "fix the spacing"),
-        [tmp_path / "pre" / DATASET / "autoprompt_slices" / "case_003.npy"],
+        [tmp_path / "pre" / DATASET / planned_data_identifier(setup) / "case_003.npy"],
     )
 
 
@@ -184,9 +185,14 @@ def coarse_spacing_bomb(setup: Setup, tmp_path: Path) -> Case:
     )
 
 
+def planned_data_identifier(setup: Setup) -> str:
+    """The folder of the session's preprocessed cases (``autoprompt_slices_<window>`` for its small slices)."""
+    return Plans.load(setup.preprocessed / DATASET / "plans.json").configuration("2d").data_identifier
+
+
 def header_memory_bomb(setup: Setup, tmp_path: Path) -> Case:
     """A tiny file whose header promises 1024 x 1024 x 600 voxels: refused from the header, nothing read."""
-    source = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 600), (0.1, 0.1, 3.0))
+    source = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 600), (0.4, 0.4, 3.0))
     return Case(
         _predict(setup, source, tmp_path / "out", "--max-case-windows", "100000000"),
         ("huge.nii.gz: 600x1024x1024 voxels", "GB, over the limit of 16 GB", "--max-case-memory-gb"),
@@ -426,7 +432,7 @@ def test_truncated_preprocessed_labels_are_redone_by_replanning(
 
     preprocessed = tmp_path / "pre"
     shutil.copytree(setup.preprocessed, preprocessed)
-    seg = preprocessed / DATASET / "autoprompt_slices" / "case_002_seg.npy"
+    seg = preprocessed / DATASET / planned_data_identifier(setup) / "case_002_seg.npy"
     whole = seg.read_bytes()
     seg.write_bytes(whole[: len(whole) - 7])
     with pytest.raises(AutoPromptError, match=r"case_002_seg\.npy: damaged \(truncated"):

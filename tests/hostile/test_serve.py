@@ -71,7 +71,7 @@ def test_cost_bombs_are_refused_at_upload(setup: Setup, tmp_path: Path, bomb: st
         path = write_volume(tmp_path / "coarse.nii.gz", scan(shape=(4, 40, 40)), spacing=(60.0, 60.0, 60.0))
         expected = "coarse.nii.gz: 4x40x40 voxels resampled to"
     else:
-        path = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 600), (0.1, 0.1, 3.0))
+        path = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 600), (0.4, 0.4, 3.0))
         expected = "huge.nii.gz: 600x1024x1024 voxels"
     client = _idle_client(setup, tmp_path / "jobs")
     answer = _upload(client, path)

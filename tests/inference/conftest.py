@@ -32,7 +32,7 @@ class InferenceSetup:
 
 def write_fold(folder: ModelFolder, fold: int | str, *, seed: int, mirror_augmented: bool = False) -> None:
     """Save a freshly built model's trainable weights as ``fold_<fold>/checkpoint_best.pt``."""
-    backbone = load_backbone("tiny")
+    backbone = load_backbone("tiny", window=folder.window())
     torch.manual_seed(seed)
     model = folder.build_model(device="cpu", backbone=backbone)
     metadata = {

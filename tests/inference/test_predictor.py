@@ -30,7 +30,7 @@ def first_case_data(setup: InferenceSetup, configuration: str, *, slices: int) -
 
 def test_fold_ensemble_averages_the_folds_probabilities(inference_setup: InferenceSetup) -> None:
     folder = ModelFolder(inference_setup.model_2d)
-    backbone = load_backbone("tiny")
+    backbone = load_backbone("tiny", window=folder.window())
     models = [folder.load_model(fold, device="cpu", backbone=backbone) for fold in (0, 1)]
     data = first_case_data(inference_setup, "2d", slices=1)
 
@@ -89,8 +89,10 @@ def test_case_reverted_slab_by_slab_equals_reverting_all_its_probabilities(
 
 def test_tta_predicts_each_flip_of_the_mirror_axes_and_averages_them(inference_setup: InferenceSetup) -> None:
     folder = ModelFolder(inference_setup.model_2d)
-    model = folder.load_model(0, device="cpu", backbone=load_backbone("tiny"))
+    model = folder.load_model(0, device="cpu", backbone=load_backbone("tiny", window=folder.window()))
     data = first_case_data(inference_setup, "2d", slices=1)
+    # an even margin to the window: the slice's mirror image is then padded into the window's mirror image
+    data = np.ascontiguousarray(data[..., : data.shape[-1] - (folder.window() - data.shape[-1]) % 2])
 
     def probabilities(images: np.ndarray, **tta) -> np.ndarray:
         return Predictor([model], folder.plans, "2d", device="cpu", **tta).predict_preprocessed(images)

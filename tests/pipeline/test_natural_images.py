@@ -142,8 +142,9 @@ def test_rgb_dataset_plans_trains_and_predicts_in_colour(
     assert [norm["scheme"] for norm in plans["normalization"]] == [
         "mr"
     ] * 3  # R, G, B: percentiles, as before
-    data = np.load(preprocessed / "autoprompt_slices" / "photo_000.npy")
-    seg = np.load(preprocessed / "autoprompt_slices" / "photo_000_seg.npy")
+    cases = preprocessed / plans["configurations"]["2d"]["data_identifier"]
+    data = np.load(cases / "photo_000.npy")
+    seg = np.load(cases / "photo_000_seg.npy")
     assert data.shape[:2] == (3, 1)
     red, blue = data[:, seg == 1].mean(axis=1), data[:, seg == 2].mean(axis=1)
     assert red[0] > red[2] + 0.5 and blue[2] > blue[0] + 0.5  # colour kept: the red disc is red, not grey

@@ -40,7 +40,9 @@ def test_end_to_end_resume_and_plan_edit(tmp_path: Path, capsys: pytest.CaptureF
     for name in ("dataset.json", "fingerprint.json", "plans.json", "splits_final.json"):
         assert (out / name).is_file()
     assert len(json.loads((out / "splits_final.json").read_text())) == 5
-    data_folder = out / "autoprompt_slices"
+    data_folder = (
+        out / json.loads((out / "plans.json").read_text())["configurations"]["2d"]["data_identifier"]
+    )
     expected = {f"{c}{suffix}" for c in CASES for suffix in (".npy", "_seg.npy", ".json")}
     assert {p.name for p in data_folder.iterdir()} == expected  # no temporary files left
     data, seg = np.load(data_folder / "case_000.npy"), np.load(data_folder / "case_000_seg.npy")
@@ -120,7 +122,8 @@ def test_api_groups_folds_by_patient(tmp_path: Path) -> None:
     for fold in json.loads((out / "splits_final.json").read_text()):
         patients = {case.split("_")[0] for case in fold["val"]}
         assert sorted(fold["val"]) == sorted(f"{p}_frame{f:02d}" for p in patients for f in (1, 2))
-    assert len(list((out / "autoprompt_slices").glob("*_seg.npy"))) == 10
+    identifier = json.loads((out / "plans.json").read_text())["configurations"]["2d"]["data_identifier"]
+    assert len(list((out / identifier).glob("*_seg.npy"))) == 10
 
 
 def test_help_explains_the_options(capsys: pytest.CaptureFixture) -> None:
@@ -142,7 +145,10 @@ def test_a_sam_vit_backbone_gets_its_own_1024_plans_and_other_backbones_are_refu
     plan = json.loads((out / "plans.json").read_text())["configurations"]["2d"]
     assert plan["window_size"] == [1024, 1024]
     assert len(list((out / plan["data_identifier"]).glob("*_seg.npy"))) == 4
-    assert not (out / "autoprompt_slices").exists()  # LiteMedSAM's 256-window cases are not touched
+    # only the 1024-window cases: LiteMedSAM's (256 or smaller windows) are not made or touched
+    assert [p.name for p in out.iterdir() if p.name.startswith("autoprompt_slices")] == [
+        plan["data_identifier"]
+    ]
 
     # planning again for LiteMedSAM without --overwrite-plans, and training a LiteMedSAM-family model
     # (the tiny preset) on the 1024 plans: one line each, before any training work
@@ -154,6 +160,6 @@ def test_a_sam_vit_backbone_gets_its_own_1024_plans_and_other_backbones_are_refu
     roots = ["--preprocessed", str(tmp_path / "pre"), "--results", str(tmp_path / "results")]
     assert cli.main([*train, *roots]) == 2
     err = capsys.readouterr().err
-    assert "configuration '2d' has 1024 x 1024 windows, but backbone tiny takes 256 x 256" in err
+    assert "configuration '2d' has 1024 x 1024 windows, which backbone tiny does not take" in err
     assert "--backbone tiny --overwrite-plans" in err and "Traceback" not in err
     assert not list((tmp_path / "results").rglob("checkpoint_*.pt"))
