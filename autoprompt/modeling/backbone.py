@@ -455,8 +455,7 @@ def _windowed_tinyvit_class() -> type[nn.Module]:
             x = self.patch_embed(x)
             for layer in self.layers:
                 x = layer(x)
-            batch, tokens, channels = x.shape
-            side = round(tokens**0.5)
-            return self.neck(x.view(batch, side, side, channels).permute(0, 3, 1, 2))
+            side = self.img_size // 4  # two stride-2 stages after a 1 x 1 patch embedding
+            return self.neck(x.view(x.shape[0], side, side, x.shape[-1]).permute(0, 3, 1, 2))
 
     return WindowedTinyViT

@@ -185,3 +185,17 @@ def test_only_a_bf16_cache_built_by_openvino_records_the_runtime():
     assert key("bf16", "eager") == eager_bf16  # caches built before the runtime existed keep their key
     assert key("bf16", "openvino") != eager_bf16
     assert key("fp32", "openvino") == key("fp32", "eager")
+
+
+def test_a_backbone_built_for_a_small_window_exports_and_matches_pytorch(tmp_path, capsys):
+    backbone = load_backbone("tiny", window=96)
+    backbone.runtime_cache_folder = tmp_path
+    window = torch.nn.functional.interpolate(_window(), size=(96, 96), mode="bilinear")
+    backbone.encoder_runtime = "eager"
+    reference = _encode(backbone, window, Precision.FP32)
+    backbone.encoder_runtime = "openvino"
+    compiled = _encode(backbone, window, Precision.FP32)
+    assert "could not export" not in capsys.readouterr().err  # exported and compiled, no fallback
+    assert [path.suffix for path in _exports(tmp_path)] == [".bin", ".xml"]
+    assert reference.shape == compiled.shape == (1, 256, 24, 24)
+    assert ((compiled - reference).norm() / reference.norm()).item() < encoder_runtime.FP32_TOLERANCE
