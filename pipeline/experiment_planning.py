@@ -194,7 +194,7 @@ def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool, backb
         AutoPromptError: an existing plans.json is invalid, has other labels/channels than dataset.json, or
             other windows than ``backbone`` takes.
     """
-    windows = backbone_windows(backbone)
+    native, windows = backbone_window_size(backbone), backbone_windows(backbone)
     if reuse and path.is_file():
         plans = Plans.load(path)
         for key in ("labels", "channel_names"):
@@ -206,14 +206,12 @@ def _plans(raw: RawDataset, fingerprint: dict, path: Path, *, reuse: bool, backb
         foreign = sorted(size for size in planned if size[0] != size[1] or size[0] not in windows)
         if foreign:
             shown = ", ".join(f"{rows} x {cols}" for rows, cols in foreign)
-            native = backbone_window_size(backbone)
             raise AutoPromptError(
                 f"{path}: planned for {shown} windows, but backbone {backbone} takes {native} x {native}"
                 f"{' or smaller' if len(windows) > 1 else ''}; pass the backbone it was planned for (--backbone) or "
                 "re-plan with --overwrite-plans (preprocessed cases of other windows are kept)"
             )
         return plans
-    native = backbone_window_size(backbone)
     plans = plan_dataset(fingerprint, raw.dataset_json, window=native, smaller_windows=windows[:-1])
     try:
         unchanged = load_json(path) == plans.to_dict()

@@ -36,7 +36,6 @@ import torch
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
-from autoprompt.modeling.build import load_configured_backbone
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import channel_argmax
@@ -282,9 +281,9 @@ class Trainer:
             folder, val_ids, labels=labels, seed=self.config.seed + 1, desc="loading validation cases"
         )
         self.val_ids = val_ids
-        model_config = self.config.model
-        backbone = load_configured_backbone(model_config, window=self.model_folder.window())
-        self.model = self.model_folder.build_model(device=self.device, backbone=backbone)
+        self.model = self.model_folder.build_model(
+            device=self.device
+        )  # its backbone built for the plans' window
         self.cache = self._prepare_cache()
         self.views = self._prepare_views()
         window = self.plan.window_size
