@@ -428,8 +428,8 @@ class AutoPromptSAM(nn.Module):
             if logits is None:
                 size = self.window_size
                 logits = decoded.new_full((len(flat), self.num_classes, size, size), ABSENT_LOGIT)
-            if chosen_region is None:
-                logits[index] = decoded
+            if chosen_region is None:  # a subset with every class skipped is not in the decoder's dtype
+                logits[index] = decoded.to(logits.dtype)
             else:
                 logits[index] = chosen_region.paste(decoded, logits[index])
         return logits

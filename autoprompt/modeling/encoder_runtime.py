@@ -28,8 +28,9 @@ unless the backbone names another. ``.bin`` then ``.xml`` are written through
 :func:`pipeline.files.atomic_path`, so a present ``.xml`` means a complete export; concurrent processes (DDP
 ranks) at worst export twice. Loading reads the files only, and the export runs OpenVINO's converter with
 its telemetry switched off: nothing goes over the network. The export is traced, and
-TinyViT's traced graph holds the batch size as a constant, so it is exported for one window and a batch
-runs window by window.
+TinyViT's traced graph holds the batch size as a constant, so it is exported for one window: a single window
+runs compiled for latency (all threads on it), a batch compiled for throughput (OpenVINO's streams, each
+window on its share of the threads, as many in flight as there are streams), which pays on small windows.
 
 Embedding cache key (:func:`pipeline.training.embedding_cache.cache_key_parts`): in fp32 OpenVINO's
 embeddings equal PyTorch's up to summation order (relative L2 error below :data:`FP32_TOLERANCE`), so an
@@ -137,7 +138,8 @@ def accelerated_encoder(
     try:
         if not xml.is_file():
             export_encoder(encoder, xml, input_size=inputs.shape[-1])
-        compiled = _compiled(str(xml), _precision_hint(), torch.get_num_threads())
+        mode = "LATENCY" if len(inputs) == 1 else "THROUGHPUT"
+        compiled = _compiled(str(xml), _precision_hint(), torch.get_num_threads(), mode)
     except Exception as error:  # noqa: BLE001 - any export/compile failure means: run PyTorch instead
         _FAILED_EXPORTS.add(xml)
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
@@ -235,20 +237,36 @@ def _precision_hint() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(xml: str, precision: str, threads: int) -> Any:
-    """One compiled model per exported file, precision and thread count, shared by the whole process."""
+def _compiled(xml: str, precision: str, threads: int, mode: str) -> Any:
+    """One compiled model per exported file, precision, thread count and ``mode``, shared by the whole
+    process: ``LATENCY`` (one window on all threads) or ``THROUGHPUT`` (OpenVINO's streams, several windows
+    at once with the threads split between them; :func:`_run` keeps each stream busy)."""
     import openvino
 
     config = {
         "INFERENCE_PRECISION_HINT": precision,
         "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY",
+        "PERFORMANCE_HINT": mode,
     }
     return openvino.Core().compile_model(xml, "CPU", config)
 
 
 def _run(compiled: Any, inputs: torch.Tensor) -> torch.Tensor:
-    """``B x 3 x S x S`` -> ``B x 256 x 64 x 64`` float32 through a compiled one-window encoder."""
+    """``B x 3 x S x S`` -> ``B x 256 x 64 x 64`` float32 through a compiled one-window encoder, one
+    inference request per stream (a window each) in flight."""
+    import openvino
+
     array = inputs.detach().numpy()
-    windows = [compiled(np.ascontiguousarray(array[i : i + 1]))[0] for i in range(len(array))]
+    if len(array) == 1:
+        return torch.from_numpy(compiled(np.ascontiguousarray(array))[0].astype(np.float32, copy=False))
+    requests = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    windows: list[np.ndarray | None] = [None] * len(array)
+
+    def keep(request: Any, index: int) -> None:
+        windows[index] = request.get_output_tensor(0).data.copy()
+
+    requests.set_callback(keep)
+    for index in range(len(array)):
+        requests.start_async({0: np.ascontiguousarray(array[index : index + 1])}, index)
+    requests.wait_all()
     return torch.from_numpy(np.concatenate(windows).astype(np.float32, copy=False))

@@ -512,14 +512,15 @@ class Predictor:
         """Frozen-encoder embeddings ``n x 256 x 64 x 64`` of ``n x C x h x w`` windows, in batches.
 
         A 3d model encodes ``B x D x C x h x w`` stacks, so the windows are grouped ``D`` at a time (the
-        last group padded by repeating the last window); the encoder treats every slice on its own.
+        last group padded by repeating the last window); the encoder treats every slice on its own. The
+        batches are of even size (at most :attr:`batch_size` stacks), so no window is left to run alone.
         """
         depth = self.plan.stack_depth
         missing = -len(images) % depth
         padded = torch.cat([images, images[-1:].expand(missing, *images.shape[1:])]) if missing else images
+        stacks = padded.reshape(-1, depth, *padded.shape[1:])  # n x D x C x h x w
         chunks = []
-        for batch in padded.split(self.batch_size * depth):
-            stacked = batch if depth == 1 else batch.reshape(-1, depth, *batch.shape[1:])
-            embeddings = self.models[0].encode(stacked)
+        for batch in stacks.tensor_split(-(-len(stacks) // self.batch_size)):
+            embeddings = self.models[0].encode(batch[:, 0] if depth == 1 else batch)
             chunks.append(embeddings if depth == 1 else embeddings.flatten(0, 1))
         return torch.cat(chunks)[: len(images)]

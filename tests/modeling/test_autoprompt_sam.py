@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autoprompt.devices import Precision, autocast
 from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.adapters import AdaptedEncoderBlock
 from autoprompt.modeling.autoprompt_sam import to_three_channels
@@ -451,6 +452,28 @@ def test_a_window_with_every_class_skipped_is_background_without_a_decoder_call(
     assert sizes == []
     assert out.logits.shape == (2, 4, 256, 256) and bool(out.logits.isfinite().all())
     assert bool((out.logits.argmax(dim=1) == 0).all())
+
+
+def test_a_skipped_square_and_a_decoded_whole_window_combine_in_bf16(tiny_backbone, tiny_slices):
+    """Under a CPU's bf16 autocast the decoder returns bf16 logits, a slice with every class skipped float32."""
+    model = _build(
+        tiny_backbone, classes=2, box_refinement=0, inference_region_tokens=32, skip_presence_below=0.5
+    ).eval()
+    coarse = torch.full((2, 2, 64, 64), -10.0)
+    coarse[0, 1, 20:30, 25:35] = 10.0  # slice 0 fits a square, slice 1 (no foreground) is decoded whole
+    handles = [
+        model.prompt_generator.heads.coarse.register_forward_hook(lambda *_: coarse),
+        _forced_presence(model, torch.tensor([[-20.0, -20.0], [20.0, 20.0]])),  # slice 0: both skipped
+    ]
+    try:
+        with autocast(torch.device("cpu"), Precision.BF16):
+            out, _ = _decoder_batches(model, tiny_slices[1][:2])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert bool((out.logits[0].argmax(dim=0) == 0).all())  # the skipped slice is background
+    assert bool(out.class_mask_logits[1].float().isfinite().all())
+    assert bool((out.class_mask_logits[1] > ABSENT_LOGIT / 2).all())  # decoded, not left absent
 
 
 def test_inference_regions_decode_a_small_foreground_on_its_square_and_an_empty_slice_whole(

@@ -101,6 +101,24 @@ def test_export_is_cached_on_disk_and_reused(tiny_export, monkeypatch, capsys):
     torch.testing.assert_close(second, eager, rtol=1e-3, atol=1e-4)
 
 
+def test_a_batch_runs_on_streams_and_gives_each_windows_own_embedding_in_order(tiny_export, monkeypatch):
+    folder, _ = tiny_export
+    backbone = _backbone("tiny", folder)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two streams even on a one-core runner
+    compile_model = encoder_runtime._compiled
+    modes = []
+    monkeypatch.setattr(
+        encoder_runtime, "_compiled", lambda *args: modes.append(args[-1]) or compile_model(*args)
+    )
+    # different windows, so a mixed-up order or a shared output buffer would show
+    windows = torch.cat([_window().roll(shift * 16, dims=-1) for shift in range(5)])
+    batch = _encode(backbone, windows, Precision.FP32)
+    alone = torch.cat([_encode(backbone, window[None], Precision.FP32) for window in windows])
+    assert set(modes) == {"LATENCY", "THROUGHPUT"}  # the batch on streams, single windows on all threads
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(batch[0], batch[1])
+
+
 def test_changed_weights_get_their_own_export(tiny_export, capsys):
     folder, _ = tiny_export
     backbone = _backbone("tiny", folder)
