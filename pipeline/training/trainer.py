@@ -281,9 +281,8 @@ class Trainer:
             folder, val_ids, labels=labels, seed=self.config.seed + 1, desc="loading validation cases"
         )
         self.val_ids = val_ids
-        self.model = self.model_folder.build_model(
-            device=self.device
-        )  # its backbone built for the plans' window
+        # its backbone built for the plans' window
+        self.model = self.model_folder.build_model(device=self.device)
         self.cache = self._prepare_cache()
         self.views = self._prepare_views()
         window = self.plan.window_size

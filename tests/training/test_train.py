@@ -252,9 +252,8 @@ def test_training_on_decoder_regions_and_a_region_as_large_as_the_embedding_deco
         device="cpu",
     )
     assert result.steps == 2 and len(squares) == 2  # one region per training step, none in validation
-    assert all(
-        region.tokens == 8 and region.grid == 16 for region in squares
-    )  # 64 x 64 windows: a 16-token grid
+    # 64 x 64 windows: a 16-token grid
+    assert all(region.tokens == 8 and region.grid == 16 for region in squares)
     assert (
         load_checkpoint(result.fold_dir / "checkpoint_final.pt")["metadata"]["trainer_config"][
             "decoder_region_tokens"
