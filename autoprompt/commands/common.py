@@ -280,8 +280,9 @@ def _whole_number(text: str, *, least: int) -> int:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--presence-floor``, ``--box-refinement``, ``--skip-absent-below``, ``--region-tokens``: the model's
-    inference-only settings for this run; each defaults to the trained model's value."""
+    """``--presence-floor``, ``--box-refinement``, ``--refinement-tolerance``, ``--skip-absent-below``,
+    ``--region-tokens``: the model's inference-only settings for this run; each defaults to the trained model's
+    value."""
     parser.add_argument(
         "--presence-floor",
         type=probability,
@@ -296,6 +297,14 @@ def add_decoding_arguments(parser: argparse.ArgumentParser | argparse._ArgumentG
         metavar="N",
         help="extra decoder passes, each taking its boxes from the previous pass's label map (0: one pass; "
         "default: the model's setting, model.box_refinement)",
+    )
+    parser.add_argument(
+        "--refinement-tolerance",
+        type=probability,
+        metavar="F",
+        help="in a refinement pass, decode again only the classes whose box moved by more than this fraction of "
+        "the window; the others keep their mask (faster; 0: decode every class again; default: the model's "
+        "setting, model.refinement_tolerance)",
     )
     parser.add_argument(
         "--skip-absent-below",
@@ -318,6 +327,7 @@ def decoding_from_args(args: argparse.Namespace) -> dict[str, float]:
     given = {
         "presence_floor": args.presence_floor,
         "box_refinement": args.box_refinement,
+        "refinement_tolerance": args.refinement_tolerance,
         "skip_presence_below": args.skip_absent_below,
         "inference_region_tokens": args.region_tokens,
     }

@@ -84,6 +84,9 @@ class AutoPromptSAM(nn.Module):
         presence_floor: bound on the presence suppression (:func:`combine_logits`).
         box_refinement: R, extra decoder passes in eval mode: each takes its boxes from the previous
             pass's label map (a class absent from it keeps its box). Training runs one pass.
+        refinement_tolerance: in a refinement pass, a (slice, class) pair whose new box lies within this
+            fraction of the window of its previous box on every side keeps its previous mask logits instead
+            of being decoded again (:meth:`pairs_to_refine`); 0 decodes every pair again.
         skip_presence_below: in eval mode, a class whose presence probability in a slice is below this
             is not decoded in that slice (in no decoder pass) and its mask logits are
             :data:`~autoprompt.modeling.class_decoder.ABSENT_LOGIT`, whatever ``presence_floor``.
@@ -105,6 +108,7 @@ class AutoPromptSAM(nn.Module):
         box_source: str = "head",
         presence_floor: float = 0.0,
         box_refinement: int = 0,
+        refinement_tolerance: float = 0.0,
         skip_presence_below: float = 0.0,
         inference_region_tokens: int = 0,
     ) -> None:
@@ -119,6 +123,7 @@ class AutoPromptSAM(nn.Module):
         self.box_source = box_source
         self.presence_floor = presence_floor
         self.box_refinement = box_refinement
+        self.refinement_tolerance = refinement_tolerance
         self.skip_presence_below = skip_presence_below
         self.inference_region_tokens = inference_region_tokens
         self.backbone.eval()
@@ -242,8 +247,15 @@ class AutoPromptSAM(nn.Module):
         logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         for _ in range(0 if self.training else self.box_refinement):
             labels = channel_argmax(logits, dim=1)
-            sam_boxes = refined_boxes(label_masks(labels, self.num_classes), sam_boxes)
-            class_logits = self._decode_around(flat, prompts, sam_boxes, keep, labels > 0)
+            boxes = refined_boxes(label_masks(labels, self.num_classes), sam_boxes)
+            redo = self.pairs_to_refine(boxes, sam_boxes, keep)
+            if redo is not None and not redo.any():
+                break  # no box moved: a further pass would see the same label map
+            sam_boxes = boxes
+            decoded = self._decode_around(flat, prompts, sam_boxes, redo, labels > 0)
+            class_logits = (
+                decoded if redo is None else torch.where(redo[..., None, None], decoded, class_logits)
+            )
             logits = combine_logits(class_logits, prompts.presence_logits, presence_floor=self.presence_floor)
         return AutoPromptOutput(
             logits=logits.reshape(*lead, *logits.shape[1:]),
@@ -260,6 +272,17 @@ class AutoPromptSAM(nn.Module):
         if self.box_source == "head":
             return boxes
         return boxes_from_masks(exclusive_masks(coarse_logits))
+
+    def pairs_to_refine(
+        self, boxes: torch.Tensor, previous: torch.Tensor, keep: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """``N x K`` bool, the (slice, class) pairs a refinement pass decodes again: those in ``keep`` whose
+        ``N x K x 4`` ``boxes`` moved from their ``previous`` boxes by more than :attr:`refinement_tolerance`
+        (a fraction of the window) on some side; ``keep`` (None: all) when the tolerance is 0."""
+        if self.refinement_tolerance == 0:
+            return keep
+        moved = (boxes - previous).abs().amax(dim=-1) > self.refinement_tolerance
+        return moved if keep is None else moved & keep
 
     def decoded_classes(self, presence_logits: torch.Tensor) -> torch.Tensor | None:
         """``N x K`` bool, the (slice, class) pairs the decoder runs for ``N x K`` ``presence_logits``: those

@@ -126,6 +126,7 @@ def build_autoprompt_sam(
         box_source=config.box_source,
         presence_floor=config.presence_floor,
         box_refinement=config.box_refinement,
+        refinement_tolerance=config.refinement_tolerance,
         skip_presence_below=config.skip_presence_below,
         inference_region_tokens=config.inference_region_tokens,
     ).to(backbone.pixel_mean.device)

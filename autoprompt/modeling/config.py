@@ -65,6 +65,11 @@ class ModelConfig:
             the class with the largest coarse logit, if that logit is above 0).
         box_refinement: extra decoder passes at inference (eval mode), each taking SAM's boxes from the
             previous pass's label map; 0 switches refinement off. Training always runs one pass.
+        refinement_tolerance: at inference only: in a refinement pass, a (window, class) pair whose new box
+            lies within this fraction of the window of its previous box on every side keeps the mask logits of
+            the previous pass instead of being decoded again (a small move of the box changes little of its
+            mask, and the decoder runs only for the pairs that moved); 0 (the default) decodes every pair in
+            every pass.
         head_context_levels: for ``encoder_head``, coarser levels of the trunk's context pyramid (each halves
             the 64 x 64 embedding grid, then the levels are upsampled and added back): widens what the coarse
             masks and boxes see from 5 x 5 embedding positions to the whole window; 0 switches it off.
@@ -114,6 +119,7 @@ class ModelConfig:
     head_context_levels: int = 0
     presence_floor: float = 0.0
     box_refinement: int = 2
+    refinement_tolerance: float = 0.0
     skip_presence_below: float = 0.0
     inference_region_tokens: int = 0
     encoder_runtime: EncoderRuntime = "auto"
@@ -152,6 +158,11 @@ class ModelConfig:
             )
         if self.box_refinement < 0:
             raise ValueError(f"model.box_refinement = {self.box_refinement} must be 0 or more, e.g. 2")
+        if not 0.0 <= self.refinement_tolerance < 1.0:
+            raise ValueError(
+                f"model.refinement_tolerance = {self.refinement_tolerance} must be in [0, 1) (0: decode every "
+                "pair again), e.g. 0.02"
+            )
         if not 0 <= self.head_context_levels <= 4:
             raise ValueError(
                 f"model.head_context_levels = {self.head_context_levels} must be 0 (off) to 4, e.g. 2"

@@ -30,8 +30,8 @@ class ServeSettings:
         checkpoint: ``best``, ``final`` or ``latest``.
         tta: mirroring test-time augmentation (2x or 4x the work of a prediction without it); None: on
             when the folds were trained with mirror augmentation.
-        decoding: overrides of the model's decoding settings (``presence_floor``, ``box_refinement``,
-            ``skip_presence_below``, ``inference_region_tokens``;
+        decoding: overrides of the model's decoding settings (keys from
+            :data:`~pipeline.inference.predictor.DECODING_SETTINGS`;
             :meth:`~pipeline.inference.predictor.Predictor.from_model_folder`); a missing key: as trained.
         cleanup_interval_s: seconds between sweeps for expired jobs.
         max_case_memory_gb: a scan whose prediction needs more memory (estimated from its header and the

@@ -113,9 +113,9 @@ def predict(
             where the device computes it natively, else the device's native one (:mod:`autoprompt.precision`).
         use_postprocessing: apply the keep-largest-component steps all used folds agree on (none when a
             fold has no ``postprocessing.json``, as fold ``all``; ``notes`` then says so).
-        decoding: overrides of the models' decoding settings (``presence_floor``, ``box_refinement``,
-            ``skip_presence_below``, ``inference_region_tokens``; :meth:`Predictor.from_model_folder`); None or a
-            missing key: as trained.
+        decoding: overrides of the models' decoding settings (keys from
+            :data:`~pipeline.inference.predictor.DECODING_SETTINGS`; :meth:`Predictor.from_model_folder`); None or
+            a missing key: as trained.
         zoom: a second, zoomed pass over the region of interest on or off (:mod:`pipeline.roi_zoom`); None:
             as trained (``zoom.second_pass``).
         save_probabilities: also write ``{case}.npz`` (float16 probabilities in the input geometry).

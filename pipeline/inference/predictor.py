@@ -70,7 +70,13 @@ def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
     return f"note: no postprocessing applied: fold {names} {has} no postprocessing.json ({why})"
 
 
-DECODING_SETTINGS = ("presence_floor", "box_refinement", "skip_presence_below", "inference_region_tokens")
+DECODING_SETTINGS = (
+    "presence_floor",
+    "box_refinement",
+    "refinement_tolerance",
+    "skip_presence_below",
+    "inference_region_tokens",
+)
 """Model settings that act only at inference, so a trained model may be predicted with other values."""
 
 
@@ -228,8 +234,8 @@ class Predictor:
                 ``fold_K/postprocessing.json``; a fold without one vetoes every step, and ``notes`` says so:
                 fold ``all`` never has one, as it has no held-out cases to choose on).
             decoding: overrides of the models' decoding settings, keys from :data:`DECODING_SETTINGS`
-                (``model.presence_floor``, ``model.box_refinement``, ``model.skip_presence_below``,
-                ``model.inference_region_tokens``; see
+                (``model.presence_floor``, ``model.box_refinement``, ``model.refinement_tolerance``,
+                ``model.skip_presence_below``, ``model.inference_region_tokens``; see
                 :class:`~autoprompt.modeling.config.ModelConfig`); None or a missing key: as trained.
             zoom: the second, zoomed pass over the region of interest on or off (with the trained
                 ``zoom`` settings); None: as trained.

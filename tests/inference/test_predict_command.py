@@ -295,6 +295,7 @@ def test_skip_absent_below_leaves_classes_judged_absent_out_and_checks_its_value
     for flag, value, message in (
         ("--presence-floor", "1", "'1' is not a probability in [0, 1)"),
         ("--box-refinement", "-1", "'-1' must be at least 0"),
+        ("--refinement-tolerance", "1", "'1' is not a probability in [0, 1)"),
         ("--region-tokens", "-2", "'-2' must be at least 0"),
     ):
         with pytest.raises(SystemExit) as exit_info:

@@ -125,10 +125,15 @@ def test_decoding_overrides_reach_every_fold_and_out_of_range_values_are_refused
     inference_setup: InferenceSetup,
 ) -> None:
     trained = Predictor.from_model_folder(inference_setup.model_2d, device="cpu").models[0]
-    decoding = {"presence_floor": 0.2, "box_refinement": trained.box_refinement + 1}
+    decoding = {
+        "presence_floor": 0.2,
+        "box_refinement": trained.box_refinement + 1,
+        "refinement_tolerance": 0.03,
+    }
     predictor = Predictor.from_model_folder(inference_setup.model_2d, device="cpu", decoding=decoding)
     for model in predictor.models:
         assert (model.presence_floor, model.box_refinement) == (0.2, trained.box_refinement + 1)
+        assert model.refinement_tolerance == 0.03
         assert model.skip_presence_below == trained.skip_presence_below  # not given: as trained
     with pytest.raises(AutoPromptError, match=r"model.box_refinement = -1 must be 0 or more"):
         Predictor.from_model_folder(inference_setup.model_2d, device="cpu", decoding={"box_refinement": -1})

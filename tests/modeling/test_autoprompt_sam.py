@@ -363,14 +363,20 @@ def test_coarse_mask_boxes_come_from_the_coarse_label_map(tiny_backbone, tiny_sl
     torch.testing.assert_close(boxes, boxes_from_masks(exclusive_masks(coarse)))
 
 
+def _one_pass_with_classes_present(backbone):
+    """A 2-class model without refinement whose presence head judges both classes present, so the label map
+    holds a class wherever its mask logit is above 0."""
+    model = _trained_like(backbone, classes=2, box_refinement=0)
+    with torch.no_grad():
+        model.prompt_generator.heads.presence.bias.fill_(10.0)
+    return model
+
+
 def test_box_refinement_takes_each_pass_boxes_from_the_previous_label_map_in_eval_only(
     tiny_backbone, tiny_slices
 ):
-    _, embeddings = tiny_slices
-    emb = embeddings[:2]
-    single = _trained_like(tiny_backbone, classes=2, box_refinement=0)
-    with torch.no_grad():  # classes judged present, so the label map holds them where their mask logit is > 0
-        single.prompt_generator.heads.presence.bias.fill_(10.0)
+    emb = tiny_slices[1][:2]
+    single = _one_pass_with_classes_present(tiny_backbone)
     refined = _with_weights_of(single, tiny_backbone, classes=2, box_refinement=2)
     passes = _boxes_given_to_sam(refined, emb)
     assert len(passes) == 3
@@ -382,6 +388,34 @@ def test_box_refinement_takes_each_pass_boxes_from_the_previous_label_map_in_eva
     torch.testing.assert_close(passes[1], expected)
     assert not torch.allclose(passes[1], passes[0])
     assert len(_boxes_given_to_sam(refined.train(), emb)) == 1
+
+
+def test_a_refinement_pass_decodes_again_only_the_classes_whose_box_moved_beyond_the_tolerance(
+    tiny_backbone, tiny_slices
+):
+    emb = tiny_slices[1][:2]
+    single = _one_pass_with_classes_present(tiny_backbone)
+    full = _with_weights_of(single, tiny_backbone, classes=2, box_refinement=1)
+    first_boxes, refined_boxes = _boxes_given_to_sam(full, emb)
+    moved = (refined_boxes - first_boxes).abs().amax(dim=-1)  # N x K, fractions of the window
+    tolerance = float(moved.min() + moved.max()) / 2
+    redo = moved > tolerance
+    assert redo.any() and not redo.all()
+    partial = _with_weights_of(
+        single, tiny_backbone, classes=2, box_refinement=1, refinement_tolerance=tolerance
+    )
+    with torch.inference_mode():
+        first, refined = single(embeddings=emb), full(embeddings=emb)
+    out, sizes = _decoder_batches(partial, emb)
+    assert sizes == [4, int(redo.sum())]
+    torch.testing.assert_close(
+        out.class_mask_logits[redo], refined.class_mask_logits[redo], rtol=0, atol=1e-5
+    )
+    assert torch.equal(out.class_mask_logits[~redo], first.class_mask_logits[~redo])
+    still = _with_weights_of(single, tiny_backbone, classes=2, box_refinement=2, refinement_tolerance=0.99)
+    out, sizes = _decoder_batches(still, emb)  # no box moved that far: no refinement pass runs
+    assert sizes == [4]
+    assert torch.equal(out.logits, first.logits)
 
 
 def _forced_presence(model, logits: torch.Tensor):

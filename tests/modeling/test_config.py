@@ -12,6 +12,7 @@ def test_defaults_are_the_documented_frozen_encoder_setup():
     assert (config.encoder_adapters, config.decoder_adapters) == (False, True)
     assert config.depth_adapter == "embedding"
     assert config.skip_presence_below == 0.0  # every class decoded: trained models predict as before
+    assert config.refinement_tolerance == 0.0  # every pair decoded again: trained models predict as before
     assert config.inference_region_tokens == 0  # whole windows decoded: trained models predict as before
 
 
@@ -37,6 +38,11 @@ def test_dict_round_trip_gives_plain_values():
         ),
         ({"skip_presence_below": float("nan")}, r"skip_presence_below = nan must be in \[0, 1\)"),
         ({"inference_region_tokens": -1}, r"inference_region_tokens = -1 must be 0 \(whole windows\)"),
+        (
+            {"refinement_tolerance": 1.0},
+            r"refinement_tolerance = 1.0 must be in \[0, 1\) \(0: decode every pair",
+        ),
+        ({"refinement_tolerance": -0.01}, r"refinement_tolerance = -0.01 must be in \[0, 1\)"),
     ],
 )
 def test_invalid_values_name_the_setting_and_the_fix(changes, message):
