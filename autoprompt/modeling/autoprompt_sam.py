@@ -149,18 +149,19 @@ class AutoPromptSAM(nn.Module):
         self.backbone.eval()
         return self
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """The image encoder's embeddings (before any depth adapter on the embedding).
 
         Args:
             images: ``B x C x S x S`` or ``B x D x C x S x S`` in [0, 1].
+            batch_size: windows per PyTorch encoder call at most (:meth:`SamBackbone.encode`); None: all.
 
         Returns:
             ``B x 256 x 64 x 64`` or ``B x D x 256 x 64 x 64``. A frozen encoder runs without autograd.
         """
         lead = self._leading_dims(images, name="images", feature_ndim=3)
         self._check_images(images)
-        embeddings = self._encode_flat(images.reshape(-1, *images.shape[-3:]))
+        embeddings = self._encode_flat(images.reshape(-1, *images.shape[-3:]), batch_size=batch_size)
         return embeddings.reshape(*lead, *embeddings.shape[1:])
 
     def forward(
@@ -464,10 +465,10 @@ class AutoPromptSAM(nn.Module):
     def _dtype(self) -> torch.dtype:
         return self.backbone.pixel_mean.dtype
 
-    def _encode_flat(self, images: torch.Tensor) -> torch.Tensor:
+    def _encode_flat(self, images: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """``N x C x S x S`` -> ``N x 256 x 64 x 64`` through the (adapted) image encoder."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.uses_frozen_encoder):
-            return self.backbone.encode(to_three_channels(images))
+            return self.backbone.encode(to_three_channels(images), batch_size=batch_size)
 
     def _leading_dims(self, tensor: torch.Tensor, *, name: str, feature_ndim: int) -> tuple[int, ...]:
         """``(B,)`` for a 2d tensor, ``(B, D)`` for a stack; checks D against ``stack_depth``."""

@@ -103,17 +103,24 @@ class SamBackbone(nn.Module):
             images = (images * 255.0 - self.pixel_mean) / self.pixel_std
         return images
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x h x w`` (:attr:`embedding_size`).
 
         On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (OpenVINO where
-        installed by default, float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`.
+        installed by default, float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`,
+        all ``B`` windows in one call (it holds only as many windows in flight as it has streams). PyTorch
+        runs at most ``batch_size`` windows at a time (None: all), in batches as even as can be.
         """
         inputs = self.encoder_input(images)
         compiled = accelerated_encoder(
             self.image_encoder, inputs, runtime=self.encoder_runtime, cache_folder=self.runtime_cache_folder
         )
-        return self.image_encoder(inputs) if compiled is None else compiled(inputs)
+        if compiled is not None:
+            return compiled(inputs)
+        if batch_size is None or len(inputs) <= batch_size:
+            return self.image_encoder(inputs)
+        batches = inputs.tensor_split(-(-len(inputs) // batch_size))
+        return torch.cat([self.image_encoder(batch) for batch in batches])
 
     def resolved_encoder_runtime(self, precision: Precision) -> str:
         """Which runtime :meth:`encode` uses at ``precision`` without autograd: ``openvino`` or ``eager``.

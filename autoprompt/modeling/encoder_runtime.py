@@ -52,6 +52,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -254,19 +255,27 @@ def _compiled(xml: str, precision: str, threads: int, mode: str) -> Any:
 def _run(compiled: Any, inputs: torch.Tensor) -> torch.Tensor:
     """``B x 3 x S x S`` -> ``B x 256 x 64 x 64`` float32 through a compiled one-window encoder, one
     inference request per stream (a window each) in flight."""
-    import openvino
-
     array = inputs.detach().numpy()
     if len(array) == 1:
         return torch.from_numpy(compiled(np.ascontiguousarray(array))[0].astype(np.float32, copy=False))
-    requests = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     windows: list[np.ndarray | None] = [None] * len(array)
 
     def keep(request: Any, index: int) -> None:
         windows[index] = request.get_output_tensor(0).data.copy()
 
-    requests.set_callback(keep)
-    for index in range(len(array)):
-        requests.start_async({0: np.ascontiguousarray(array[index : index + 1])}, index)
-    requests.wait_all()
+    requests, lock = _requests(compiled)
+    with lock:  # one caller at a time on the shared requests (and their callback)
+        requests.set_callback(keep)
+        for index in range(len(array)):
+            requests.start_async({0: np.ascontiguousarray(array[index : index + 1])}, index)
+        requests.wait_all()
     return torch.from_numpy(np.concatenate(windows).astype(np.float32, copy=False))
+
+
+@functools.lru_cache(maxsize=8)
+def _requests(compiled: Any) -> tuple[Any, threading.Lock]:
+    """The inference requests of a compiled encoder (one per stream), made once and reused by every call."""
+    import openvino
+
+    requests = openvino.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    return requests, threading.Lock()

@@ -56,8 +56,9 @@ ALL_TRAINED = "all-trained"
 ZOOM_SLAB = 16
 """Slices per slab handed on after a zoomed prediction (its probabilities are held whole)."""
 CPU_BATCH_SIZE = 4
-"""Windows per network call on the CPU: batching barely speeds a CPU up, and each LiteMedSAM window
-needs ~230 MiB of encoder activations (8 windows: ~1.8 GiB more peak memory)."""
+"""Windows per network call on the CPU (decoder, and the encoder when PyTorch runs it): batching barely
+speeds a CPU up, and each LiteMedSAM window needs ~230 MiB of PyTorch encoder activations (8 windows:
+~1.8 GiB more peak memory)."""
 
 
 def missing_postprocessing_note(folds: Sequence[int | str]) -> str:
@@ -515,18 +516,18 @@ class Predictor:
         return torch.cat(outputs)
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen-encoder embeddings ``n x 256 x 64 x 64`` of ``n x C x h x w`` windows, in batches.
+        """Frozen-encoder embeddings ``n x 256 x 64 x 64`` of ``n x C x h x w`` windows.
 
         A 3d model encodes ``B x D x C x h x w`` stacks, so the windows are grouped ``D`` at a time (the
-        last group padded by repeating the last window); the encoder treats every slice on its own. The
-        batches are of even size (at most :attr:`batch_size` stacks), so no window is left to run alone.
+        last group padded by repeating the last window); the encoder treats every slice on its own. OpenVINO
+        takes all windows in one call, so none of its streams waits for a batch's last window; PyTorch
+        takes :attr:`batch_size` stacks at a time at most.
         """
         depth = self.plan.stack_depth
         missing = -len(images) % depth
         padded = torch.cat([images, images[-1:].expand(missing, *images.shape[1:])]) if missing else images
         stacks = padded.reshape(-1, depth, *padded.shape[1:])  # n x D x C x h x w
-        chunks = []
-        for batch in stacks.tensor_split(-(-len(stacks) // self.batch_size)):
-            embeddings = self.models[0].encode(batch[:, 0] if depth == 1 else batch)
-            chunks.append(embeddings if depth == 1 else embeddings.flatten(0, 1))
-        return torch.cat(chunks)[: len(images)]
+        embeddings = self.models[0].encode(
+            stacks[:, 0] if depth == 1 else stacks, batch_size=self.batch_size * depth
+        )
+        return (embeddings if depth == 1 else embeddings.flatten(0, 1))[: len(images)]

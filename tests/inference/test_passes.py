@@ -1,13 +1,16 @@
-"""Predicting a case costs one read of its voxels and one encoder pass per window (and per mirror)."""
+"""Predicting a case costs one read of its voxels and one encoder pass per window (and per mirror), and
+OpenVINO gets a position's windows in one call."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.inference.predictor import Predictor
+from autoprompt.modeling import encoder_runtime
+from pipeline.inference.predictor import CPU_BATCH_SIZE, Predictor
 from pipeline.model_folder import ModelFolder
 from pipeline.preprocessing import preprocess_case
 from tests.inference.conftest import InferenceSetup
@@ -63,3 +66,29 @@ def test_a_case_is_read_once_and_each_window_encoded_once(
     assert sum(batches) == data.shape[1] * (4 if tta else 1)  # every slice, every mirror, once for all folds
     assert max(batches) > 1  # windows of several slices go through the encoder together
     assert prediction.labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
+
+
+def test_through_openvino_the_windows_at_one_position_go_to_the_encoder_in_one_call(
+    inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = sitk.ReadImage(str(inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz"))
+    array = sitk.GetArrayFromImage(source)
+    slices = 2 * CPU_BATCH_SIZE - 1  # PyTorch would take them in batches, one of them uneven
+    image = sitk.GetImageFromArray(np.concatenate([array] * -(-slices // len(array)))[:slices])
+    image.SetSpacing(source.GetSpacing())
+    path = tmp_path / "long_case_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    predictor = Predictor.from_model_folder(
+        inference_setup.model_2d, folds=[0], device="cpu", tta=False, precision="fp32"
+    )
+    for model in predictor.models:
+        model.backbone.runtime_cache_folder = tmp_path / "cache"
+    calls: list[int] = []
+    run = encoder_runtime._run
+    monkeypatch.setattr(
+        encoder_runtime, "_run", lambda compiled, inputs: calls.append(len(inputs)) or run(compiled, inputs)
+    )
+
+    predictor.predict_case([path])
+
+    assert calls == [slices]  # one window a slice, all of them in one call

@@ -36,6 +36,11 @@ def _window() -> torch.Tensor:
     return torch.from_numpy(np.clip(image, 0, 1).astype(np.float32))[None, None].expand(1, 3, -1, -1)
 
 
+def _windows(count: int) -> torch.Tensor:
+    """``count x 3 x 256 x 256`` different windows (:func:`_window` shifted), so a mix-up in order would show."""
+    return torch.cat([_window().roll(shift * 16, dims=-1) for shift in range(count)])
+
+
 def _encode(backbone: SamBackbone, images: torch.Tensor, precision: Precision) -> torch.Tensor:
     with torch.inference_mode(), autocast(CPU, precision):
         return backbone.encode(images).float()
@@ -51,6 +56,7 @@ def _fresh_process_state(monkeypatch):
     monkeypatch.setattr(encoder_runtime, "_NOTICES", set())
     monkeypatch.setattr(encoder_runtime, "_FAILED_EXPORTS", set())
     encoder_runtime._compiled.cache_clear()
+    encoder_runtime._requests.cache_clear()
 
 
 @pytest.mark.slow
@@ -110,13 +116,44 @@ def test_a_batch_runs_on_streams_and_gives_each_windows_own_embedding_in_order(t
     monkeypatch.setattr(
         encoder_runtime, "_compiled", lambda *args: modes.append(args[-1]) or compile_model(*args)
     )
-    # different windows, so a mixed-up order or a shared output buffer would show
-    windows = torch.cat([_window().roll(shift * 16, dims=-1) for shift in range(5)])
+    queues = []
+    make_queue = openvino.AsyncInferQueue
+    monkeypatch.setattr(openvino, "AsyncInferQueue", lambda *args: queues.append(1) or make_queue(*args))
+    windows = _windows(5)
     batch = _encode(backbone, windows, Precision.FP32)
     alone = torch.cat([_encode(backbone, window[None], Precision.FP32) for window in windows])
     assert set(modes) == {"LATENCY", "THROUGHPUT"}  # the batch on streams, single windows on all threads
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-5)
     assert not torch.equal(batch[0], batch[1])
+    torch.testing.assert_close(_encode(backbone, windows.flip(0), Precision.FP32), batch.flip(0))
+    assert queues == [1]  # the second batch reuses the first one's inference requests
+
+
+def test_pytorch_encodes_a_batch_in_parts_of_at_most_batch_size_openvino_all_at_once(
+    tiny_export, monkeypatch
+):
+    folder, _ = tiny_export
+    windows = _windows(5)
+    eager = _backbone("tiny", folder, runtime="eager")
+    parts = []
+    eager.image_encoder.register_forward_hook(lambda _module, args, _output: parts.append(len(args[0])))
+    with torch.inference_mode(), autocast(CPU, Precision.FP32):
+        split = eager.encode(windows, batch_size=2)
+        whole = eager.encode(windows)
+    assert parts == [2, 2, 1, 5]
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+
+    compiled_runs = []
+    run = encoder_runtime._run
+    monkeypatch.setattr(
+        encoder_runtime,
+        "_run",
+        lambda compiled, inputs: compiled_runs.append(len(inputs)) or run(compiled, inputs),
+    )
+    compiled = _backbone("tiny", folder)
+    with torch.inference_mode(), autocast(CPU, Precision.FP32):
+        compiled.encode(windows, batch_size=2)
+    assert compiled_runs == [5]  # OpenVINO holds only a stream's worth of windows in flight anyway
 
 
 def test_changed_weights_get_their_own_export(tiny_export, capsys):
