@@ -268,9 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_at_end": os.getloadavg(),
         "autoprompt_model": str(autoprompt_model),
         "autoprompt_model_trained": args.autoprompt_model is not None,
-        "nnunet_model": None
-        if args.no_nnunet
-        else str(args.nnunet_model or f"short training: {args.train_nnunet}"),
+        "nnunet_model": None if args.no_nnunet else str(args.nnunet_model or short_training(args)),
         "rows": rows,
     }
     output_json = args.output or REPO / "benchmarks" / "results" / f"inference_speed_{raw.name}.json"
@@ -282,6 +280,13 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['tool']} | {row['folds']} | {'on' if row['tta'] else 'off'} | {row['seconds_per_volume']:.2f} | {row['peak_rss_mib']:.0f} |"
         )
     print(f"\nwritten {output_json}")
+
+
+def short_training(args: argparse.Namespace) -> str:
+    """What trained the nnU-Net model made here, for the JSON."""
+    if args.nnunet_iterations:
+        return f"short training: one epoch of {args.nnunet_iterations} iterations of nnUNetTrainer"
+    return f"short training: {args.train_nnunet}"
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from planners.plans import SCHEMA_VERSION, ChannelNormalization, ConfigurationPl
 WINDOW = 256
 DATA_IDENTIFIER = "autoprompt_slices"
 SMALL_FRACTION = 0.5
-SMALL_SLICE_ZOOM = 1.5
+SMALL_SLICE_ZOOM = 1.25  # Hippocampus fold 1, two seeds: 80 x 80 windows tie 96 (docs/results.md, round 35)
 FILL_PERCENTILE = 90
 MAX_COARSENING = 4.0
 MAX_REFINEMENT = 8.0

@@ -87,20 +87,20 @@ def test_small_slices_are_refined_to_fill_the_window() -> None:
 
 
 def test_small_slices_get_a_smaller_window_where_the_backbone_takes_one() -> None:
-    # the same Hippocampus-like slices: the 90th percentile longest side (50) enlarged 1.5 times needs 75 px,
-    # so LiteMedSAM's windows (64, 80, ... 256) give 80, and the slices are refined to fill it
+    # the same Hippocampus-like slices: the 90th percentile longest side (50) enlarged 1.25 times needs 62.5 px,
+    # so LiteMedSAM's windows (64, 80, ... 256) give 64, and the slices are refined to fill it
     shapes = [[36, 50, 35]] * 9 + [[30, 40, 30]]
     cases = fingerprint([[1.0, 1.0, 1.0]] * 10, shapes)
     windows = backbone_windows("litemedsam")
     plan = plan_dataset(cases, dataset_json(), smaller_windows=windows[:-1]).configuration("2d")
     assert windows[0] == 64 and windows[-1] == 256 and 80 in windows
-    assert plan.window_size == [80, 80]
+    assert plan.window_size == [64, 64]
     assert plan.inplane_rule == "finer_to_fill"
-    assert plan.target_spacing == pytest.approx([1.0, 50 / 80, 50 / 80])
-    assert plan.median_shape == [36, 80, 56]
-    assert plan.data_identifier == f"{planner.DATA_IDENTIFIER}_80"  # never the 256 window's cases
-    # one window per slice, each embedding (80 / 256)^2 of a 256 window's
-    expected_gib = (9 * 36 + 30) * planner.EMBEDDING_BYTES * (80 / 256) ** 2 / 2**30
+    assert plan.target_spacing == pytest.approx([1.0, 50 / 64, 50 / 64])
+    assert plan.median_shape == [36, 64, 45]
+    assert plan.data_identifier == f"{planner.DATA_IDENTIFIER}_64"  # never the 256 window's cases
+    # one window per slice, each embedding (64 / 256)^2 of a 256 window's
+    expected_gib = (9 * 36 + 30) * planner.EMBEDDING_BYTES * (64 / 256) ** 2 / 2**30
     assert plan.estimated_cache_gib == pytest.approx(round(expected_gib, 2))
     # slices of at least half the window keep the backbone's own window
     large = fingerprint([[1.0, 1.0, 5.0]] * 3, [[200, 180, 12]] * 3)
