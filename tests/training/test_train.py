@@ -138,9 +138,9 @@ def count_encoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     original = SamBackbone.encode
 
-    def counting(self: SamBackbone, images: torch.Tensor) -> torch.Tensor:
+    def counting(self: SamBackbone, images: torch.Tensor, **options: object) -> torch.Tensor:
         calls[0] += 1
-        return original(self, images)
+        return original(self, images, **options)
 
     monkeypatch.setattr(SamBackbone, "encode", counting)
     return calls
