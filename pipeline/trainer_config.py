@@ -129,6 +129,10 @@ class TrainerConfig:
         configuration: the plans configuration trained ("2d" or "3d").
         epochs: number of epochs.
         iterations_per_epoch: optimiser steps per epoch.
+        max_steps_per_window: None -> no limit; k -> at most ``k`` optimiser steps per training window
+            (the windows of the training slices, one view), rounded up to whole epochs: a tiny training set
+            is not trained for as long as ``epochs`` or a time budget would allow
+            (:func:`pipeline.training.optim.epochs_for_training_windows`).
         val_iterations: validation batches per epoch for the pseudo-Dice that picks checkpoint_best.
         batch_size: windows (2d) or stacks (3d) per step; None -> the plans' batch size.
         learning_rate: peak AdamW learning rate (reached after the warm-up).
@@ -171,7 +175,8 @@ class TrainerConfig:
             round-25 presets) means 0.
         time_budget_minutes: train only as many epochs as fit in this many minutes (measured on the
             epochs run so far; the embedding cache and the final validation are not counted), never
-            more than ``epochs``; the learning-rate schedule ends with the last epoch that fits.
+            more than ``epochs`` (or the ``max_steps_per_window`` limit); the learning-rate schedule ends with
+            the last epoch that fits.
         final_validation: predict the fold's validation cases through the real prediction path at the
             end and decide the postprocessing.
         validation_tta: mirroring in that final validation; None -> on when training mirrored its inputs
@@ -182,6 +187,7 @@ class TrainerConfig:
     configuration: str = "2d"
     epochs: int = 50
     iterations_per_epoch: int = 250
+    max_steps_per_window: float | None = None
     val_iterations: int = 25
     batch_size: int | None = None
     learning_rate: float = 1e-3
@@ -218,6 +224,7 @@ class TrainerConfig:
         checks = {
             "epochs": self.epochs >= 1,
             "iterations_per_epoch": self.iterations_per_epoch >= 1,
+            "max_steps_per_window": self.max_steps_per_window is None or self.max_steps_per_window > 0,
             "val_iterations": self.val_iterations >= 0,
             "batch_size": self.batch_size is None or self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,

@@ -249,6 +249,13 @@ class WindowSampler:
             {label: w for label, w in locations.items() if len(w)} for locations in self._locations
         ]
 
+    @property
+    def num_windows(self) -> int:
+        """The inference windows of the slices sampled from, over all cases (one view of each)."""
+        return sum(
+            len(windows) * len(slices) for windows, slices in zip(self._windows, self.slices, strict=True)
+        )
+
     def sample(self, rng: np.random.Generator, batch_size: int) -> list[WindowSpec]:
         """``batch_size`` windows; the last ``round(batch_size * oversample_foreground)`` on foreground."""
         num_random = batch_size - round(batch_size * self.oversample_foreground)

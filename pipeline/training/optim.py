@@ -76,6 +76,19 @@ def recent_epoch_seconds(epoch_seconds: list[float]) -> float:
     return float(np.median(epoch_seconds[-RECENT_EPOCHS:]))
 
 
+def epochs_for_training_windows(
+    epochs: int, *, iterations_per_epoch: int, training_windows: int, max_steps_per_window: float | None
+) -> int:
+    """``epochs``, limited to ``max_steps_per_window`` optimiser steps per training window (rounded up to
+    whole epochs, at least one); None: ``epochs``.
+    ``epochs_for_training_windows(50, iterations_per_epoch=50, training_windows=54, max_steps_per_window=10) == 11``.
+    """
+    if max_steps_per_window is None:
+        return epochs
+    limit = math.ceil(max_steps_per_window * training_windows / iterations_per_epoch)
+    return min(epochs, max(1, limit))
+
+
 def epochs_in_budget(remaining_seconds: float, seconds_per_epoch: float, *, finished: float, cap: int) -> int:
     """Epochs to plan when ``remaining_seconds`` of a wall-clock budget are left after ``finished``
     epochs (a fraction while one is running) and the next take ``seconds_per_epoch`` each.

@@ -70,6 +70,7 @@ from pipeline.training.optim import (
     WarmupPolySchedule,
     build_optimizer,
     build_scheduler,
+    epochs_for_training_windows,
     epochs_in_budget,
     recent_epoch_seconds,
 )
@@ -313,8 +314,15 @@ class Trainer:
             pretrained_scale=self.config.pretrained_learning_rate_scale,
         )
         iterations = self.config.iterations_per_epoch
+        self.epoch_limit = epochs_for_training_windows(
+            self.config.epochs,
+            iterations_per_epoch=iterations,
+            training_windows=self.train_sampler.num_windows,
+            max_steps_per_window=self.config.max_steps_per_window,
+        )
+        self.planned_epochs = self.epoch_limit
         self.schedule = WarmupPolySchedule(
-            total_steps=self.config.epochs * iterations,
+            total_steps=self.planned_epochs * iterations,
             warmup_steps=self.config.warmup_epochs * iterations,
             exponent=self.config.poly_exponent,
         )
@@ -472,6 +480,12 @@ class Trainer:
         self.log(
             f"{self.planned_epochs} epochs x {self.config.iterations_per_epoch} iterations, batch {self.batch_size}, "
             f"lr {self.config.learning_rate:g}"
+            + (
+                f", at most {self.epoch_limit} epochs (max_steps_per_window {self.config.max_steps_per_window:g} "
+                f"x {self.train_sampler.num_windows} training windows)"
+                if self.epoch_limit < self.config.epochs
+                else ""
+            )
             + (
                 f", time budget {self.config.time_budget_minutes:g} min"
                 if self.config.time_budget_minutes
@@ -709,7 +723,7 @@ class Trainer:
 
     def _apply_time_budget(self, *, finished: float, seconds_per_epoch: float, spent_seconds: float) -> None:
         """With a time budget, plan as many epochs as the time left holds at ``seconds_per_epoch`` each
-        (never more than configured, never fewer than begun), and end the learning-rate schedule with the
+        (never more than the epoch limit, never fewer than begun), and end the learning-rate schedule with the
         last one.
 
         Called during a run's first epoch and after every epoch, so an estimate that was too long or too
@@ -718,7 +732,7 @@ class Trainer:
         if budget is None:
             return
         planned = epochs_in_budget(
-            budget * 60.0 - spent_seconds, seconds_per_epoch, finished=finished, cap=self.config.epochs
+            budget * 60.0 - spent_seconds, seconds_per_epoch, finished=finished, cap=self.epoch_limit
         )
         if self.dist.world_size > 1:
             shared = [planned]

@@ -10,7 +10,12 @@ import torch
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from pipeline.trainer_config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
-from pipeline.training.optim import WarmupPolySchedule, epochs_in_budget, recent_epoch_seconds
+from pipeline.training.optim import (
+    WarmupPolySchedule,
+    epochs_for_training_windows,
+    epochs_in_budget,
+    recent_epoch_seconds,
+)
 
 K, SIZE = 2, 16
 
@@ -156,6 +161,22 @@ def test_epochs_in_budget(
     remaining: float, seconds_per_epoch: float, finished: float, cap: int, expected: int
 ) -> None:
     assert epochs_in_budget(remaining, seconds_per_epoch, finished=finished, cap=cap) == expected
+
+
+@pytest.mark.parametrize(
+    ("windows", "limit", "expected"),
+    [
+        (54, None, 50),  # no limit: the configured epochs
+        (54, 10.0, 11),  # 540 steps: 10.8 epochs of 50, rounded up
+        (400, 10.0, 50),  # a larger set: the configured epochs come first
+        (2, 1.0, 1),  # never less than one epoch
+    ],
+)
+def test_epochs_for_training_windows(windows: int, limit: float | None, expected: int) -> None:
+    epochs = epochs_for_training_windows(
+        50, iterations_per_epoch=50, training_windows=windows, max_steps_per_window=limit
+    )
+    assert epochs == expected
 
 
 def test_a_plan_after_slow_first_epochs_follows_the_recent_ones() -> None:

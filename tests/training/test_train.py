@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pipeline.files import load_json, save_json
 from pipeline.model_folder import ModelFolder
 from pipeline.training.run import train
 from pipeline.training.trainer import TrainingResult
-from tests.training.conftest import DATASET, TINY, PlannedDataset
+from tests.training.conftest import DATASET, SHAPE, TINY, PlannedDataset
 from tests.training.helpers import assert_same_run, kill_after_first_epoch_and_resume
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -205,6 +206,30 @@ def test_cli_errors_and_time_budget(
     assert "time budget" in (fold_dir / "training_log.txt").read_text()
     assert cli.main([*base, "--epochs", "50", "--iterations-per-epoch", "1"]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_max_steps_per_window_limits_the_epochs_even_under_a_long_time_budget(
+    planned: PlannedDataset, tmp_path: Path
+) -> None:
+    training_cases = load_json(planned.folder / "splits_final.json")[0]["train"]
+    windows = len(training_cases) * SHAPE[0]  # one window per slice (see the conftest)
+    result = train(
+        DATASET,
+        0,
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        overrides=[*TINY, "max_steps_per_window=0.5", "time_budget_minutes=60"],
+        epochs=50,
+        iterations_per_epoch=1,
+        device="cpu",
+    )
+    limit = math.ceil(0.5 * windows)
+    assert result.epochs == limit and result.steps == limit
+    final = load_checkpoint(result.fold_dir / "checkpoint_final.pt")
+    assert final["planned_epochs"] == limit  # the budget's plans never went past the limit
+    log = (result.fold_dir / "training_log.txt").read_text()
+    assert f"at most {limit} epochs (max_steps_per_window 0.5 x {windows} training windows)" in log
 
 
 def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
