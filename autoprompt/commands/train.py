@@ -69,7 +69,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="trainer preset: a name from configs/ (2d_frozen, 3d_frozen, 3d_adapter, tiny) or a YAML file; "
         "default: 2d_frozen for 2d; 3d_adapter for 3d on CUDA, else 3d_frozen",
     )
-    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default: the preset's)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="number of epochs (default: the preset's); a small training set stops earlier at the preset's "
+        "max_steps_per_window (--set max_steps_per_window=null: no limit)",
+    )
     parser.add_argument(
         "--iterations-per-epoch",
         type=int,
