@@ -70,11 +70,6 @@ BYTES_PER_EMBEDDING = int(np.prod(EMBEDDING_SHAPE)) * np.dtype(CACHE_DTYPE).item
 CONTEXT = 2  # the spatial transform reads a region CONTEXT times the window around it
 
 
-def windows_per_view(cases: Sequence[TrainingCase], base: EmbeddingCache) -> int:
-    """Windows one view of ``cases`` holds (cached slices x windows per slice, summed)."""
-    return sum(int(np.prod(base.expected_shape(case)[:2])) for case in cases)
-
-
 def choose_view_count(
     config: ViewConfig, training_windows: int, *, bytes_per_embedding: int = BYTES_PER_EMBEDDING
 ) -> int:

@@ -52,7 +52,7 @@ from pipeline.files import save_json
 from pipeline.inference.postprocessing import postprocessing_from_labels
 from pipeline.model_folder import ModelFolder
 from pipeline.trainer_config import TrainerConfig
-from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts, windows_per_view
+from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts
 from pipeline.training.data import (
     TRAIN_STREAM,
     VAL_STREAM,
@@ -285,7 +285,6 @@ class Trainer:
         # its backbone built for the plans' window
         self.model = self.model_folder.build_model(device=self.device)
         self.cache = self._prepare_cache()
-        self.views = self._prepare_views()
         window = self.plan.window_size
         fixed = self.cache is not None
         stride = self.cache.slice_stride if fixed else 1
@@ -303,6 +302,7 @@ class Trainer:
             fixed=True,
             slice_stride=stride,
         )
+        self.views = self._prepare_views()
         self.augmentation = None if fixed else build_augmentation(self.config.augmentation, window)
         self.loss = AutoPromptLoss(self.plans.num_foreground_classes, self.config.loss)
         self.trainable_parameters = [p for p in self.model.parameters() if p.requires_grad]
@@ -426,9 +426,8 @@ class Trainer:
         """Build (or reuse) the augmented views of the training cases next to the embedding cache."""
         if self.cache is None:
             return None
-        training_windows = windows_per_view(self.train_cases, self.cache)
         count = choose_view_count(
-            self.config.views, training_windows, bytes_per_embedding=self.cache.embedding_bytes
+            self.config.views, self.train_sampler.num_windows, bytes_per_embedding=self.cache.embedding_bytes
         )
         parts = view_key_parts(
             self.cache,
