@@ -52,7 +52,7 @@ def compare_mirrors(
     references: Path,
     cases: list[str],
     labels: list[int],
-    fold: str,
+    folds: list[str],
     variants: tuple[str, ...] = tuple(VARIANTS),
     decoding: dict[str, tuple[int, ...]] | None = None,
     checkpoint: str = "best",
@@ -63,7 +63,7 @@ def compare_mirrors(
     missing = [case for case in cases if not (images / f"{case}_0000.nii.gz").exists()]
     if missing:
         raise SystemExit(f"{images}: no {missing[0]}_0000.nii.gz; give cases of that folder")
-    predictor = Predictor.from_model_folder(model_dir, folds=[fold], checkpoint=checkpoint, device="cpu")
+    predictor = Predictor.from_model_folder(model_dir, folds=folds, checkpoint=checkpoint, device="cpu")
     varied = {key: values for key, values in (decoding or {}).items() if values}
     settings = [dict(zip(varied, values, strict=True)) for values in itertools.product(*varied.values())]
     runs = [(name, setting) for name in variants for setting in settings]
@@ -113,7 +113,12 @@ def main() -> None:
     parser.add_argument("references", type=Path, help="folder of {case}.nii.gz reference label maps")
     parser.add_argument("--cases", nargs="+", required=True, help="case ids the fold was not trained on")
     parser.add_argument("--labels", type=int, nargs="+", required=True, help="foreground label values")
-    parser.add_argument("--fold", default="all", help="the fold to predict with (default: all)")
+    parser.add_argument(
+        "--fold",
+        nargs="+",
+        default=["all"],
+        help="the fold(s) to predict with, several as an ensemble (default: all)",
+    )
     parser.add_argument(
         "--checkpoint", choices=("best", "final", "latest"), default="best", help="(default: best)"
     )
@@ -153,7 +158,7 @@ def main() -> None:
     save_json(
         {
             "model_dir": str(args.model_dir),
-            "fold": args.fold,
+            "folds": args.fold,
             "checkpoint": args.checkpoint,
             "cases": args.cases,
             "variants": results,

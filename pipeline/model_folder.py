@@ -6,6 +6,7 @@
         plans.json  dataset.json  fingerprint.json  trainer_config.yaml
         fold_K/checkpoint_{best,final,latest}.pt  progress.png  training_log.txt
         fold_K/postprocessing.json  fold_K/validation/summary.json
+        fold_K/member_M/checkpoint_{best,final,latest}.pt  training_log.txt   (further ensemble members, M >= 1)
 
 Checkpoints hold the trainable weights only; the frozen backbone comes from its verified weights
 file, and a checkpoint made with another backbone (different checksum) is refused.
@@ -32,6 +33,7 @@ from planners.plans import Plans
 
 REQUIRED_FILES = ("plans.json", "dataset.json", "fingerprint.json", "trainer_config.yaml")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+_MEMBER_DIR = re.compile(r"^member_[1-9]\d*$")
 
 
 def model_folder_path(
@@ -90,6 +92,25 @@ class ModelFolder:
     def fold_dir(self, fold: int | str) -> Path:
         """``path / f"fold_{fold}"``."""
         return self.path / f"fold_{parse_fold(fold)}"
+
+    def member_dir(self, fold: int | str, member: int) -> Path:
+        """Where ensemble member ``member`` of ``fold`` trains: the fold's folder for member 0, else
+        ``fold_K/member_M`` (:attr:`~pipeline.trainer_config.TrainerConfig.ensemble_members`)."""
+        fold_dir = self.fold_dir(fold)
+        return fold_dir if member == 0 else fold_dir / f"member_{member}"
+
+    def member_dirs(self, fold: int | str, checkpoint: str = "best") -> list[Path]:
+        """The folders of the ensemble members of ``fold`` to predict with: the fold's own folder, then each
+        further member that finished training (``checkpoint_final.pt``) and has ``checkpoint_<checkpoint>.pt``."""
+        fold_dir = self.fold_dir(fold)
+        finished = [
+            path
+            for path in fold_dir.glob("member_*")
+            if _MEMBER_DIR.match(path.name)
+            and checkpoint_path(path, "final").is_file()
+            and checkpoint_path(path, checkpoint).is_file()
+        ]
+        return [fold_dir, *sorted(finished, key=lambda path: int(path.name.split("_")[1]))]
 
     def trained_folds(self, checkpoint: str = "best") -> list[int | str]:
         """Folds with a ``checkpoint_<checkpoint>.pt``, numbers first (sorted), then ``"all"``."""
@@ -158,7 +179,8 @@ class ModelFolder:
         device: str | torch.device,
         backbone: SamBackbone | None = None,
     ) -> AutoPromptSAM:
-        """The model of ``fold`` with the trainable weights of ``checkpoint_<checkpoint>.pt`` loaded.
+        """The model of ``fold`` (its own folder: ensemble member 0) with the trainable weights of
+        ``checkpoint_<checkpoint>.pt`` loaded.
 
         Raises:
             AutoPromptError: missing checkpoint, or one made with a different backbone ("incompatible
@@ -171,6 +193,38 @@ class ModelFolder:
                 f"{path}: checkpoint not found (folds with checkpoint_{checkpoint}.pt: {trained}); "
                 f"train it with 'autoprompt train' or choose trained folds"
             )
+        return self._load_checkpoint_model(path, device=device, backbone=backbone)
+
+    def load_models(
+        self,
+        fold: int | str,
+        *,
+        checkpoint: str = "best",
+        device: str | torch.device,
+        backbone: SamBackbone | None = None,
+    ) -> list[AutoPromptSAM]:
+        """The models of all ensemble members of ``fold`` (:meth:`member_dirs`), the fold's own first.
+
+        Raises:
+            AutoPromptError: as :meth:`load_model`.
+        """
+        first = self.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
+        backbone = first.backbone if backbone is None else backbone
+        further = self.member_dirs(fold, checkpoint)[1:]
+        return [
+            first,
+            *(
+                self._load_checkpoint_model(
+                    checkpoint_path(path, checkpoint), device=device, backbone=backbone
+                )
+                for path in further
+            ),
+        ]
+
+    def _load_checkpoint_model(
+        self, path: Path, *, device: str | torch.device, backbone: SamBackbone | None
+    ) -> AutoPromptSAM:
+        """A model with the trainable weights of the checkpoint file ``path`` (its backbone checked)."""
         state = load_checkpoint(path)
         self._metadata[path] = state["metadata"]
         model = self.build_model(device=device, backbone=backbone)

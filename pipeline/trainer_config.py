@@ -133,6 +133,11 @@ class TrainerConfig:
             (the windows of the training slices, one view), rounded up to whole epochs: a tiny training set
             is not trained for as long as ``epochs`` or a time budget would allow
             (:func:`pipeline.training.optim.epochs_for_training_windows`).
+        ensemble_members: at most this many models per fold, trained one after the other with seeds ``seed``,
+            ``seed + 1``, ... into ``fold_K/member_M`` and averaged at prediction (they share the encoder
+            pass). Members after the first train only when ``max_steps_per_window`` ended the first run
+            before ``epochs``: as many as the epochs it left unused pay for, and under a time budget as many
+            as fit it (:func:`pipeline.training.optim.ensemble_size`). One under torchrun.
         val_iterations: validation batches per epoch for the pseudo-Dice that picks checkpoint_best.
         batch_size: windows (2d) or stacks (3d) per step; None -> the plans' batch size.
         learning_rate: peak AdamW learning rate (reached after the warm-up).
@@ -188,6 +193,7 @@ class TrainerConfig:
     epochs: int = 50
     iterations_per_epoch: int = 250
     max_steps_per_window: float | None = None
+    ensemble_members: int = 1
     val_iterations: int = 25
     batch_size: int | None = None
     learning_rate: float = 1e-3
@@ -225,6 +231,7 @@ class TrainerConfig:
             "epochs": self.epochs >= 1,
             "iterations_per_epoch": self.iterations_per_epoch >= 1,
             "max_steps_per_window": self.max_steps_per_window is None or self.max_steps_per_window > 0,
+            "ensemble_members": self.ensemble_members >= 1,
             "val_iterations": self.val_iterations >= 0,
             "batch_size": self.batch_size is None or self.batch_size >= 1,
             "learning_rate": self.learning_rate > 0,

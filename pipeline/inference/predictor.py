@@ -219,7 +219,8 @@ class Predictor:
     ) -> Predictor:
         """Load the fold models of a model folder written by ``autoprompt train``.
 
-        The backbone is loaded (and checksum-verified) once and shared by all folds.
+        The backbone is loaded (and checksum-verified) once and shared by all folds. A fold trained as an
+        ensemble (``ensemble_members``) brings all its finished members (:meth:`ModelFolder.member_dirs`).
 
         Args:
             folder: the model folder (``RESULTS/DatasetXXX_Name/autoprompt__<preset>__<configuration>``).
@@ -261,10 +262,11 @@ class Predictor:
         model_config = model_folder.trainer_config.model
         decoding = check_decoding(model_config, decoding or {})
         backbone = load_configured_backbone(model_config, window=model_folder.window())
-        models = [
-            model_folder.load_model(fold, checkpoint=checkpoint, device=device, backbone=backbone)
+        fold_models = {
+            fold: model_folder.load_models(fold, checkpoint=checkpoint, device=device, backbone=backbone)
             for fold in folds
-        ]
+        }
+        models = [model for members in fold_models.values() for model in members]
         for model in models:
             for name, value in decoding.items():
                 setattr(model, name, value)
@@ -272,7 +274,11 @@ class Predictor:
             tta = all(model_folder.mirror_augmented(fold, checkpoint) for fold in folds)
         cached_views = all(model_folder.trained_on_cached_views(fold, checkpoint) for fold in folds)
         mirror_axes = mirror_axes_for(cached_views=cached_views)
-        notes = []
+        notes = [
+            f"note: fold {fold} is an ensemble of {len(members)} models (ensemble_members), averaged"
+            for fold, members in fold_models.items()
+            if len(members) > 1
+        ]
         if precision == AUTO:
             trained = [model_folder.trained_precision(fold, checkpoint) for fold in folds]
             precision = ensemble_precision(trained, device)

@@ -100,3 +100,25 @@ def epochs_in_budget(remaining_seconds: float, seconds_per_epoch: float, *, fini
     epochs begun, never more than ``cap``. ``epochs_in_budget(3450, 150, finished=1, cap=1000) == 24``.
     """
     return min(cap, max(math.ceil(finished), round(finished + remaining_seconds / seconds_per_epoch)))
+
+
+def ensemble_size(
+    *,
+    configured_epochs: int,
+    trained_epochs: int,
+    max_members: int,
+    budget_seconds: float | None = None,
+    seconds_per_member: float = 0.0,
+) -> int:
+    """Models a fold trains (:attr:`~pipeline.trainer_config.TrainerConfig.ensemble_members`), decided when
+    the first has trained ``trained_epochs``: 1 unless the step limit ended it before ``configured_epochs``;
+    then as many runs of ``trained_epochs`` as ``configured_epochs`` pay for, at most ``max_members``, and
+    under a time budget only as many as fit it at ``seconds_per_member`` each.
+    ``ensemble_size(configured_epochs=50, trained_epochs=11, max_members=3) == 3``.
+    """
+    if trained_epochs >= configured_epochs:
+        return 1
+    count = min(max_members, configured_epochs // trained_epochs)
+    if budget_seconds is not None and seconds_per_member > 0:
+        count = min(count, int(budget_seconds // seconds_per_member))
+    return max(1, count)

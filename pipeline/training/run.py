@@ -10,6 +10,7 @@ result.validation        # fold_0/validation/summary.json content
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import shutil
 from collections.abc import Sequence
@@ -130,16 +131,22 @@ def train(
             torch.distributed.barrier()
             model_folder = ModelFolder(folder_path) if not dist.is_main else model_folder
         raw_labels = Path(raw) / name / "labelsTr" if raw is not None else None
-        return Trainer(
-            model_folder=model_folder,
-            fold=fold,
-            config=trainer_config,
-            preprocessed_dataset=dataset_dir,
-            device=torch_device,
-            resume=resume,
-            raw_labels_folder=raw_labels if raw_labels is not None and raw_labels.is_dir() else None,
-            distributed=dist,
-        ).run()
+        run = {
+            "model_folder": model_folder,
+            "fold": fold,
+            "preprocessed_dataset": dataset_dir,
+            "device": torch_device,
+            "resume": resume,
+            "raw_labels_folder": raw_labels if raw_labels is not None and raw_labels.is_dir() else None,
+            "distributed": dist,
+        }
+        results = [Trainer(config=trainer_config, **run).run()]
+        for member in range(1, results[0].members):  # members decided by the first (ensemble_members)
+            member_config = dataclasses.replace(trainer_config, seed=trainer_config.seed + member)
+            results.append(
+                Trainer(config=member_config, member=member, members=results[0].members, **run).run()
+            )
+        return _ensemble_result(results)
     except BaseException as error:
         trained = guard is not None and guard.trained()
         if guard is not None and not trained:
@@ -166,6 +173,20 @@ _WRITE_ERRORS = {
     errno.EEXIST,
 }
 """OSErrors of a results folder that cannot be written (read-only, full, or a file where a folder belongs)."""
+
+
+def _ensemble_result(results: Sequence[TrainingResult]) -> TrainingResult:
+    """One result for a fold's ensemble members: epochs, steps and timings summed, the last member's final
+    validation, the rest member 0's."""
+    if len(results) == 1:
+        return results[0]
+    return dataclasses.replace(
+        results[0],
+        epochs=sum(result.epochs for result in results),
+        steps=sum(result.steps for result in results),
+        validation=results[-1].validation,
+        timings={key: sum(result.timings.get(key, 0.0) for result in results) for key in results[0].timings},
+    )
 
 
 def _asks_for_epochs(epochs: int | None, overrides: Sequence[str]) -> bool:

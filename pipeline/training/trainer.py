@@ -35,7 +35,7 @@ import torch
 
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
-from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
+from autoprompt.modeling.autoprompt_sam import AutoPromptOutput, AutoPromptSAM
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import channel_argmax
@@ -70,6 +70,7 @@ from pipeline.training.optim import (
     WarmupPolySchedule,
     build_optimizer,
     build_scheduler,
+    ensemble_size,
     epochs_for_training_windows,
     epochs_in_budget,
     recent_epoch_seconds,
@@ -124,14 +125,16 @@ class TrainingResult:
 
     Attributes:
         model_folder: the model folder.
-        fold_dir: ``model_folder/fold_K``.
-        epochs: epochs trained in total.
-        steps: optimiser steps in total.
-        best_ema_dice: the best smoothed pseudo-Dice (selects checkpoint_best).
+        fold_dir: ``model_folder/fold_K`` (of an ensemble member: ``fold_K/member_M``).
+        epochs: epochs trained in total (of a whole ensemble: summed over its members).
+        steps: optimiser steps in total (summed likewise).
+        best_ema_dice: the best smoothed pseudo-Dice (selects checkpoint_best; of an ensemble: member 0's).
         validation: the final validation summary (None when skipped).
-        history: one record per epoch (losses, pseudo-Dice, learning rate, seconds).
+        history: one record per epoch (losses, pseudo-Dice, learning rate, seconds; member 0's).
         timings: seconds spent on ``cache`` (building the embedding cache in this run), ``training``
-            (all epochs, including those before a resume) and ``validation`` (the final validation).
+            (all epochs, including those before a resume) and ``validation`` (the final validation);
+            of an ensemble summed over its members.
+        members: the models the fold trained (``TrainerConfig.ensemble_members``).
     """
 
     model_folder: Path
@@ -142,6 +145,7 @@ class TrainingResult:
     validation: dict | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    members: int = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -205,6 +209,10 @@ class Trainer:
         resume: continue from ``fold_K/checkpoint_latest.pt``.
         raw_labels_folder: the raw dataset's ``labelsTr`` (references of the final validation), if any.
         distributed: the torchrun context (default: a single process).
+        member: which ensemble member of the fold this run trains (0: the fold's own folder, else
+            ``fold_K/member_M``; ``config.seed`` is the member's own).
+        members: the fold's ensemble size when ``member`` > 0 (member 0 decides it at its end,
+            :func:`~pipeline.training.optim.ensemble_size`); the last member runs the final validation.
     """
 
     def __init__(
@@ -218,6 +226,8 @@ class Trainer:
         resume: bool = False,
         raw_labels_folder: Path | None = None,
         distributed: DistributedContext | None = None,
+        member: int = 0,
+        members: int = 1,
     ) -> None:
         self.model_folder = model_folder
         self.fold = fold
@@ -227,7 +237,9 @@ class Trainer:
         self.resume = resume
         self.raw_labels_folder = raw_labels_folder
         self.dist = distributed or DistributedContext()
-        self.fold_dir = model_folder.fold_dir(fold)
+        self.member = member
+        self.members = members
+        self.fold_dir = model_folder.member_dir(fold, member)
         self.plans = model_folder.plans
         self.plan = self.plans.configuration(config.configuration)
         self.class_names = [
@@ -271,7 +283,13 @@ class Trainer:
         train_ids, val_ids = self._split()
         if self.dist.is_main:  # the log exists from the start, before the (long) embedding cache
             self.log(
-                f"training fold {self.fold} of {self.plans.dataset_name} ({self.config.configuration}) starts: "
+                f"training fold {self.fold} of {self.plans.dataset_name} ({self.config.configuration})"
+                + (
+                    f", ensemble member {self.member + 1} of {self.members} (seed {self.config.seed})"
+                    if self.member
+                    else ""
+                )
+                + " starts: "
                 f"{len(train_ids)} training / {len(val_ids)} validation cases; loading cases, model"
                 + (", embedding cache" if self.config.cache_embeddings is not False else "")
             )
@@ -755,13 +773,17 @@ class Trainer:
                 f"{self.timings['training'] / 60:.1f} min"
             )
         self._leave_process_group()
+        if self.member == 0 and self.dist.world_size == 1:
+            self._decide_ensemble_size()
         if self.dist.is_main:
-            if self.config.final_validation and self.fold != "all":
+            if self.member + 1 < self.members:
+                self.log(f"ensemble member {self.member + 1} of {self.members} trained; the next one follows")
+            elif self.config.final_validation and self.fold != "all":
                 summary = self._final_validation()
-            elif self.fold == "all":
-                self._postprocessing_from_training_labels()
-            else:
+            elif self.fold != "all":
                 self.log("final_validation=false: final validation and postprocessing choice skipped")
+            if self.fold == "all" and self.member == 0:
+                self._postprocessing_from_training_labels()
         return TrainingResult(
             model_folder=self.model_folder.path,
             fold_dir=self.fold_dir,
@@ -771,7 +793,26 @@ class Trainer:
             validation=summary,
             history=self.history,
             timings=self.timings,
+            members=self.members,
         )
+
+    def _decide_ensemble_size(self) -> None:
+        """Member 0, at its end: how many models the fold trains (``config.ensemble_members``)."""
+        budget = self.config.time_budget_minutes
+        self.members = ensemble_size(
+            configured_epochs=self.config.epochs,
+            trained_epochs=self.planned_epochs,
+            max_members=self.config.ensemble_members,
+            budget_seconds=None if budget is None else budget * 60.0,
+            seconds_per_member=sum(record["seconds"] for record in self.history),
+        )
+        if self.members > 1:
+            self.log(
+                f"ensemble: {self.members} models for this fold (ensemble_members {self.config.ensemble_members}: "
+                f"the step limit left {self.config.epochs - self.planned_epochs} of {self.config.epochs} epochs"
+                + (f", time budget {budget:g} min" if budget else "")
+                + f"); the others train into {self.fold_dir}/member_M with seeds {self.config.seed + 1}, ..."
+            )
 
     def _postprocessing_from_training_labels(self) -> None:
         """Fold ``all`` has no held-out cases: decide postprocessing from the training labels instead."""
@@ -792,16 +833,17 @@ class Trainer:
         best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))
         self.model.load_trainable_state_dict(best["model"])
         self.model.eval()
+        models = [self._member_model(path) for path in self._earlier_member_dirs()] + [self.model]
         tta = self.config.validation_tta if self.config.validation_tta is not None else self.mirror_augmented
         precision = self.trained_precision.value
         started = time.perf_counter()
         summary = validate_fold(
-            self.model,
+            models,
             self.plans,
             self.config.configuration,
             case_ids=self.val_ids,
             preprocessed_folder=self.preprocessed_dataset / self.plan.data_identifier,
-            fold_dir=self.fold_dir,
+            fold_dir=self.model_folder.fold_dir(self.fold),
             device=self.device,
             tta=tta,
             mirror_axes=mirror_axes_for(cached_views=self._views_record() is not None),
@@ -819,12 +861,24 @@ class Trainer:
         )
         self.timings["validation"] = time.perf_counter() - started
         self.log(
-            f"final validation ({len(self.val_ids)} cases, TTA {'on' if tta else 'off'}, "
+            f"final validation ({len(self.val_ids)} cases"
+            + (f", an ensemble of {len(models)} models" if len(models) > 1 else "")
+            + f", TTA {'on' if tta else 'off'}, "
             f"zoomed pass {'on' if self.config.zoom.second_pass else 'off'}, {precision}, "
             f"{self.timings['validation']:.0f} s): Dice {per_class}  mean {summary['foreground_mean']['Dice']:.4f}; "
             f"postprocessing steps {summary['postprocessing']}"
         )
         return summary
+
+    def _earlier_member_dirs(self) -> list[Path]:
+        """The folders of this fold's ensemble members before this one."""
+        return [self.model_folder.member_dir(self.fold, member) for member in range(self.member)]
+
+    def _member_model(self, member_dir: Path) -> AutoPromptSAM:
+        """An earlier member's network with its ``checkpoint_best.pt`` weights, sharing this run's backbone."""
+        model = self.model_folder.build_model(device=self.device, backbone=self.model.backbone)
+        model.load_trainable_state_dict(load_checkpoint(checkpoint_path(member_dir, "best"))["model"])
+        return model.eval()
 
     # --------------------------------------------------------------------------------- checkpoints
     def _state(self, epochs_done: int) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from planners.plans import Plans
 
 
 def validate_fold(
-    model: AutoPromptSAM,
+    models: Sequence[AutoPromptSAM],
     plans: Plans,
     configuration: str,
     *,
@@ -51,7 +51,7 @@ def validate_fold(
     """Predict, export, evaluate and decide postprocessing for the validation cases of a fold.
 
     Args:
-        model: the trained model (eval mode).
+        models: the trained models (eval mode), averaged as :class:`Predictor` averages an ensemble.
         plans: the dataset's plans.
         configuration: "2d" or "3d".
         case_ids: the fold's validation cases.
@@ -72,7 +72,7 @@ def validate_fold(
     output = fold_dir / "validation"
     output.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(
-        [model],
+        models,
         plans,
         configuration,
         device=device,

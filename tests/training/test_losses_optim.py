@@ -12,6 +12,7 @@ from pipeline.trainer_config import LossConfig
 from pipeline.training.losses import AutoPromptLoss
 from pipeline.training.optim import (
     WarmupPolySchedule,
+    ensemble_size,
     epochs_for_training_windows,
     epochs_in_budget,
     recent_epoch_seconds,
@@ -177,6 +178,28 @@ def test_epochs_for_training_windows(windows: int, limit: float | None, expected
         50, iterations_per_epoch=50, training_windows=windows, max_steps_per_window=limit
     )
     assert epochs == expected
+
+
+@pytest.mark.parametrize(
+    ("trained", "budget", "seconds", "expected"),
+    [
+        (50, None, 0.0, 1),  # the step limit did not end the run: one model
+        (11, None, 0.0, 3),  # 50 epochs pay for 4 runs of 11: at most 3 members
+        (28, None, 0.0, 1),  # 50 epochs do not pay for a second run of 28
+        (11, 1800.0, 500.0, 3),  # 3 runs of 500 s fit 30 minutes
+        (11, 1800.0, 700.0, 2),  # 2 runs of 700 s fit
+        (11, 1800.0, 2000.0, 1),  # the budget ended the first run: no more
+    ],
+)
+def test_ensemble_size(trained: int, budget: float | None, seconds: float, expected: int) -> None:
+    size = ensemble_size(
+        configured_epochs=50,
+        trained_epochs=trained,
+        max_members=3,
+        budget_seconds=budget,
+        seconds_per_member=seconds,
+    )
+    assert size == expected
 
 
 def test_a_plan_after_slow_first_epochs_follows_the_recent_ones() -> None:

@@ -14,6 +14,7 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.files import load_json, save_json
+from pipeline.inference.predictor import Predictor
 from pipeline.model_folder import ModelFolder
 from pipeline.training.run import train
 from pipeline.training.trainer import TrainingResult
@@ -230,6 +231,49 @@ def test_max_steps_per_window_limits_the_epochs_even_under_a_long_time_budget(
     assert final["planned_epochs"] == limit  # the budget's plans never went past the limit
     log = (result.fold_dir / "training_log.txt").read_text()
     assert f"at most {limit} epochs (max_steps_per_window 0.5 x {windows} training windows)" in log
+
+
+def test_a_fold_the_step_limit_ends_early_trains_an_ensemble_that_validates_and_predicts_together(
+    planned: PlannedDataset, tmp_path: Path
+) -> None:
+    training_cases = load_json(planned.folder / "splits_final.json")[0]["train"]
+    limit = math.ceil(0.5 * len(training_cases) * SHAPE[0])
+    options = {
+        "preprocessed": planned.preprocessed,
+        "results": tmp_path,
+        "config": "tiny",
+        "overrides": ["max_steps_per_window=0.5", "ensemble_members=2", "val_iterations=1"],
+        "epochs": 50,
+        "iterations_per_epoch": 1,
+        "device": "cpu",
+    }
+    result = train(DATASET, 0, **options)
+    assert result.members == 2 and result.steps == 2 * limit
+    folder = ModelFolder(result.model_folder)
+    fold_dir, member_dir = folder.fold_dir(0), folder.fold_dir(0) / "member_1"
+    assert folder.member_dirs(0) == [fold_dir, member_dir]
+    seeds = [
+        load_checkpoint(d / "checkpoint_final.pt")["metadata"]["trainer_config"]["seed"]
+        for d in (fold_dir, member_dir)
+    ]
+    assert seeds == [12345, 12346]
+    assert "ensemble: 2 models for this fold" in (fold_dir / "training_log.txt").read_text()
+    assert (
+        "an ensemble of 2 models" in (member_dir / "training_log.txt").read_text()
+    )  # validated once, together
+    assert (fold_dir / "postprocessing.json").is_file() and (
+        fold_dir / "validation" / "summary.json"
+    ).is_file()
+    assert not (member_dir / "validation").exists()
+    weights = [load_checkpoint(d / "checkpoint_final.pt")["model"] for d in (fold_dir, member_dir)]
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    predictor = Predictor.from_model_folder(folder.path, folds=[0], device="cpu")
+    assert len(predictor.models) == 2 and "fold 0 is an ensemble of 2 models" in " ".join(predictor.notes)
+    # a member that did not finish is not predicted with, and --resume finishes it
+    (member_dir / "checkpoint_final.pt").unlink()
+    assert folder.member_dirs(0) == [fold_dir]
+    resumed = train(DATASET, 0, resume=True, **options)
+    assert resumed.members == 2 and folder.member_dirs(0) == [fold_dir, member_dir]
 
 
 def test_without_the_cache_the_encoder_runs_every_step_on_augmented_windows(
