@@ -74,7 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="number of epochs (default: the preset's); a small training set stops earlier at the preset's "
-        "max_steps_per_window (--set max_steps_per_window=null: no limit)",
+        "max_steps_per_window and spends the epochs left on up to ensemble_members models of the fold, "
+        "averaged at prediction (--set max_steps_per_window=null: no limit; --set ensemble_members=1: one model)",
     )
     parser.add_argument(
         "--iterations-per-epoch",

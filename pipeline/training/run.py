@@ -52,7 +52,8 @@ def train(
     raw: str | Path | None = None,
     distributed: DistributedContext | None = None,
 ) -> TrainingResult:
-    """Train one fold of a planned and preprocessed dataset.
+    """Train one fold of a planned and preprocessed dataset (with its further ensemble members, when the step
+    limit leaves room for them: ``TrainerConfig.ensemble_members``; the result then sums their epochs and steps).
 
     Args:
         dataset: id (``27``) or folder name (``Dataset027_ACDC``) under ``preprocessed``.
@@ -68,7 +69,7 @@ def train(
         epochs, iterations_per_epoch, time_budget_minutes, seed: shortcuts for those overrides.
         device: ``auto``, ``cpu``, ``cuda`` or a ``torch.device``; under torchrun a CUDA device means the GPU
             of each process's local rank (NCCL), ``cpu`` CPU processes (gloo).
-        resume: continue from ``fold_K/checkpoint_latest.pt``.
+        resume: continue from ``fold_K/checkpoint_latest.pt`` (and an interrupted ensemble member's).
         raw: the raw root; when it holds the dataset, the final validation compares with its ``labelsTr``.
         distributed: the torchrun context (set by the CLI under ``torchrun``).
 

@@ -809,7 +809,7 @@ class Trainer:
         if self.members > 1:
             self.log(
                 f"ensemble: {self.members} models for this fold (ensemble_members {self.config.ensemble_members}: "
-                f"the step limit left {self.config.epochs - self.planned_epochs} of {self.config.epochs} epochs"
+                f"the step limit ended this one after {self.planned_epochs} of {self.config.epochs} epochs"
                 + (f", time budget {budget:g} min" if budget else "")
                 + f"); the others train into {self.fold_dir}/member_M with seeds {self.config.seed + 1}, ..."
             )
