@@ -193,7 +193,7 @@ class ModelFolder:
                 f"{path}: checkpoint not found (folds with checkpoint_{checkpoint}.pt: {trained}); "
                 f"train it with 'autoprompt train' or choose trained folds"
             )
-        return self._load_checkpoint_model(path, device=device, backbone=backbone)
+        return self.load_checkpoint_file(path, device=device, backbone=backbone)
 
     def load_models(
         self,
@@ -214,14 +214,12 @@ class ModelFolder:
         return [
             first,
             *(
-                self._load_checkpoint_model(
-                    checkpoint_path(path, checkpoint), device=device, backbone=backbone
-                )
+                self.load_checkpoint_file(checkpoint_path(path, checkpoint), device=device, backbone=backbone)
                 for path in further
             ),
         ]
 
-    def _load_checkpoint_model(
+    def load_checkpoint_file(
         self, path: Path, *, device: str | torch.device, backbone: SamBackbone | None
     ) -> AutoPromptSAM:
         """A model with the trainable weights of the checkpoint file ``path`` (its backbone checked)."""

@@ -35,7 +35,7 @@ import torch
 
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
-from autoprompt.modeling.autoprompt_sam import AutoPromptOutput, AutoPromptSAM
+from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.prompt_generators import channel_argmax
@@ -833,7 +833,15 @@ class Trainer:
         best = load_checkpoint(checkpoint_path(self.fold_dir, "best"))
         self.model.load_trainable_state_dict(best["model"])
         self.model.eval()
-        models = [self._member_model(path) for path in self._earlier_member_dirs()] + [self.model]
+        earlier_members = [  # this fold's ensemble members before this one, sharing its backbone
+            self.model_folder.load_checkpoint_file(
+                checkpoint_path(self.model_folder.member_dir(self.fold, member), "best"),
+                device=self.device,
+                backbone=self.model.backbone,
+            )
+            for member in range(self.member)
+        ]
+        models = [*earlier_members, self.model]
         tta = self.config.validation_tta if self.config.validation_tta is not None else self.mirror_augmented
         precision = self.trained_precision.value
         started = time.perf_counter()
@@ -869,16 +877,6 @@ class Trainer:
             f"postprocessing steps {summary['postprocessing']}"
         )
         return summary
-
-    def _earlier_member_dirs(self) -> list[Path]:
-        """The folders of this fold's ensemble members before this one."""
-        return [self.model_folder.member_dir(self.fold, member) for member in range(self.member)]
-
-    def _member_model(self, member_dir: Path) -> AutoPromptSAM:
-        """An earlier member's network with its ``checkpoint_best.pt`` weights, sharing this run's backbone."""
-        model = self.model_folder.build_model(device=self.device, backbone=self.model.backbone)
-        model.load_trainable_state_dict(load_checkpoint(checkpoint_path(member_dir, "best"))["model"])
-        return model.eval()
 
     # --------------------------------------------------------------------------------- checkpoints
     def _state(self, epochs_done: int) -> dict[str, Any]:
