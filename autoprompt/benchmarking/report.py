@@ -53,6 +53,7 @@ def summarise_run(
         "training_minutes": stamps["trained"]["seconds"] / 60.0,
         "epochs": stamps["trained"].get("epochs"),
         "steps": stamps["trained"].get("steps"),
+        "models": stamps["trained"].get("models"),  # autoprompt's ensemble members; absent before round 38
         "inference_seconds_per_volume": stamps["predicted"]["seconds"] / num_test_cases,
         "peak_rss_mib": {
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
@@ -96,7 +97,9 @@ def _cell(value: float | None, digits: int) -> str:
 def _epochs_cell(run: dict) -> str:
     if run["epochs"] is None:
         return "-"
-    return f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
+    cell = f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
+    models = run.get("models") or 1
+    return cell + (f" over {models} models" if models > 1 else "")
 
 
 def _worst_cell(run: dict) -> str:

@@ -495,7 +495,12 @@ def _train_step(**kwargs) -> dict:
     from pipeline.training.run import train
 
     result = train(**kwargs)
-    return {"model_folder": str(result.model_folder), "epochs": result.epochs, "steps": result.steps}
+    return {
+        "model_folder": str(result.model_folder),
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "models": result.members,
+    }
 
 
 def _predict_step(**kwargs) -> dict:

@@ -124,10 +124,13 @@ def _evaluation(
     }
 
 
-def _stamps(train_seconds: float, epochs: int, steps: int | None = None) -> dict[str, dict]:
+def _stamps(
+    train_seconds: float, epochs: int, steps: int | None = None, models: int | None = None
+) -> dict[str, dict]:
+    trained = {"seconds": train_seconds, "peak_rss_mib": 2048.0, "epochs": epochs, "steps": steps}
     return {
         "preprocessed": {"seconds": 30.0, "peak_rss_mib": 800.0},
-        "trained": {"seconds": train_seconds, "peak_rss_mib": 2048.0, "epochs": epochs, "steps": steps},
+        "trained": trained if models is None else {**trained, "models": models},
         "predicted": {"seconds": 50.0, "peak_rss_mib": 1500.4},
         "evaluated": {"summary": "x"},
     }
@@ -199,6 +202,21 @@ def test_report_tables_from_given_metrics():
     assert "| classes lost (Dice < 0.1 where present) | none | p1_frame01/LV |" in lines
     assert "Data efficiency" not in text  # one size only
     assert not any("background" in line for line in lines if line.startswith("|"))
+
+
+def test_report_says_how_many_models_an_ensemble_trained():
+    def epochs_row(models: int | None) -> str:
+        run = summarise_run(
+            method="autoprompt", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, models),
+            evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
+        )  # fmt: skip
+        report = {"settings": SETTINGS, "labels": {"background": 0, "RV": 1, "LV": 2}, "runs": [run]}
+        return next(
+            line for line in format_report(report).splitlines() if line.startswith("| epochs trained")
+        )
+
+    assert epochs_row(3) == "| epochs trained (optimiser steps) | 33 (1650) over 3 models |"
+    assert epochs_row(1) == epochs_row(None) == "| epochs trained (optimiser steps) | 33 (1650) |"
 
 
 def test_data_efficiency_table_and_plots(tmp_path: Path):
