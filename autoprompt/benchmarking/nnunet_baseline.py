@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.errors import AutoPromptError
 from pipeline.files import load_json, save_json
@@ -152,14 +154,24 @@ sys.exit(code)
 from, so a small launcher, not this (large) process, must fork the measured command."""
 
 
-def run_logged(command: list[str], *, env: dict[str, str], log_file: Path, what: str) -> StepUsage:
+HEARTBEAT_S = 60.0
+"""While a child step runs, :func:`run_logged` reports this often how long it has run and its log's last line."""
+
+
+def run_logged(
+    command: list[str], *, env: dict[str, str], log_file: Path, what: str, heartbeat_s: float = HEARTBEAT_S
+) -> StepUsage:
     """Run ``command`` as a child process, its output appended to ``log_file``; measure time and peak memory.
+
+    Every ``heartbeat_s`` seconds while it runs, one line on stderr (through ``tqdm.write``, so progress bars
+    stay intact) gives the step, the time so far and the last line of its log: a 30-minute training is not silent.
 
     Args:
         command: the program and its arguments.
         env: the child's environment.
         log_file: stdout and stderr of the child go here.
-        what: names the step in the error message (e.g. "nnU-Net training").
+        what: names the step in the error message and the heartbeat (e.g. "nnU-Net training").
+        heartbeat_s: seconds between two heartbeat lines.
 
     Raises:
         AutoPromptError: the child failed; the message quotes the last line of its output.
@@ -171,16 +183,33 @@ def run_logged(command: list[str], *, env: dict[str, str], log_file: Path, what:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         launcher = [sys.executable, "-c", _MEASURE_CHILDREN, str(rss_file), *command]
-        result = subprocess.run(launcher, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with subprocess.Popen(launcher, env=env, stdout=log, stderr=subprocess.STDOUT) as child:
+            try:
+                returncode = _wait_reporting(
+                    child, start=start, log_file=log_file, what=what, every=heartbeat_s
+                )
+            except BaseException:
+                child.kill()  # as subprocess.run does: an interrupted step leaves no orphan
+                raise
     seconds = time.monotonic() - start
-    if result.returncode != 0:
-        raise AutoPromptError(
-            f"{what} failed (exit {result.returncode}): {_last_line(log_file)}; see {log_file}"
-        )
+    if returncode != 0:
+        raise AutoPromptError(f"{what} failed (exit {returncode}): {_last_line(log_file)}; see {log_file}")
     maxrss = float(rss_file.read_text())
     rss_file.unlink()
     kib = maxrss / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB on Linux
     return StepUsage(seconds=seconds, peak_rss_mib=kib / 1024)
+
+
+def _wait_reporting(child: subprocess.Popen, *, start: float, log_file: Path, what: str, every: float) -> int:
+    """``child``'s exit status, once it ends; until then a heartbeat line every ``every`` seconds."""
+    while True:
+        try:
+            return child.wait(timeout=every)
+        except subprocess.TimeoutExpired:
+            so_far = tqdm.format_interval(time.monotonic() - start)
+            tqdm.write(
+                f"{what}: running for {so_far}; {log_file}: {_last_line(log_file)[:160]}", file=sys.stderr
+            )
 
 
 def _last_line(log_file: Path) -> str:

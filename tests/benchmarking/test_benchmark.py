@@ -257,6 +257,17 @@ def test_run_logged_measures_peak_memory_and_reports_failures(tmp_path: Path):
         )
 
 
+def test_run_logged_reports_a_long_step_while_it_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    log = tmp_path / "logs" / "train.log"
+    slow = "import time; print('epoch 1', flush=True); time.sleep(1.5)"
+    run_logged([sys.executable, "-c", slow], env={}, log_file=log, what="slow training", heartbeat_s=0.5)
+    beats = capsys.readouterr().err.splitlines()
+    assert len(beats) >= 2 and all(line.startswith("slow training: running for 00:0") for line in beats)
+    assert beats[-1].endswith(f"{log}: epoch 1")  # the log's last line so far
+    run_logged([sys.executable, "-c", "pass"], env={}, log_file=log, what="quick", heartbeat_s=60.0)
+    assert capsys.readouterr().err == ""  # a step that ends before the first beat prints nothing
+
+
 # ------------------------------------------------------------------------------------- CLI errors
 def test_cli_errors_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     dataset = make_synthetic_dataset(tmp_path / "raw", num_cases=4, shape=(2, 16, 16))
