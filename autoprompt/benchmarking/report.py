@@ -53,7 +53,7 @@ def summarise_run(
         "training_minutes": stamps["trained"]["seconds"] / 60.0,
         "epochs": stamps["trained"].get("epochs"),
         "steps": stamps["trained"].get("steps"),
-        "models": stamps["trained"].get("models"),  # autoprompt's ensemble members; absent before round 38
+        "models": stamps["trained"].get("models"),  # autoprompt's ensemble members; absent from older stamps
         "inference_seconds_per_volume": stamps["predicted"]["seconds"] / num_test_cases,
         "peak_rss_mib": {
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
