@@ -51,6 +51,7 @@ def progress(
     interval: float = LINE_INTERVAL_S,
     delay: float = START_DELAY_S,
     file: IO | None = None,
+    eta: bool = True,
     **kwargs: Any,
 ) -> tqdm:
     """A tqdm bar on a terminal, periodic one-line reports otherwise (see the module docstring).
@@ -65,12 +66,16 @@ def progress(
         interval: the least number of seconds between two lines without a terminal.
         delay: seconds before the start line without a terminal.
         file: where to write (default: stderr).
+        eta: show the rate and the time left; False where items take very different times (a benchmark's
+            steps), as both would mislead.
         **kwargs: other tqdm arguments (``position``, ``postfix``, ...).
     """
     file = sys.stderr if file is None else file
     if not enabled:
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True, **kwargs)
     if is_terminal(file):
+        if not eta:
+            kwargs.setdefault("bar_format", "{l_bar}{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}]")
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, file=file, **kwargs)
     return LineProgress(
         iterable,
@@ -81,6 +86,7 @@ def progress(
         file=file,
         interval=interval,
         delay=delay,
+        eta=eta,
         **kwargs,
     )
 
@@ -89,9 +95,15 @@ class LineProgress(tqdm):
     """tqdm that writes whole lines (start, at most one per ``interval`` seconds, end) instead of a bar."""
 
     def __init__(
-        self, *args: Any, interval: float = LINE_INTERVAL_S, delay: float = START_DELAY_S, **kwargs: Any
+        self,
+        *args: Any,
+        interval: float = LINE_INTERVAL_S,
+        delay: float = START_DELAY_S,
+        eta: bool = True,
+        **kwargs: Any,
     ) -> None:
         self._interval = float(interval)
+        self._eta = eta
         self._delay = float(delay)
         self._created = time.monotonic()
         self._last_line: float | None = None  # when the last line was written (None: not yet)
@@ -142,7 +154,8 @@ class LineProgress(tqdm):
         self._decr_instances(self)
 
     def _line(self, *, started: bool = False, finished: bool = False) -> str:
-        what = f"{self.desc}: " if self.desc else ""
+        desc = self.desc.removesuffix(": ")  # tqdm's set_description appends ": " itself
+        what = f"{desc}: " if desc else ""
         unit = self.unit
         elapsed = self._time() - getattr(self, "start_t", self._time())
         rate = self.n / elapsed if elapsed > 0 else 0.0
@@ -150,12 +163,15 @@ class LineProgress(tqdm):
         if finished and self.total and self.n < self.total:  # an error or a break ended the loop
             return f"{what}stopped at {count} after {self.format_interval(elapsed)}"
         if finished:
-            return f"{what}done, {self.n:g} {unit} in {self.format_interval(elapsed)} ({_rate(rate, unit)})"
+            rate_note = f" ({_rate(rate, unit)})" if self._eta else ""
+            return f"{what}done, {self.n:g} {unit} in {self.format_interval(elapsed)}{rate_note}"
         if started and self.n == 0:
             return f"{what}started, {self.total:g} {unit}" if self.total else f"{what}started"
         line = f"{what}{100 * self.n / self.total:.0f}% ({count})" if self.total else f"{what}{count}"
-        line += f", {_rate(rate, unit)}, elapsed {self.format_interval(elapsed)}"
-        if self.total and rate > 0:
+        if self._eta:
+            line += f", {_rate(rate, unit)}"
+        line += f", elapsed {self.format_interval(elapsed)}"
+        if self._eta and self.total and rate > 0:
             line += f", ETA {self.format_interval((self.total - self.n) / rate)}"
         if self.postfix:
             line += f", {self.postfix}"

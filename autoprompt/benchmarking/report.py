@@ -16,6 +16,8 @@ BASELINES = ("nnunet", "none")
 """``--vs`` choices: nnU-Net v2, or none (autoprompt alone)."""
 LOST_DICE = 0.1
 """A class present in a test case's reference counts as lost where its Dice is below this."""
+LOST_LISTED = 6
+"""The report's "classes lost" cell names this many ``case/class`` pairs at most, then gives the count."""
 
 
 def summarise_run(
@@ -119,7 +121,17 @@ def _cells(runs: dict[str, dict], methods: Sequence[str], cell: Callable[[dict],
 
 
 def _lost_cell(run: dict) -> str:
-    return "-" if "lost" not in run else (", ".join(run["lost"]) or "none")
+    """The lost ``case/class`` pairs; past :data:`LOST_LISTED` their count and the first few (all in report.json)."""
+    if "lost" not in run:
+        return "-"
+    lost = run["lost"]
+    if len(lost) <= LOST_LISTED:
+        return ", ".join(lost) or "none"
+    cases = len({entry.rsplit("/", 1)[0] for entry in lost})
+    return (
+        f"{len(lost)} in {cases} test cases: {', '.join(lost[:LOST_LISTED])} and {len(lost) - LOST_LISTED} more "
+        "(report.json lists all)"
+    )
 
 
 def _size_title(runs: list[dict], grouped: bool) -> str:

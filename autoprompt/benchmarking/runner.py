@@ -237,7 +237,7 @@ def run_benchmark(
         for method in (METHODS if baseline == "nnunet" else ("autoprompt",))
     ]
     runs = []
-    with progress(total=len(parts) * len(PARTS), desc="benchmark", unit="step") as bar:
+    with progress(total=len(parts) * len(PARTS), desc="benchmark", unit="step", eta=False) as bar:
         for part in parts:
             stamps = _run_part(part, context, bar)
             evaluation = load_json(stamps["evaluated"]["summary"])
@@ -314,7 +314,7 @@ def _run_part(part: Part, context: _Context, bar: tqdm) -> dict[str, dict]:
     stamps = {}
     for name in PARTS:
         stamp = part.stamp(name)
-        bar.set_description(f"{part.method} train_{part.size}: {name}")
+        bar.set_description(f"{part.method} train_{part.size}: {STEP_TITLES[name]}")
         if not stamp.is_file():
             tqdm.write(
                 f"{METHOD_TITLES[part.method]}, training size {part.size}: {STEP_TITLES[name]} "

@@ -204,6 +204,24 @@ def test_report_tables_from_given_metrics():
     assert not any("background" in line for line in lines if line.startswith("|"))
 
 
+def test_a_long_list_of_lost_classes_is_counted_and_shortened():
+    def lost_row(lost: list[str]) -> str:
+        run = summarise_run(
+            method="nnunet", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, None),
+            evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
+        )  # fmt: skip
+        run["lost"] = lost
+        report = {"settings": SETTINGS, "labels": {"background": 0, "RV": 1, "LV": 2}, "runs": [run]}
+        return next(line for line in format_report(report).splitlines() if line.startswith("| classes lost"))
+
+    lost = [f"p{case}_frame01/{name}" for case in range(4) for name in ("RV", "LV")]
+    assert lost_row(lost) == (
+        "| classes lost (Dice < 0.1 where present) | 8 in 4 test cases: p0_frame01/RV, p0_frame01/LV, "
+        "p1_frame01/RV, p1_frame01/LV, p2_frame01/RV, p2_frame01/LV and 2 more (report.json lists all) |"
+    )
+    assert lost_row(lost[:2]) == "| classes lost (Dice < 0.1 where present) | p0_frame01/RV, p0_frame01/LV |"
+
+
 def test_report_says_how_many_models_an_ensemble_trained():
     def epochs_row(models: int | None) -> str:
         run = summarise_run(

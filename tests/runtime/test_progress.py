@@ -52,6 +52,33 @@ def test_the_start_line_comes_while_the_first_item_still_runs() -> None:
     assert stream.getvalue().splitlines()[-1].startswith("building cache: done, 2 case in")
 
 
+def test_a_new_description_reads_like_the_first() -> None:
+    stream = io.StringIO()
+    bar = progress(total=2, desc="benchmark", unit="step", file=stream, interval=0, delay=0)
+    bar.set_description("autoprompt train_3: training")
+    bar.update()
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[-2].startswith("autoprompt train_3: training: 50% (1/2 step)"), lines
+    assert lines[-1].startswith("autoprompt train_3: training: stopped at 1/2 step"), lines
+
+
+def test_without_eta_lines_give_counts_and_elapsed_time_only() -> None:
+    stream = io.StringIO()
+    bar = progress(total=3, desc="benchmark", unit="step", file=stream, interval=0, delay=0, eta=False)
+    bar.update()
+    assert re.fullmatch(r"benchmark: 33% \(1/3 step\), elapsed \S+", stream.getvalue().splitlines()[-1])
+    bar.update(2)
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert re.fullmatch(r"benchmark: done, 3 step in \S+", lines[-1]), lines
+    terminal = _Terminal()
+    with progress(total=2, desc="benchmark", unit="step", file=terminal, eta=False) as bar:
+        bar.update(2)
+    assert "2/2 step" in terminal.getvalue() and "s/step" not in terminal.getvalue()
+    assert "<" not in terminal.getvalue()  # no time left
+
+
 def test_quick_steps_write_nothing_and_a_failed_step_says_where_it_stopped() -> None:
     stream = io.StringIO()
     for _ in progress(range(3), desc="quick", file=stream):  # shorter than the start delay
