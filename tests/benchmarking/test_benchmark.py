@@ -204,15 +204,21 @@ def test_report_tables_from_given_metrics():
     assert not any("background" in line for line in lines if line.startswith("|"))
 
 
+def _one_run_row(prefix: str, *, models: int | None = None, lost: list[str] | None = None) -> str:
+    """The line of a one-run report.md that starts with ``prefix``."""
+    run = summarise_run(
+        method="autoprompt", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, models),
+        evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
+    )  # fmt: skip
+    if lost is not None:
+        run["lost"] = lost
+    report = {"settings": SETTINGS, "labels": {"background": 0, "RV": 1, "LV": 2}, "runs": [run]}
+    return next(line for line in format_report(report).splitlines() if line.startswith(prefix))
+
+
 def test_a_long_list_of_lost_classes_is_counted_and_shortened():
     def lost_row(lost: list[str]) -> str:
-        run = summarise_run(
-            method="nnunet", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, None),
-            evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
-        )  # fmt: skip
-        run["lost"] = lost
-        report = {"settings": SETTINGS, "labels": {"background": 0, "RV": 1, "LV": 2}, "runs": [run]}
-        return next(line for line in format_report(report).splitlines() if line.startswith("| classes lost"))
+        return _one_run_row("| classes lost", lost=lost)
 
     lost = [f"p{case}_frame01/{name}" for case in range(4) for name in ("RV", "LV")]
     assert lost_row(lost) == (
@@ -224,14 +230,7 @@ def test_a_long_list_of_lost_classes_is_counted_and_shortened():
 
 def test_report_says_how_many_models_an_ensemble_trained():
     def epochs_row(models: int | None) -> str:
-        run = summarise_run(
-            method="autoprompt", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, models),
-            evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
-        )  # fmt: skip
-        report = {"settings": SETTINGS, "labels": {"background": 0, "RV": 1, "LV": 2}, "runs": [run]}
-        return next(
-            line for line in format_report(report).splitlines() if line.startswith("| epochs trained")
-        )
+        return _one_run_row("| epochs trained", models=models)
 
     assert epochs_row(3) == "| epochs trained (optimiser steps) | 33 (1650) over 3 models |"
     assert epochs_row(1) == epochs_row(None) == "| epochs trained (optimiser steps) | 33 (1650) |"
