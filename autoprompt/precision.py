@@ -27,17 +27,23 @@ BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def read_cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``); empty where it cannot be read."""
+def cpuinfo_value(field: str, cpuinfo: Path = CPUINFO) -> str | None:
+    """The value of the first ``field`` line of ``cpuinfo`` (e.g. ``flags``, ``model name``), stripped; None
+    where the file cannot be read or has no such line."""
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
+        if name.strip() == field:
+            return value.strip()
+    return None
+
+
+def read_cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``); empty where it cannot be read."""
+    return frozenset((cpuinfo_value("flags", cpuinfo) or "").split())
 
 
 def cpu_precision(flags: Iterable[str], capability: str) -> Precision:

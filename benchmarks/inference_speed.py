@@ -32,11 +32,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
+from autoprompt.benchmarking.measurement import load_average, machine_info, machine_label
 from autoprompt.benchmarking.nnunet_baseline import TRAINER_NAME, NnUNetRoots, link_raw_subset, run_logged
 from autoprompt.benchmarking.nnunet_baseline import plan_and_preprocess as nnunet_plan_and_preprocess
 from autoprompt.benchmarking.nnunet_baseline import train as nnunet_train
+from autoprompt.devices import resolve_device
 from autoprompt.paths import dataset_id
 from pipeline.checkpoint import checkpoint_path, save_checkpoint
 from pipeline.dataset import load_raw_dataset
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         help="JSON results (default benchmarks/results/inference_speed_<dataset>.json)",
     )
     args = parser.parse_args(argv)
+    load_before = load_average()
 
     raw = args.raw.resolve()
     work = args.work / raw.name
@@ -263,9 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": raw.name,
         "cases": cases,
         "device": args.device,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(),
+        "machine": machine_info(resolve_device(args.device), load_average_before=load_before),
         "autoprompt_model": str(autoprompt_model),
         "autoprompt_model_trained": args.autoprompt_model is not None,
         "nnunet_model": None if args.no_nnunet else str(args.nnunet_model or short_training(args)),
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     output_json = args.output or REPO / "benchmarks" / "results" / f"inference_speed_{raw.name}.json"
     save_json(result, output_json)
-    print(f"\n{raw.name}, {len(cases)} volumes, device {args.device}\n")
+    print(f"\n{raw.name}, {len(cases)} volumes, device {args.device}: {machine_label(result['machine'])}\n")
     print("| tool | folds | TTA | s / volume | peak RSS (MiB) |\n|---|---|---|---|---|")
     for row in rows:
         print(

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -58,6 +57,7 @@ import numpy as np
 import torch
 
 from autoprompt.allocator import retain_freed_memory
+from autoprompt.benchmarking.measurement import load_average, machine_info
 from autoprompt.benchmarking.nnunet_baseline import run_logged
 from autoprompt.devices import Precision, autocast
 from autoprompt.modeling import class_decoder
@@ -65,7 +65,7 @@ from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
-from autoprompt.precision import read_cpu_flags, resolve_precision
+from autoprompt.precision import resolve_precision
 from benchmarks.inference_speed import candidate_cases, console_script, link_inputs
 from pipeline.files import save_json
 from pipeline.training.data import load_training_cases
@@ -298,14 +298,9 @@ def _machine() -> dict:
     import openvino
 
     return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "bf16_instructions": sorted(read_cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+        **machine_info(CPU, load_average_before=load_average()),
         "auto_precision": resolve_precision("auto", CPU).value,
-        "torch": torch.__version__,
         "openvino": openvino.__version__,
-        "load_average_before": round(os.getloadavg()[0], 2),
     }
 
 
@@ -397,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         result["demo"] = demo_row(args.work, extra=args.demo_args)
     else:
         result["skipped"]["demo"] = "no --demo"
-    result["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+    result["machine"]["load_average_after"] = load_average()
     save_json(result, args.output)
     print(f"written {args.output}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from autoprompt.benchmarking.cases import ALL, group_of
+from autoprompt.benchmarking.measurement import machine_label
 from pipeline.files import atomic_path, save_json
 
 METHODS = ("autoprompt", "nnunet")
@@ -34,7 +35,7 @@ def summarise_run(
     """One method x training size, for report.json: metrics (Dice, HD95), their spread and costs.
 
     Args:
-        stamps: the four part stamps (``seconds``, ``peak_rss_mib``; ``epochs`` in "trained").
+        stamps: the four part stamps (``seconds``, ``peak_rss_mib``, ``machine``; ``epochs`` in "trained").
         evaluation: the summary of :func:`pipeline.evaluation.evaluate_folders`.
         group_regex: test cases with equal regex group 1 are one group (a patient) for the worst group.
     """
@@ -57,6 +58,8 @@ def summarise_run(
         "steps": stamps["trained"].get("steps"),
         "models": stamps["trained"].get("models"),  # autoprompt's ensemble members; absent from older stamps
         "inference_seconds_per_volume": stamps["predicted"]["seconds"] / num_test_cases,
+        # where the budget and the timed prediction ran (absent from stamps written before it was recorded)
+        "machine": {part: stamps[part].get("machine") for part in ("trained", "predicted")},
         "peak_rss_mib": {
             part: stamps[part]["peak_rss_mib"] for part in ("preprocessed", "trained", "predicted")
         },
@@ -102,6 +105,17 @@ def _epochs_cell(run: dict) -> str:
     cell = f"{run['epochs']} ({run['steps']})" if run.get("steps") else str(run["epochs"])
     models = run.get("models") or 1
     return cell + (f" over {models} models" if models > 1 else "")
+
+
+def _machine_cell(run: dict) -> str:
+    """The machine of the training (and of the prediction, where another); "-" where not recorded."""
+    machines = run.get("machine") or {}
+    trained, predicted = machines.get("trained"), machines.get("predicted")
+    if trained is None:
+        return "-"
+    if predicted is None or predicted == trained:
+        return machine_label(trained)
+    return f"training: {machine_label(trained)}; inference: {machine_label(predicted)}"
 
 
 def _worst_cell(run: dict) -> str:
@@ -226,6 +240,7 @@ def format_report(report: dict) -> str:
             ("peak memory, preprocessing (MiB)", lambda r: _cell(r["peak_rss_mib"]["preprocessed"], 0)),
             ("peak memory, training (MiB)", lambda r: _cell(r["peak_rss_mib"]["trained"], 0)),
             ("peak memory, inference (MiB)", lambda r: _cell(r["peak_rss_mib"]["predicted"], 0)),
+            ("machine", _machine_cell),
         ]
         lines += [f"| {label} | " + " | ".join(_cells(runs, methods, cell)) + " |" for label, cell in rows]
     if len(sizes) > 1:

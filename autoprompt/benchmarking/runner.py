@@ -11,7 +11,8 @@ run in order: ``preprocessed`` (the method's own planning of the training cases)
 cases, the final checkpoint) and ``evaluated`` (:func:`pipeline.evaluation.evaluate_folders` for both).
 Every step but the evaluation runs in a child process, so wall time and peak memory are measured the
 same way for both methods (:func:`autoprompt.benchmarking.nnunet_baseline.run_logged`). A finished part
-leaves a JSON stamp and is never run again; a run that stopped resumes where it stopped. The cases come from
+leaves a JSON stamp (with the machine it ran on: a run resumed elsewhere says so) and is never run again; a
+run that stopped resumes where it stopped. The cases come from
 :mod:`autoprompt.benchmarking.cases`, the report from :mod:`autoprompt.benchmarking.report`.
 
 Layout of ``REPORT_DIR``::
@@ -34,11 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from autoprompt.allocator import retained_memory_environment
 from autoprompt.benchmarking import nnunet_baseline
 from autoprompt.benchmarking.cases import ALL, group_of, select_cases, training_subsets
+from autoprompt.benchmarking.measurement import machine
 from autoprompt.benchmarking.report import BASELINES, METHOD_TITLES, METHODS, summarise_run, write_report
 from autoprompt.errors import AutoPromptError
 from autoprompt.paths import dataset_id
@@ -321,7 +324,7 @@ def _run_part(part: Part, context: _Context, bar: tqdm) -> dict[str, dict]:
                 f"(logs in {part.folder / 'logs'})",
                 file=sys.stderr,
             )
-            save_json(actions[name](), stamp)
+            save_json({**actions[name](), "machine": machine(torch.device(context.settings.device))}, stamp)
         stamps[name] = load_json(stamp)
         bar.update()
     return stamps

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from autoprompt.benchmarking.cases import ALL, parse_train_cases, select_cases, training_subsets
+from autoprompt.benchmarking.measurement import machine
 from autoprompt.benchmarking.nnunet_baseline import PROBE_STEPS, iterations_for_budget, run_logged
 from autoprompt.benchmarking.report import format_report, summarise_run, write_report
 from autoprompt.cli import main
@@ -204,10 +205,15 @@ def test_report_tables_from_given_metrics():
     assert not any("background" in line for line in lines if line.startswith("|"))
 
 
-def _one_run_row(prefix: str, *, models: int | None = None, lost: list[str] | None = None) -> str:
-    """The line of a one-run report.md that starts with ``prefix``."""
+def _one_run_row(
+    prefix: str, *, models: int | None = None, lost: list[str] | None = None, machines: dict | None = None
+) -> str:
+    """The line of a one-run report.md that starts with ``prefix``; ``machines``: part -> the machine in its stamp."""
+    stamps = _stamps(60.0, 33, 1650, models)
+    for part, described in (machines or {}).items():
+        stamps[part] = {**stamps[part], "machine": described}
     run = summarise_run(
-        method="autoprompt", size="3", train_cases=["p1_f1"], num_groups=1, stamps=_stamps(60.0, 33, 1650, models),
+        method="autoprompt", size="3", train_cases=["p1_f1"], num_groups=1, stamps=stamps,
         evaluation=_evaluation({1: 0.5, 2: 0.75}, {1: 10.0, 2: 4.0}), num_test_cases=2, group_regex=GROUP,
     )  # fmt: skip
     if lost is not None:
@@ -234,6 +240,25 @@ def test_report_says_how_many_models_an_ensemble_trained():
 
     assert epochs_row(3) == "| epochs trained (optimiser steps) | 33 (1650) over 3 models |"
     assert epochs_row(1) == epochs_row(None) == "| epochs trained (optimiser steps) | 33 (1650) |"
+
+
+def test_report_names_the_machine_each_run_trained_and_predicted_on():
+    amd = {"cpu": "AMD EPYC", "cpu_count": 2, "bf16_instructions": ["avx512_bf16"], "gpu": None}
+    intel = {
+        "cpu": "Intel Xeon",
+        "cpu_count": 2,
+        "bf16_instructions": ["amx_bf16", "avx512_bf16"],
+        "gpu": None,
+    }
+
+    def machine_row(machines: dict | None) -> str:
+        return _one_run_row("| machine |", machines=machines)
+
+    assert machine_row({"trained": amd, "predicted": amd}) == "| machine | AMD EPYC, 2 CPUs, avx512_bf16 |"
+    assert machine_row({"trained": amd, "predicted": intel}) == (
+        "| machine | training: AMD EPYC, 2 CPUs, avx512_bf16; inference: Intel Xeon, 2 CPUs, amx_bf16, avx512_bf16 |"
+    )
+    assert machine_row(None) == "| machine | - |"  # stamps written before the machine was recorded
 
 
 def test_data_efficiency_table_and_plots(tmp_path: Path):
@@ -359,6 +384,7 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
         # autoprompt runs its configured epoch; nnU-Net fits as many epochs as the budget holds after its first
         assert run["epochs"] == 1 if run["method"] == "autoprompt" else run["epochs"] >= 1
         assert all(value > 100 for value in run["peak_rss_mib"].values())  # python + torch children, in MiB
+        assert run["machine"]["trained"] == run["machine"]["predicted"] == machine(torch.device("cpu"))
     text = (report_dir / "report.md").read_text()
     for run in report["runs"]:
         assert f"{run['per_class']['class1']['dice']:.4f}" in text

@@ -5,6 +5,7 @@ assertions)."""
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from autoprompt.benchmarking import measurement
 from autoprompt.modeling.backbone import load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import ABSENT_LOGIT
+from autoprompt.precision import cpuinfo_value, read_cpu_flags
 from benchmarks import class_scaling, speed
 from benchmarks.class_scaling import forced_presence, forced_presence_logits
 from tests.modeling.conftest import tiny_config
@@ -33,9 +35,32 @@ def test_median_seconds_warms_up_once_then_takes_the_median_of_the_repeats(monke
 def test_machine_info_and_markdown_table():
     info = measurement.machine_info(CPU, load_average_before=1.5)
     assert info["load_average_before"] == 1.5 and info["torch_threads"] >= 1
+    assert info["device"] == "cpu" and info["gpu"] is None and info["cpu"] and info["cpu_count"] >= 1
+    assert set(info["bf16_instructions"]) <= {"avx512_bf16", "amx_bf16"}
     assert measurement.peak_memory_mib(CPU) > 0
     table = measurement.markdown_table([{"k": 3, "ms": 1.5}, {"k": 15, "ms": 4.0}], ["k", "ms"])
     assert table.splitlines() == ["| k | ms |", "|---|---|", "| 3 | 1.5 |", "| 15 | 4.0 |"]
+
+
+def test_the_machine_is_the_cpu_model_of_cpuinfo_and_its_bf16_instructions(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n"
+    )
+    monkeypatch.setattr(measurement, "cpuinfo_value", lambda field: cpuinfo_value(field, cpuinfo))
+    monkeypatch.setattr(measurement, "read_cpu_flags", lambda: read_cpu_flags(cpuinfo))
+    described = measurement.machine(CPU)
+    assert described == {
+        "cpu": "AMD EPYC",
+        "cpu_count": os.cpu_count(),
+        "bf16_instructions": ["avx512_bf16"],
+        "gpu": None,
+    }
+    assert measurement.machine_label(described) == f"AMD EPYC, {os.cpu_count()} CPUs, avx512_bf16"
+    older = {"cpu": "Xeon", "cpu_count": 4, "bf16_instructions": [], "gpu": "NVIDIA H200"}
+    assert measurement.machine_label(older) == "NVIDIA H200 (Xeon, 4 CPUs, no bf16 instructions)"
+    monkeypatch.setattr(measurement, "cpuinfo_value", lambda field: None)  # no /proc/cpuinfo (macOS)
+    assert measurement.machine(CPU)["cpu"]  # what platform reports
 
 
 def test_forced_presence_makes_the_first_classes_present_in_every_window():

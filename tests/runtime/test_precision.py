@@ -10,7 +10,13 @@ import torch
 import autoprompt.precision
 from autoprompt.devices import Precision
 from autoprompt.errors import AutoPromptError
-from autoprompt.precision import cpu_precision, cuda_precision, read_cpu_flags, resolve_precision
+from autoprompt.precision import (
+    cpu_precision,
+    cpuinfo_value,
+    cuda_precision,
+    read_cpu_flags,
+    resolve_precision,
+)
 
 CPU = torch.device("cpu")
 
@@ -49,6 +55,10 @@ def test_cpu_flags_are_read_from_the_first_flags_line(tmp_path: Path) -> None:
     )
     assert read_cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512f", "avx512_bf16"}
     assert read_cpu_flags(tmp_path / "missing") == frozenset()
+    assert cpuinfo_value("model name", cpuinfo) == "Some CPU"
+    assert (
+        cpuinfo_value("microcode", cpuinfo) is None and cpuinfo_value("flags", tmp_path / "missing") is None
+    )
 
 
 @pytest.mark.parametrize("bf16", [True, False])
