@@ -8,6 +8,11 @@
 
 Every ``precision`` option (the image encoder of ``predict``, ``serve``, ``segment`` and ``embed``, the
 trainer's ``encoder_precision`` and ``amp``) defaults to ``auto``; a named precision is taken as given.
+
+The frozen image encoder of a trained model folder goes one step further under ``auto``
+(:func:`int8_encoder_pays`): int8 where ``auto`` is bf16 on a CPU with int8 dot products (VNNI) but
+without AMX, whose bf16 tiles outrun int8 on the vector units
+(:mod:`autoprompt.modeling.encoder_quantization`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ CHOICES = (AUTO, *(precision.value for precision in Precision))
 """The values of a ``--precision`` option."""
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """``/proc/cpuinfo`` flags of CPUs with bf16 dot-product instructions."""
+INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+"""``/proc/cpuinfo`` flags of CPUs with int8 dot-product instructions on their vector units."""
+AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_int8", "amx_tile"})
+"""``/proc/cpuinfo`` flags of CPUs with AMX tiles."""
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -50,6 +59,15 @@ def cpu_precision(flags: Iterable[str], capability: str) -> Precision:
     """``auto`` on a CPU with these ``/proc/cpuinfo`` flags and PyTorch CPU capability (e.g. ``"AVX512"``)."""
     native = not BF16_CPU_FLAGS.isdisjoint(flags) and capability.upper().startswith("AVX512")
     return Precision.BF16 if native else Precision.FP32
+
+
+def int8_encoder_pays(precision: Precision, device: torch.device, flags: Iterable[str] | None = None) -> bool:
+    """Whether ``auto`` runs a model folder's frozen image encoder in int8: on a CPU whose ``auto`` precision
+    is bf16 (``precision``) and whose flags (None: this CPU's) have VNNI but no AMX."""
+    if device.type != "cpu" or precision is not Precision.BF16:
+        return False
+    flags = read_cpu_flags() if flags is None else frozenset(flags)
+    return not INT8_CPU_FLAGS.isdisjoint(flags) and AMX_CPU_FLAGS.isdisjoint(flags)
 
 
 def cuda_precision(bf16_supported: bool) -> Precision:

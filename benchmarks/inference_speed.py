@@ -42,6 +42,7 @@ from pipeline.checkpoint import checkpoint_path, save_checkpoint
 from pipeline.dataset import load_raw_dataset
 from pipeline.experiment_planning import plan_and_preprocess
 from pipeline.files import load_json, save_json
+from pipeline.inference.predictor import ALL_TRAINED, Predictor
 from pipeline.model_folder import ModelFolder
 from pipeline.trainer_config import DEFAULT_PRESETS, load_trainer_config
 
@@ -143,6 +144,13 @@ def with_five_folds(model: Path, work: Path) -> Path:
     return linked
 
 
+def encoder_run(model: Path, *, precision: str, device: str) -> str:
+    """``int8`` where ``autoprompt predict --precision PRECISION`` runs the model folder's int8 encoder on this
+    machine, else the precision it runs the encoder in."""
+    predictor = Predictor.from_model_folder(model, folds=ALL_TRAINED, precision=precision, device=device)
+    return "int8" if predictor.models[0].backbone.int8_encoder is not None else predictor.precision.value
+
+
 def console_script(name: str) -> str:
     """The console script ``name`` (``nnUNetv2_predict``, ...) installed next to this Python, else the bare name."""
     candidate = Path(sys.executable).with_name(name)
@@ -191,9 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "fp16"),
-        help="autoprompt's network precision (the one its embeddings were cached in; default fp32)",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autoprompt predict's --precision (default auto, as a user runs it: the precision the model "
+        "was trained in, and its int8 encoder on CPUs where int8 pays)",
     )
     parser.add_argument(
         "--work",
@@ -267,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine_info(resolve_device(args.device), load_average_before=load_before),
         "autoprompt_model": str(autoprompt_model),
         "autoprompt_model_trained": args.autoprompt_model is not None,
+        "autoprompt_precision": args.precision,
+        "autoprompt_encoder": encoder_run(autoprompt_model, precision=args.precision, device=args.device),
         "nnunet_model": None if args.no_nnunet else str(args.nnunet_model or short_training(args)),
         "rows": rows,
     }

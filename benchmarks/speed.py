@@ -4,8 +4,9 @@ the ACDC cache, the demo.
 Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu.json`` by default):
 
 - ``encoder``: the LiteMedSAM image encoder on random 256 x 256 windows, batches of 1 and 4, PyTorch eager
-  in fp32 and bf16 and the OpenVINO runtime (:mod:`autoprompt.modeling.encoder_runtime`) at the same
-  precisions: seconds per window (median over rounds; the variants are timed in turn within each round, so
+  in fp32 and bf16, the OpenVINO runtime (:mod:`autoprompt.modeling.encoder_runtime`) at the same
+  precisions and the int8 encoder training writes (:mod:`autoprompt.modeling.encoder_quantization`, here
+  calibrated on random windows, under bf16): seconds per window (median over rounds; the variants are timed in turn within each round, so
   other jobs on a shared machine load them alike), process CPU seconds per window (the work itself, which
   other jobs change less than the wall time), the relative L2 error against eager at the same precision and
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
@@ -65,6 +66,7 @@ from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
+from autoprompt.modeling.encoder_quantization import quantize_encoder
 from autoprompt.precision import resolve_precision
 from benchmarks.inference_speed import candidate_cases, console_script, link_inputs
 from pipeline.files import save_json
@@ -76,32 +78,49 @@ from planners.plans import Plans
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 CPU = torch.device("cpu")
+INT8 = "openvino int8"
 VARIANTS = (
     ("eager", Precision.FP32),
     ("eager", Precision.BF16),
     ("openvino", Precision.FP32),
     ("openvino", Precision.BF16),
+    (INT8, Precision.BF16),
 )
 """(runtime, precision) of the encoder rows; OpenVINO is compared with eager at the same precision."""
 
 
-def _encode(backbone: SamBackbone, images: torch.Tensor, runtime: str, precision: Precision) -> torch.Tensor:
-    backbone.encoder_runtime = runtime
+def _encode(
+    backbone: SamBackbone, images: torch.Tensor, runtime: str, precision: Precision, int8: Path | None
+) -> torch.Tensor:
+    backbone.encoder_runtime = "openvino" if runtime == INT8 else runtime
+    backbone.int8_encoder = int8 if runtime == INT8 else None
     with torch.inference_mode(), autocast(CPU, precision):
         return backbone.encode(images).float()
 
 
-def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | None) -> list[dict]:
+def _int8_encoder(backbone: SamBackbone, scratch: Path) -> Path:
+    """The encoder quantised as training does it, calibrated on 8 random windows (its error on random windows
+    says little about real images; docs/results.md has that)."""
+    windows = torch.rand(8, 3, 256, 256, generator=torch.Generator().manual_seed(1000))
+    return quantize_encoder(
+        backbone.image_encoder, backbone.encoder_input(windows).numpy(), scratch / "encoder_int8"
+    )
+
+
+def encoder_rows(
+    *, batch_sizes: list[int], rounds: int, cache_folder: Path | None, scratch: Path
+) -> list[dict]:
     """One row per runtime, precision and batch size (see the module docstring)."""
     backbone = load_backbone("litemedsam")
     backbone.runtime_cache_folder = cache_folder
+    int8 = _int8_encoder(backbone, scratch)
     rows = []
     for batch in batch_sizes:
         images = torch.rand(batch, 3, 256, 256, generator=torch.Generator().manual_seed(batch))
         outputs, first_call = {}, {}
         for runtime, precision in VARIANTS:
             started = time.perf_counter()
-            outputs[runtime, precision] = _encode(backbone, images, runtime, precision)
+            outputs[runtime, precision] = _encode(backbone, images, runtime, precision, int8)
             first_call[runtime, precision] = time.perf_counter() - started
         backbone.encoder_runtime = "openvino"
         openvino_runs = backbone.resolved_encoder_runtime(Precision.FP32) == "openvino"
@@ -110,7 +129,7 @@ def encoder_rows(*, batch_sizes: list[int], rounds: int, cache_folder: Path | No
         for _ in range(rounds):
             for runtime, precision in VARIANTS:
                 started, cpu_started = time.perf_counter(), time.process_time()
-                _encode(backbone, images, runtime, precision)
+                _encode(backbone, images, runtime, precision, int8)
                 wall[runtime, precision].append((time.perf_counter() - started) / batch)
                 cpu[runtime, precision].append((time.process_time() - cpu_started) / batch)
         fp32 = outputs["eager", Precision.FP32]
@@ -359,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {result['machine']}", flush=True)
     if not args.no_encoder:
         result["encoder"] = encoder_rows(
-            batch_sizes=args.batch_sizes, rounds=args.rounds, cache_folder=args.export_cache
+            batch_sizes=args.batch_sizes,
+            rounds=args.rounds,
+            cache_folder=args.export_cache,
+            scratch=args.work,
         )
         result["decoder"] = decoder_rows(rounds=args.rounds)
     result["predict"] = []

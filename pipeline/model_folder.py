@@ -26,6 +26,8 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
 from autoprompt.modeling.backbone import SamBackbone, backbone_windows
 from autoprompt.modeling.build import build_autoprompt_sam, load_configured_backbone
+from autoprompt.modeling.encoder_quantization import FOLDER_NAME as INT8_FOLDER_NAME
+from autoprompt.modeling.encoder_quantization import int8_encoder_for
 from pipeline.checkpoint import checkpoint_path, load_checkpoint
 from pipeline.files import atomic_path, load_json
 from pipeline.trainer_config import TrainerConfig, load_trainer_config, save_trainer_config
@@ -247,6 +249,19 @@ class ModelFolder:
     def trained_on_cached_views(self, fold: int | str, checkpoint: str = "best") -> bool:
         """Whether ``fold`` was trained on augmented views in the embedding cache (its metadata's ``views``)."""
         return self._checkpoint_metadata(fold, checkpoint).get("views") is not None
+
+    @property
+    def int8_encoder_folder(self) -> Path:
+        """Where training writes the int8 copy of the frozen image encoder
+        (:mod:`autoprompt.modeling.encoder_quantization`), one for all folds."""
+        return self.path / INT8_FOLDER_NAME
+
+    def int8_encoder(self, backbone: SamBackbone) -> Path | None:
+        """The ``encoder.xml`` of this folder's int8 encoder if it was made from ``backbone``'s encoder for
+        its windows, else None (none written, or a model folder from before int8 encoders)."""
+        return int8_encoder_for(
+            self.int8_encoder_folder, backbone.image_encoder, input_size=backbone.model_input_size
+        )
 
     def trained_precision(self, fold: int | str, checkpoint: str = "best") -> Precision:
         """The precision ``fold``'s network saw its image embeddings in during training (``auto`` resolved).

@@ -186,6 +186,11 @@ class TrainerConfig:
             end and decide the postprocessing.
         validation_tta: mirroring in that final validation; None -> on when training mirrored its inputs
             (cache off, ``augmentation.mirror``), as ``autoprompt predict`` decides by default.
+        int8_encoder: with a frozen encoder on windows up to 256 (LiteMedSAM's), write an int8 copy of it,
+            calibrated on windows of the fold's training cases, into the model folder when the steps end (once
+            per folder;
+            :mod:`autoprompt.modeling.encoder_quantization`). Prediction in ``auto`` precision runs it on
+            CPUs where int8 pays (:func:`autoprompt.precision.int8_encoder_pays`), the final validation too.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -219,6 +224,7 @@ class TrainerConfig:
     time_budget_minutes: float | None = None
     final_validation: bool = True
     validation_tta: bool | None = None
+    int8_encoder: bool = True
 
     def __post_init__(self) -> None:
         not_finite = _non_finite_settings(self.to_dict())

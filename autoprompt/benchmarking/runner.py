@@ -510,7 +510,7 @@ def _predict_step(**kwargs) -> dict:
     from pipeline.inference.predict_folder import predict
 
     summary = predict(**kwargs, progress=False)
-    return {"predicted_cases": len(summary.done)}
+    return {"predicted_cases": len(summary.done), "notes": summary.notes}
 
 
 _CHILD_STEPS: dict[str, Callable[..., dict]] = {

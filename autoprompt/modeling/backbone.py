@@ -49,6 +49,9 @@ class SamBackbone(nn.Module):
             OpenVINO where installed, else PyTorch), ``eager`` (PyTorch) or ``openvino``
             (:mod:`autoprompt.modeling.encoder_runtime`).
         runtime_cache_folder: where exported encoders are kept; None: the user's cache folder.
+        int8_encoder: an int8 copy of the image encoder for this backbone's windows (``encoder.xml`` of
+            :mod:`autoprompt.modeling.encoder_quantization`) that OpenVINO runs instead, or None (the default);
+            set by whoever decides int8 pays (``Predictor.from_model_folder``, the trainer's final validation).
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class SamBackbone(nn.Module):
         self.imagenet_normalisation = imagenet_normalisation
         self.encoder_runtime = check_runtime(encoder_runtime)
         self.runtime_cache_folder = runtime_cache_folder
+        self.int8_encoder: Path | None = None
         self.register_buffer("pixel_mean", torch.tensor(_SAM_PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_SAM_PIXEL_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -107,13 +111,17 @@ class SamBackbone(nn.Module):
         """``B x 3 x S x S`` in [0, 1] -> embeddings ``B x 256 x h x w`` (:attr:`embedding_size`).
 
         On a CPU without autograd the encoder runs through :attr:`encoder_runtime` (OpenVINO where
-        installed by default, float32 output), at the precision of the surrounding :func:`autoprompt.devices.autocast`,
-        all ``B`` windows in one call (it holds only as many windows in flight as it has streams). PyTorch
+        installed by default, float32 output; :attr:`int8_encoder` where set), at the precision of the
+        surrounding :func:`autoprompt.devices.autocast`, all ``B`` windows in one call (it holds only as many windows in flight as it has streams). PyTorch
         runs at most ``batch_size`` windows at a time (None: all), in batches as even as can be.
         """
         inputs = self.encoder_input(images)
         compiled = accelerated_encoder(
-            self.image_encoder, inputs, runtime=self.encoder_runtime, cache_folder=self.runtime_cache_folder
+            self.image_encoder,
+            inputs,
+            runtime=self.encoder_runtime,
+            cache_folder=self.runtime_cache_folder,
+            int8_xml=self.int8_encoder if inputs.shape[-1] == self.model_input_size else None,
         )
         if compiled is not None:
             return compiled(inputs)

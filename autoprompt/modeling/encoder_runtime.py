@@ -19,6 +19,10 @@ Precision: the caller resolves it (:mod:`autoprompt.precision`) and runs the enc
 ``INFERENCE_PRECISION_HINT`` (bf16 autocast -> ``bf16``, none -> ``f32``). The hint is always set, as
 OpenVINO on its own would pick bf16 on such CPUs even for an fp32 request. Outputs are float32.
 
+An int8 copy of the encoder (``int8_xml``, :mod:`autoprompt.modeling.encoder_quantization`: a model folder's,
+where :func:`autoprompt.precision.int8_encoder_pays`) is compiled the same way, with the same hint for the
+layers it leaves in floating point, in place of the export below.
+
 Exported model: ``<cache folder>/openvino/<key>/encoder.xml`` (+ ``encoder.bin``, fp32 weights), key =
 SHA-256 of the encoder's weights (:func:`weights_digest`: for a pristine backbone one export per weights file,
 i.e. per backbone checksum; other weights or inserted adapters give another key), the input size and the
@@ -109,6 +113,7 @@ def accelerated_encoder(
     *,
     runtime: str,
     cache_folder: Path | None = None,
+    int8_xml: Path | None = None,
 ) -> EncoderFn | None:
     """The compiled encoder to run ``inputs`` with, or None where PyTorch runs them (see the module docstring).
 
@@ -117,6 +122,9 @@ def accelerated_encoder(
         inputs: ``B x 3 x S x S``, already in the encoder's input scale.
         runtime: one of :data:`RUNTIMES`.
         cache_folder: where exported encoders live; None: :func:`default_cache_folder`.
+        int8_xml: an int8 copy of ``encoder`` for ``S x S`` windows
+            (:mod:`autoprompt.modeling.encoder_quantization`) to run instead of the fp32 export, wherever
+            OpenVINO runs; one that fails to compile gives a notice and the fp32 export.
 
     Returns:
         A function ``B x 3 x S x S`` float32 -> ``B x 256 x 64 x 64`` float32 on the CPU, or None.
@@ -132,6 +140,18 @@ def accelerated_encoder(
             "the openvino package is not installed; the image encoder runs in PyTorch (pip install openvino)"
         )
         return None
+    mode = "LATENCY" if len(inputs) == 1 else "THROUGHPUT"
+    if int8_xml is not None and int8_xml not in _FAILED_EXPORTS:
+        try:
+            return functools.partial(
+                _run, _compiled(str(int8_xml), _precision_hint(), torch.get_num_threads(), mode)
+            )
+        except Exception as error:  # noqa: BLE001 - a damaged int8 file: the fp32 export still works
+            _FAILED_EXPORTS.add(int8_xml)
+            notice(
+                f"{int8_xml}: OpenVINO could not compile the int8 image encoder ({_first_line(error)}); "
+                "the fp32 export runs instead (delete the folder, or train again, to make a new one)"
+            )
     folder = default_cache_folder() if cache_folder is None else Path(cache_folder)
     xml = folder / "openvino" / export_key(encoder, input_size=inputs.shape[-1]) / "encoder.xml"
     if xml in _FAILED_EXPORTS:
@@ -139,17 +159,20 @@ def accelerated_encoder(
     try:
         if not xml.is_file():
             export_encoder(encoder, xml, input_size=inputs.shape[-1])
-        mode = "LATENCY" if len(inputs) == 1 else "THROUGHPUT"
         compiled = _compiled(str(xml), _precision_hint(), torch.get_num_threads(), mode)
     except Exception as error:  # noqa: BLE001 - any export/compile failure means: run PyTorch instead
         _FAILED_EXPORTS.add(xml)
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
         notice(
-            f"{xml}: OpenVINO could not export or compile the image encoder ({error.__class__.__name__}: "
-            f"{first_line}); it runs in PyTorch (encoder_runtime=eager silences this)"
+            f"{xml}: OpenVINO could not export or compile the image encoder ({_first_line(error)}); "
+            "it runs in PyTorch (encoder_runtime=eager silences this)"
         )
         return None
     return functools.partial(_run, compiled)
+
+
+def _first_line(error: Exception) -> str:
+    """``Class: first line of the message`` (at most 200 characters of it)."""
+    return f"{error.__class__.__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def export_key(encoder: nn.Module, *, input_size: int) -> str:
@@ -191,10 +214,15 @@ def export_encoder(encoder: nn.Module, xml: Path, *, input_size: int) -> None:
         xml: the final ``encoder.xml``; ``encoder.bin`` goes next to it.
         input_size: S of the ``B x 3 x S x S`` input.
     """
-    import openvino
-
     xml.parent.mkdir(parents=True, exist_ok=True)  # an unwritable cache folder fails before the slow part
     notice(f"exporting the image encoder to OpenVINO once, into {xml.parent}")
+    save_model_atomically(converted_encoder(encoder, input_size=input_size), xml)
+
+
+def converted_encoder(encoder: nn.Module, *, input_size: int) -> Any:
+    """``encoder`` as an OpenVINO model for one ``1 x 3 x S x S`` window (``S = input_size``), fp32."""
+    import openvino
+
     example = torch.zeros(1, 3, input_size, input_size)
     # traced in fp32 whatever autocast the caller runs in: the precision is chosen when compiling
     no_autocast = torch.autocast(device_type="cpu", enabled=False)
@@ -202,6 +230,15 @@ def export_encoder(encoder: nn.Module, xml: Path, *, input_size: int) -> None:
         warnings.simplefilter("ignore")  # tracing warnings about the encoder's shape asserts: noise to a user
         model = openvino.convert_model(encoder, example_input=example)
     model.reshape({model.inputs[0]: openvino.PartialShape([1, 3, input_size, input_size])})
+    return model
+
+
+def save_model_atomically(model: Any, xml: Path) -> None:
+    """Save an OpenVINO model as ``xml`` + ``.bin`` (weights uncompressed): ``.bin`` first, so a present
+    ``.xml`` means a complete pair."""
+    import openvino
+
+    xml.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=xml.parent) as scratch:
         staged = Path(scratch) / xml.name
         openvino.save_model(model, staged, compress_to_fp16=False)

@@ -35,7 +35,7 @@ import torch
 
 from autoprompt.devices import Precision, autocast, resolve_device
 from autoprompt.errors import AutoPromptError
-from autoprompt.precision import AUTO, resolve_precision
+from autoprompt.precision import AUTO, int8_encoder_pays, resolve_precision
 from autoprompt.progress import is_terminal, progress
 from pipeline.inference.case_cost import CaseLimits, check_case
 from pipeline.inference.inputs import check_image_content
@@ -51,6 +51,7 @@ from planners.plans import Plans
 if TYPE_CHECKING:
     from autoprompt.modeling.autoprompt_sam import AutoPromptSAM
     from autoprompt.modeling.config import ModelConfig
+    from pipeline.model_folder import ModelFolder
 
 ALL_TRAINED = "all-trained"
 ZOOM_SLAB = 16
@@ -79,6 +80,21 @@ DECODING_SETTINGS = (
     "inference_region_tokens",
 )
 """Model settings that act only at inference, so a trained model may be predicted with other values."""
+
+
+def _use_int8_encoder(
+    model_folder: ModelFolder, models: Sequence[AutoPromptSAM], precision: Precision, device: torch.device
+) -> list[str]:
+    """Give the models' backbones (copies sharing one frozen encoder) the folder's int8 encoder where
+    ``auto`` runs it (:func:`int8_encoder_pays`); the notes saying so."""
+    xml = model_folder.int8_encoder(models[0].backbone) if int8_encoder_pays(precision, device) else None
+    if xml is None:
+        return []
+    for model in models:
+        model.backbone.int8_encoder = xml
+    return [
+        "note: the image encoder runs in int8 (this CPU has VNNI but no AMX; --precision bf16 runs it in bf16)"
+    ]
 
 
 def check_decoding(model_config: ModelConfig, decoding: Mapping[str, float]) -> dict[str, float]:
@@ -279,7 +295,8 @@ class Predictor:
             for fold, members in fold_models.items()
             if len(members) > 1
         ]
-        if precision == AUTO:
+        automatic = precision == AUTO
+        if automatic:
             trained = [model_folder.trained_precision(fold, checkpoint) for fold in folds]
             precision = ensemble_precision(trained, device)
             if precision not in trained:
@@ -287,6 +304,10 @@ class Predictor:
                     f"note: predicting in {precision.value}, the native precision of {device.type}; the folds "
                     f"were trained in {'/'.join(sorted({p.value for p in trained}))} (--precision chooses another)"
                 )
+        if automatic and all(model.uses_frozen_encoder for model in models):
+            notes.extend(
+                _use_int8_encoder(model_folder, models, resolve_precision(precision, device), device)
+            )
         rules = None
         without_rules: list[int | str] = []
         if use_postprocessing:

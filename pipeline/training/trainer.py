@@ -38,8 +38,10 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
+from autoprompt.modeling.encoder_quantization import CALIBRATION_WINDOWS, quantize_encoder
+from autoprompt.modeling.encoder_quantization import MAX_WINDOW as MAX_INT8_WINDOW
 from autoprompt.modeling.prompt_generators import channel_argmax
-from autoprompt.precision import AUTO, resolve_precision
+from autoprompt.precision import AUTO, int8_encoder_pays, resolve_precision
 from autoprompt.progress import progress
 from pipeline.checkpoint import (
     capture_rng_state,
@@ -65,6 +67,7 @@ from pipeline.training.data import (
 )
 from pipeline.training.decoder_regions import decoder_regions
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
+from pipeline.training.encoder_calibration import calibration_windows, encoder_inputs
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
 from pipeline.training.optim import (
     WarmupPolySchedule,
@@ -776,6 +779,9 @@ class Trainer:
         if self.member == 0 and self.dist.world_size == 1:
             self._decide_ensemble_size()
         if self.dist.is_main:
+            int8 = self._int8_encoder()
+            if int8 is not None and int8_encoder_pays(self.trained_precision, self.device):
+                self.model.backbone.int8_encoder = int8  # validated as 'autoprompt predict' will run here
             if self.member + 1 < self.members:
                 self.log(f"ensemble member {self.member + 1} of {self.members} trained; the next one follows")
             elif self.config.final_validation and self.fold != "all":
@@ -795,6 +801,35 @@ class Trainer:
             timings=self.timings,
             members=self.members,
         )
+
+    def _int8_encoder(self) -> Path | None:
+        """The model folder's int8 encoder (``config.int8_encoder``), quantised now on windows of this
+        fold's training cases if the folder has none for this encoder yet; None without one."""
+        backbone = self.model.backbone
+        if not (self.config.int8_encoder and self.model.uses_frozen_encoder):
+            return None
+        if backbone.model_input_size > MAX_INT8_WINDOW:
+            return None
+        existing = self.model_folder.int8_encoder(backbone)
+        if existing is not None:
+            return existing
+        started = time.perf_counter()
+        windows = calibration_windows(self.train_cases, self.plan.window_size, CALIBRATION_WINDOWS)
+        folder = self.model_folder.int8_encoder_folder
+        try:
+            xml = quantize_encoder(backbone.image_encoder, encoder_inputs(backbone, windows), folder)
+        except Exception as error:  # noqa: BLE001 - the trained model stays usable in bf16/fp32
+            self.log(
+                f"int8 image encoder not written ({error.__class__.__name__}: {str(error)[:200]}); prediction "
+                "runs the encoder in bf16/fp32 (pip install nncf openvino, then train again for int8)"
+            )
+            return None
+        self.timings["int8_encoder"] = time.perf_counter() - started
+        self.log(
+            f"int8 image encoder written to {folder} ({len(windows)} calibration windows of the training cases, "
+            f"{self.timings['int8_encoder']:.0f} s); 'autoprompt predict' runs it on CPUs with VNNI but no AMX"
+        )
+        return xml
 
     def _decide_ensemble_size(self) -> None:
         """Member 0, at its end: how many models the fold trains (``config.ensemble_members``)."""

@@ -392,6 +392,10 @@ def test_benchmark_end_to_end_and_resume(tmp_path: Path, capsys: pytest.CaptureF
     assert png.startswith(b"\x89PNG")
 
     work = report_dir / "work"
+    predicted = json.loads((work / "autoprompt" / "train_all" / "stamps" / "predicted.json").read_text())
+    assert predicted["predicted_cases"] == 2 and isinstance(
+        predicted["notes"], list
+    )  # e.g. the int8 encoder's
     # same test cases, same geometry as the references, for both methods
     for method in ("autoprompt", "nnunet"):
         for case in ("case_004", "case_005"):

@@ -14,6 +14,7 @@ from autoprompt.precision import (
     cpu_precision,
     cpuinfo_value,
     cuda_precision,
+    int8_encoder_pays,
     read_cpu_flags,
     resolve_precision,
 )
@@ -21,9 +22,10 @@ from autoprompt.precision import (
 CPU = torch.device("cpu")
 
 
-def fake_cpu(monkeypatch: pytest.MonkeyPatch, *, bf16: bool) -> None:
-    """Make this process see an AVX-512 CPU with or without bf16 dot-product instructions."""
-    flags = {"fpu", "avx2", "avx512f", *({"avx512_bf16"} if bf16 else ())}
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, *, bf16: bool, extra: tuple[str, ...] = ()) -> None:
+    """Make this process see an AVX-512 CPU with or without bf16 dot-product instructions (and the flags
+    ``extra``: e.g. ``avx512_vnni`` for int8 dot products, ``amx_tile`` for AMX)."""
+    flags = {"fpu", "avx2", "avx512f", *({"avx512_bf16"} if bf16 else ()), *extra}
     monkeypatch.setattr(autoprompt.precision, "read_cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
 
@@ -41,6 +43,20 @@ def fake_cpu(monkeypatch: pytest.MonkeyPatch, *, bf16: bool) -> None:
 )
 def test_cpu_rule(flags: set[str], capability: str, expected: Precision) -> None:
     assert cpu_precision(flags, capability) is expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "precision", "device", "expected"),
+    [
+        ({"avx512_bf16", "avx512_vnni"}, Precision.BF16, "cpu", True),  # e.g. Zen 4: no AMX
+        ({"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}, Precision.BF16, "cpu", False),
+        ({"avx512_bf16"}, Precision.BF16, "cpu", False),  # no int8 dot products
+        ({"avx512_vnni"}, Precision.FP32, "cpu", False),  # auto is fp32 there: int8 is not measured
+        ({"avx512_bf16", "avx512_vnni"}, Precision.BF16, "cuda", False),
+    ],
+)
+def test_int8_encoder_rule(flags: set[str], precision: Precision, device: str, expected: bool) -> None:
+    assert int8_encoder_pays(precision, torch.device(device), flags) is expected
 
 
 def test_cuda_rule() -> None:

@@ -1,0 +1,83 @@
+"""The int8 encoder of a model folder: calibrated on training windows when the steps end, written once per
+folder, and run by ``auto`` prediction (and the final validation) only on a CPU where int8 pays."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.files import load_json
+from pipeline.inference.predictor import Predictor
+from pipeline.training.data import TrainingCase, crop_window
+from pipeline.training.encoder_calibration import calibration_windows
+from pipeline.training.run import train
+from tests.runtime.test_precision import fake_cpu
+from tests.training.conftest import DATASET, TINY, PlannedDataset
+
+ZEN4 = ("avx512_vnni",)  # bf16 and int8 dot products, no AMX
+SAPPHIRE_RAPIDS = ("avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def _case(name: str, slices: int, offset: float) -> TrainingCase:
+    data = (np.arange(slices * 40 * 32, dtype=np.float32).reshape(1, slices, 40, 32) / 1e4 + offset) % 1
+    return TrainingCase(name=name, data=data, seg=np.zeros((slices, 40, 32), np.int16), locations={})
+
+
+def test_calibration_windows_are_spread_evenly_over_every_slice_window_of_the_cases() -> None:
+    cases = [_case("a", 3, 0.0), _case("b", 2, 0.5)]  # one 64 x 64 window per 40 x 32 slice: 5 places
+    windows = calibration_windows(cases, (64, 64), count=3)
+    expected = [
+        crop_window(case.data[:, index], 0, 0, (64, 64))
+        for case, index in ((cases[0], 0), (cases[0], 2), (cases[1], 1))
+    ]
+    assert windows.shape == (3, 1, 64, 64) and windows.dtype == np.float32
+    np.testing.assert_array_equal(windows, np.stack(expected))
+    assert len(calibration_windows(cases, (64, 64), count=32)) == 5  # never more than there are
+    with pytest.raises(ValueError, match="at least one training case"):
+        calibration_windows([], (64, 64), count=3)
+
+
+def test_training_writes_the_int8_encoder_once_and_auto_prediction_runs_it_where_int8_pays(
+    planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preprocessed = tmp_path / "preprocessed"  # a copy: the shared fixture keeps its one cache key
+    shutil.copytree(planned.folder, preprocessed / DATASET)
+    options = dict(
+        preprocessed=preprocessed,
+        results=tmp_path / "results",
+        config="tiny",
+        overrides=[*TINY, "val_iterations=1", "int8_encoder=true"],
+        epochs=1,
+        iterations_per_epoch=1,
+        device="cpu",
+    )
+    fake_cpu(monkeypatch, bf16=True, extra=ZEN4)
+    first = train(DATASET, 0, **options)
+    folder = first.model_folder / "encoder_int8"
+    record = load_json(folder / "int8.json")
+    window = load_json(preprocessed / DATASET / "plans.json")["configurations"]["2d"]["window_size"]
+    assert [record["input_size"]] * 2 == window
+    assert record["calibration_windows"] == 12  # every window of fold 0's training cases: 4 cases x 3 slices
+    assert "int8 image encoder written to" in (first.fold_dir / "training_log.txt").read_text()
+    stamps = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    second = train(DATASET, 1, **options)  # the folder has it already: not quantised again
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == stamps
+    assert "int8 image encoder written" not in (second.fold_dir / "training_log.txt").read_text()
+
+    predictor = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
+    assert predictor.models[0].backbone.int8_encoder == folder / "encoder.xml"
+    assert any("image encoder runs in int8" in note for note in predictor.notes)
+    image = next((planned.raw / DATASET / "imagesTr").iterdir())
+    assert predictor.predict_case([image]).labels.shape == (3, 40, 32)
+
+    named = Predictor.from_model_folder(
+        first.model_folder, checkpoint="final", device="cpu", precision="bf16"
+    )
+    assert named.models[0].backbone.int8_encoder is None  # a named precision runs the float encoder
+    fake_cpu(monkeypatch, bf16=True, extra=SAPPHIRE_RAPIDS)  # AMX: bf16 tiles outrun int8
+    amx = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
+    assert amx.models[0].backbone.int8_encoder is None
+    assert not any("int8" in note for note in amx.notes)
