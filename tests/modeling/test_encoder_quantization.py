@@ -57,9 +57,9 @@ def test_the_int8_encoder_is_found_for_its_own_encoder_and_window_only(tiny_int8
     (unfinished / "int8.json").unlink()
     assert int8_encoder_for(unfinished, backbone.image_encoder, input_size=256) is None
 
-    other_recipe = tmp_path / "made_otherwise"  # quantised another way (here: named so)
+    other_recipe = tmp_path / "made_otherwise"  # quantised another way: every layer in int8
     shutil.copytree(folder, other_recipe)
-    save_json({**record, "recipe": "nncf transformer ptq, float convolutions"}, other_recipe / "int8.json")
+    save_json({**record, "recipe": "nncf transformer ptq"}, other_recipe / "int8.json")
     assert int8_encoder_for(other_recipe, backbone.image_encoder, input_size=256) is None
 
 
