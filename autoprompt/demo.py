@@ -118,7 +118,11 @@ def run_demo(
     )
     _step(f"predict {NUM_TEST_CASES} held-back cases", started)
     predictions = output / "predictions"
-    api.predict(result.model_folder, raw / "imagesTs", predictions, folds=[0], tta=tta or None, device=device)
+    predicted = api.predict(
+        result.model_folder, raw / "imagesTs", predictions, folds=[0], tta=tta or None, device=device
+    )
+    for note in predicted.notes:  # how the model ran, e.g. with the int8 encoder
+        print(note, flush=True)
     _step("evaluate", started)
     labels = {k: v for k, v in load_json(raw / "dataset.json")["labels"].items() if v != 0}
     summary = api.evaluate(raw / "labelsTs", predictions, labels=labels, output_json=output / "summary.json")
