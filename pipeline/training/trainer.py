@@ -821,7 +821,8 @@ class Trainer:
         except Exception as error:  # noqa: BLE001 - the trained model stays usable in bf16/fp32
             self.log(
                 f"int8 image encoder not written ({error.__class__.__name__}: {str(error)[:200]}); prediction "
-                "runs the encoder in bf16/fp32 (pip install nncf openvino, then train again for int8)"
+                "runs the encoder in bf16/fp32 (pip install nncf openvino, then run the same train command with "
+                "--resume: a finished fold then only writes the int8 encoder and validates again)"
             )
             return None
         self.timings["int8_encoder"] = time.perf_counter() - started

@@ -81,3 +81,24 @@ def test_training_writes_the_int8_encoder_once_and_auto_prediction_runs_it_where
     amx = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
     assert amx.models[0].backbone.int8_encoder is None
     assert not any("int8" in note for note in amx.notes)
+
+
+def test_a_finished_fold_resumed_with_int8_encoder_on_only_writes_it(
+    planned: PlannedDataset, tmp_path: Path
+) -> None:
+    """The way to give a model folder trained without it an int8 encoder: the same train command, resumed."""
+    options = dict(
+        preprocessed=planned.preprocessed,
+        results=tmp_path,
+        config="tiny",
+        epochs=1,
+        iterations_per_epoch=1,
+        device="cpu",
+    )
+    first = train(DATASET, 0, overrides=[*TINY, "val_iterations=1"], **options)
+    assert not (first.model_folder / "encoder_int8").exists()
+    resumed = train(
+        DATASET, 0, overrides=[*TINY, "val_iterations=1", "int8_encoder=true"], resume=True, **options
+    )
+    assert resumed.steps == first.steps  # no step trained again
+    assert load_json(first.model_folder / "encoder_int8" / "int8.json")["calibration_windows"] == 12
