@@ -82,7 +82,7 @@ DECODING_SETTINGS = (
 """Model settings that act only at inference, so a trained model may be predicted with other values."""
 
 
-def _use_int8_encoder(
+def use_int8_encoder(
     model_folder: ModelFolder, models: Sequence[AutoPromptSAM], precision: Precision, device: torch.device
 ) -> list[str]:
     """Give the models' backbones (copies sharing one frozen encoder) the folder's int8 encoder where
@@ -305,9 +305,7 @@ class Predictor:
                     f"were trained in {'/'.join(sorted({p.value for p in trained}))} (--precision chooses another)"
                 )
         if automatic and all(model.uses_frozen_encoder for model in models):
-            notes.extend(
-                _use_int8_encoder(model_folder, models, resolve_precision(precision, device), device)
-            )
+            notes.extend(use_int8_encoder(model_folder, models, precision, device))
         rules = None
         without_rules: list[int | str] = []
         if use_postprocessing:

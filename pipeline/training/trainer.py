@@ -41,7 +41,7 @@ from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.encoder_quantization import CALIBRATION_WINDOWS, quantize_encoder
 from autoprompt.modeling.encoder_quantization import MAX_WINDOW as MAX_INT8_WINDOW
 from autoprompt.modeling.prompt_generators import channel_argmax
-from autoprompt.precision import AUTO, int8_encoder_pays, resolve_precision
+from autoprompt.precision import AUTO, resolve_precision
 from autoprompt.progress import progress
 from pipeline.checkpoint import (
     capture_rng_state,
@@ -52,6 +52,7 @@ from pipeline.checkpoint import (
 )
 from pipeline.files import save_json
 from pipeline.inference.postprocessing import postprocessing_from_labels
+from pipeline.inference.predictor import use_int8_encoder
 from pipeline.model_folder import ModelFolder
 from pipeline.trainer_config import TrainerConfig
 from pipeline.training.augmented_views import ViewCache, choose_view_count, view_key_parts
@@ -779,9 +780,8 @@ class Trainer:
         if self.member == 0 and self.dist.world_size == 1:
             self._decide_ensemble_size()
         if self.dist.is_main:
-            int8 = self._int8_encoder()
-            if int8 is not None and int8_encoder_pays(self.trained_precision, self.device):
-                self.model.backbone.int8_encoder = int8  # validated as 'autoprompt predict' will run here
+            if self._int8_encoder() is not None:  # validated as 'autoprompt predict' will run it here
+                use_int8_encoder(self.model_folder, [self.model], self.trained_precision, self.device)
             if self.member + 1 < self.members:
                 self.log(f"ensemble member {self.member + 1} of {self.members} trained; the next one follows")
             elif self.config.final_validation and self.fold != "all":
