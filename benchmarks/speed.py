@@ -25,7 +25,9 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   ``--hippocampus-nnunet-model``); a dataset without one is skipped with the reason printed.
 - ``cache``: minutes to build the embedding cache of the preprocessed ACDC cases (``--acdc-preprocessed``,
   a ``PREPROCESSED/Dataset027_ACDC`` folder), the frozen LiteMedSAM encoder at precision ``auto``, written
-  into a scratch folder so nothing cached before is reused.
+  into a scratch folder so nothing cached before is reused. Where int8 pays (``int8_encoder_pays``),
+  ``cache_int8`` times the cache that ``TrainerConfig.int8_cache`` builds beside it: through the int8 encoder,
+  quantised first on windows of the cases (its minutes apart).
 - ``demo``: the wall time of ``make demo`` without the install (``python -m autoprompt.demo``), from
   scratch (``--demo``).
 
@@ -66,12 +68,17 @@ from autoprompt.modeling.backbone import SamBackbone, load_backbone
 from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
-from autoprompt.modeling.encoder_quantization import quantize_encoder
-from autoprompt.precision import resolve_precision
+from autoprompt.modeling.encoder_quantization import (
+    CALIBRATION_WINDOWS,
+    int8_encoder_digest,
+    quantize_encoder,
+)
+from autoprompt.precision import int8_encoder_pays, resolve_precision
 from benchmarks.inference_speed import candidate_cases, console_script, link_inputs
 from pipeline.files import save_json
 from pipeline.training.data import load_training_cases
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
+from pipeline.training.encoder_calibration import calibration_windows, encoder_inputs
 from pipeline.training.trainer import encoder_batch_size
 from planners.plans import Plans
 
@@ -265,8 +272,10 @@ def predict_rows(
     return rows
 
 
-def cache_row(preprocessed: Path, work: Path, *, cases: int | None) -> dict:
-    """Minutes to build the 2d embedding cache of the preprocessed cases (the first ``cases``, or all)."""
+def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) -> dict:
+    """Minutes to build the 2d embedding cache of the preprocessed cases (the first ``cases``, or all), at
+    precision ``auto``; with ``int8`` through the int8 encoder as ``TrainerConfig.int8_cache`` builds it
+    (quantised first on :data:`CALIBRATION_WINDOWS` windows of the cases, its minutes a field of their own)."""
     plans = Plans.load(preprocessed / "plans.json")
     folder = preprocessed / plans.configuration("2d").data_identifier
     case_ids = sorted(p.name[: -len(".npy")] for p in folder.glob("*.npy") if not p.name.endswith("_seg.npy"))
@@ -275,11 +284,24 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None) -> dict:
     model = build_autoprompt_sam(ModelConfig(), num_classes=len(labels), in_channels=len(plans.normalization))
     precision = resolve_precision("auto", CPU)
     runtime = model.backbone.resolved_encoder_runtime(precision)
-    parts = cache_key_parts(
-        plans, "2d", backbone_checksum=model.backbone.checksum, precision=precision, encoder_runtime=runtime
-    )
     scratch = work / "cache"
     shutil.rmtree(scratch, ignore_errors=True)
+    quantise_seconds = None
+    if int8:
+        started = time.perf_counter()
+        windows = calibration_windows(loaded, plans.configuration("2d").window_size, CALIBRATION_WINDOWS)
+        model.backbone.int8_encoder = quantize_encoder(
+            model.backbone.image_encoder, encoder_inputs(model.backbone, windows), scratch / "encoder_int8"
+        )
+        quantise_seconds = time.perf_counter() - started
+    parts = cache_key_parts(
+        plans,
+        "2d",
+        backbone_checksum=model.backbone.checksum,
+        precision=precision,
+        encoder_runtime=runtime,
+        int8_encoder=int8_encoder_digest(model.backbone.int8_encoder) if int8 else None,
+    )
     cache = EmbeddingCache(scratch, parts)
     windows = sum(int(np.prod(cache.expected_shape(case)[:2])) for case in loaded)
     started = time.perf_counter()
@@ -292,10 +314,16 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None) -> dict:
         "windows": windows,
         "precision": precision.value,
         "encoder_runtime": runtime,
+        "encoder": "int8" if int8 else precision.value,
         "minutes": round(seconds / 60, 2),
         "s_per_window": round(seconds / windows, 4),
+        "int8_quantise_minutes": None if quantise_seconds is None else round(quantise_seconds / 60, 2),
     }
-    print(f"  cache {preprocessed.name}: {row['minutes']:.2f} min for {windows} windows", flush=True)
+    print(
+        f"  cache {preprocessed.name} ({row['encoder']} encoder): {row['minutes']:.2f} min for {windows} windows"
+        + (f", after {row['int8_quantise_minutes']:.2f} min quantising" if int8 else ""),
+        flush=True,
+    )
     return row
 
 
@@ -406,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         result["predict"] += predict_rows(dataset, raw, model=model, nnunet_model=nnunet_model, cases=cases,
                                           fold=args.fold, tta=args.tta, work=args.work)  # fmt: skip
     if args.acdc_preprocessed:
-        result["cache"] = cache_row(args.acdc_preprocessed, args.work, cases=args.cache_cases)
+        result["cache"] = cache_row(args.acdc_preprocessed, args.work, cases=args.cache_cases, int8=False)
+        if int8_encoder_pays(resolve_precision("auto", CPU), CPU):  # the opt-in int8 cache beside it
+            result["cache_int8"] = cache_row(
+                args.acdc_preprocessed, args.work, cases=args.cache_cases, int8=True
+            )
     else:
         result["skipped"]["cache"] = "no --acdc-preprocessed given"
         print("  cache: skipped, no --acdc-preprocessed given", flush=True)

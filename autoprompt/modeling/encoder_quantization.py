@@ -4,7 +4,8 @@ On a CPU with int8 dot products (VNNI) but without AMX, LiteMedSAM's encoder run
 in bf16 (:func:`autoprompt.precision.int8_encoder_pays` decides where). Quantising needs calibration
 windows (to set the activation ranges), and they must come from training data: calibrating on the volumes
 being predicted would make one prediction depend on the others. So training writes the int8 encoder into
-the model folder once its steps end (``pipeline.training.trainer``), and prediction only reads it.
+the model folder (``pipeline.training.trainer``: once the steps end, or with ``int8_cache`` before the
+embedding cache, which it then builds), and prediction only reads it.
 
 Folder layout (``MODEL_FOLDER/encoder_int8/``)::
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -112,6 +114,16 @@ def int8_encoder_for(folder: Path, encoder: nn.Module, *, input_size: int) -> Pa
         and record.get("input_size") == input_size
     )
     return xml if same and xml.is_file() and xml.with_suffix(".bin").is_file() else None
+
+
+def int8_encoder_digest(xml: Path) -> str:
+    """First 16 hex digits of the SHA-256 of an int8 encoder's weights file (``encoder.bin``): tells one
+    calibration from another (the embedding cache's key)."""
+    digest = hashlib.sha256()
+    with xml.with_suffix(".bin").open("rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager

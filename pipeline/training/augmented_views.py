@@ -61,6 +61,7 @@ from pipeline.training.data import (
 from pipeline.training.embedding_cache import (
     CACHE_DTYPE,
     EMBEDDING_SHAPE,
+    WINDOWS_PER_CALL,
     EmbeddingCache,
     cache_key,
     encode_windows,
@@ -300,10 +301,13 @@ class ViewCache:
             with atomic_path(emb_path) as tmp_emb:
                 out = np.lib.format.open_memmap(tmp_emb, mode="w+", dtype=CACHE_DTYPE, shape=emb_shape)
                 index = list(np.ndindex(*emb_shape[:3]))
-                for start in range(0, len(index), batch_size):
-                    chunk = index[start : start + batch_size]
+                per_call = max(batch_size, WINDOWS_PER_CALL)
+                for start in range(0, len(index), per_call):
+                    chunk = index[start : start + per_call]
                     batch = torch.from_numpy(np.stack([images[i].astype(np.float32) for i in chunk]))
-                    embeddings = encode_windows(model, batch.to(device), precision=self.base.precision)
+                    embeddings = encode_windows(
+                        model, batch.to(device), precision=self.base.precision, batch_size=batch_size
+                    )
                     embeddings = embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
                     for i, embedding in zip(chunk, embeddings, strict=True):
                         out[i] = embedding

@@ -4,7 +4,8 @@ With a frozen image encoder (``model.uses_frozen_encoder``) the encoder output o
 changes during training, and the encoder is by far the most expensive part of a step. The cache computes it once per dataset, plans and backbone::
 
     PREPROCESSED/DatasetXXX_Name/embeddings/<key>/
-        cache.json         what the key was made of (backbone, checksum, plans parts, precision)
+        cache.json         what the key was made of (backbone, checksum, plans parts, precision, the
+                           int8 encoder's digest where it built the cache)
         {case}.npy         float16 S x W x 256 x 64 x 64: slice s, window w (the windows inference
                            uses on that slice: pipeline.windows, row-major); with a
                            slice stride k only every k-th slice (S' = ceil(S / k) rows, see
@@ -12,7 +13,7 @@ changes during training, and the encoder is by far the most expensive part of a 
 
 ``key`` = SHA-256 (first 16 hex digits) of the backbone checksum, the plans' data_identifier,
 normalisation, slice axis, target spacing and window size, the window step, the encoder precision and
-the slice stride;
+the slice stride (and the int8 encoder's digest, for a cache built by it);
 editing any of them (e.g. plans.json) gives a new key, hence a new cache. All folds and both
 configurations ("2d" and "3d" share the preprocessed data) share one cache. Building is resumable:
 each case is written atomically, and finished cases are skipped.
@@ -41,6 +42,9 @@ from planners.plans import Plans
 EMBEDDING_SHAPE = (256, 64, 64)
 """One window's embedding at the registry backbones' own window sizes (a smaller window's grid is smaller)."""
 CACHE_DTYPE = np.float16
+WINDOWS_PER_CALL = 8
+"""Windows handed to the encoder at once while caching: OpenVINO keeps every stream busy on them (one window
+alone runs in latency mode, slower per window), PyTorch runs them ``batch_size`` at a time."""
 
 
 def cache_key_parts(
@@ -51,12 +55,15 @@ def cache_key_parts(
     precision: Precision | str,
     slice_stride: int = 1,
     encoder_runtime: str = "eager",
+    int8_encoder: str | None = None,
 ) -> dict[str, object]:
     """The values the cache key is made of (written to ``cache.json``).
 
     ``encoder_runtime`` (``SamBackbone.resolved_encoder_runtime``) enters the key only for a bf16/fp16
     cache built through OpenVINO: in fp32 the runtimes agree to rounding, in bf16 they do not
-    (:mod:`autoprompt.modeling.encoder_runtime`).
+    (:mod:`autoprompt.modeling.encoder_runtime`). ``int8_encoder``, the digest of the int8 encoder the
+    cache is built with (:func:`~autoprompt.modeling.encoder_quantization.int8_encoder_digest`), enters
+    it only for such a cache.
     """
     plan = plans.configuration(configuration)
     parts: dict[str, object] = {
@@ -74,6 +81,8 @@ def cache_key_parts(
     # only then, so that the keys of caches built by PyTorch stay what they were
     if encoder_runtime != "eager" and Precision(precision) is not Precision.FP32:
         parts["encoder_runtime"] = encoder_runtime
+    if int8_encoder is not None:
+        parts["int8_encoder"] = int8_encoder
     return parts
 
 
@@ -139,7 +148,7 @@ class EmbeddingCache:
             model: a model with a frozen encoder (its ``encode`` is used).
             cases: the cases to make sure of.
             device: where the encoder runs.
-            batch_size: windows per encoder call.
+            batch_size: windows per PyTorch encoder pass (OpenVINO takes :data:`WINDOWS_PER_CALL` at once).
 
         Returns:
             The number of cases encoded (0 when everything was cached already).
@@ -167,13 +176,17 @@ class EmbeddingCache:
         pairs = [(row, int(s), w) for row, s in enumerate(kept) for w in range(shape[1])]
         with atomic_path(self.path(case.name)) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=CACHE_DTYPE, shape=shape)
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start : start + batch_size]
+            per_call = max(batch_size, WINDOWS_PER_CALL)
+            for start in range(0, len(pairs), per_call):
+                chunk = pairs[start : start + per_call]
                 images = np.stack(
                     [crop_window(np.asarray(case.data[:, s]), *windows[w], self.window) for _, s, w in chunk]
                 )
                 embeddings = encode_windows(
-                    model, torch.from_numpy(images).to(device), precision=self.precision
+                    model,
+                    torch.from_numpy(images).to(device),
+                    precision=self.precision,
+                    batch_size=batch_size,
                 )
                 embeddings = embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
                 for (row, _, w), embedding in zip(chunk, embeddings, strict=True):
@@ -183,7 +196,9 @@ class EmbeddingCache:
             del out
 
 
-def encode_windows(model: AutoPromptSAM, images: torch.Tensor, *, precision: Precision) -> torch.Tensor:
+def encode_windows(
+    model: AutoPromptSAM, images: torch.Tensor, *, precision: Precision, batch_size: int | None = None
+) -> torch.Tensor:
     """Frozen-encoder embeddings of independent windows, whatever the model's stack depth.
 
     A frozen encoder sees every slice of a stack on its own (depth adapters, if any, come after it), so the
@@ -192,6 +207,7 @@ def encode_windows(model: AutoPromptSAM, images: torch.Tensor, *, precision: Pre
 
     Args:
         images: ``N x C x h x w``.
+        batch_size: windows per PyTorch encoder pass (None: all; OpenVINO always takes all ``N``).
 
     Returns:
         ``N x 256 x 64 x 64``.
@@ -199,4 +215,4 @@ def encode_windows(model: AutoPromptSAM, images: torch.Tensor, *, precision: Pre
     if not model.uses_frozen_encoder:
         raise ValueError("encode_windows needs a model with a frozen image encoder")
     with torch.inference_mode(), autocast(images.device, precision):
-        return model.backbone.encode(to_three_channels(images))
+        return model.backbone.encode(to_three_channels(images), batch_size=batch_size)

@@ -38,10 +38,14 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
-from autoprompt.modeling.encoder_quantization import CALIBRATION_WINDOWS, quantize_encoder
+from autoprompt.modeling.encoder_quantization import (
+    CALIBRATION_WINDOWS,
+    int8_encoder_digest,
+    quantize_encoder,
+)
 from autoprompt.modeling.encoder_quantization import MAX_WINDOW as MAX_INT8_WINDOW
 from autoprompt.modeling.prompt_generators import channel_argmax
-from autoprompt.precision import AUTO, resolve_precision
+from autoprompt.precision import AUTO, int8_encoder_pays, resolve_precision
 from autoprompt.progress import progress
 from pipeline.checkpoint import (
     capture_rng_state,
@@ -175,10 +179,11 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def encoder_batch_size(device: torch.device) -> int:
-    """Windows per encoder call when building the cache (and per network call in the final validation).
+    """Windows per PyTorch encoder pass when building the cache (and per network call in the final
+    validation; OpenVINO is handed several windows at once either way).
 
-    On the CPU one window at a time is fastest (attention working sets outgrow the caches at larger
-    batches; measured by ``benchmarks/model_speed.py``). GPUs want large batches.
+    On the CPU one window at a time is fastest for PyTorch (attention working sets outgrow the caches at
+    larger batches; measured by ``benchmarks/model_speed.py``). GPUs want large batches.
     """
     return 1 if device.type == "cpu" else 16
 
@@ -417,6 +422,7 @@ class Trainer:
                 f"{self.plan.stack_depth} neighbouring slices need every slice); set cache_slice_stride=1"
             )
         precision = resolve_precision(self.config.encoder_precision, self.device)
+        int8 = self._int8_cache_encoder(precision)
         parts = cache_key_parts(
             self.plans,
             self.config.configuration,
@@ -424,6 +430,7 @@ class Trainer:
             precision=precision,
             slice_stride=stride,
             encoder_runtime=self.model.backbone.resolved_encoder_runtime(precision),
+            int8_encoder=None if int8 is None else int8_encoder_digest(int8),
         )
         backbone = self.model.backbone
         cache = EmbeddingCache(
@@ -443,6 +450,27 @@ class Trainer:
                 f"embedding cache {cache.folder}: encoded {built} case(s) in {self.timings['cache']:.0f} s"
             )
         return cache
+
+    def _int8_cache_encoder(self, precision: Precision) -> Path | None:
+        """The int8 encoder the embedding cache is built with (``config.int8_cache``), or None: only where
+        prediction on this machine runs it too (:func:`int8_encoder_pays`), so training sees the embeddings
+        prediction will give. Process 0 quantises it (or finds the model folder's), the others wait for it. A
+        resumed fold keeps the embeddings it began with (none for a checkpoint from before int8 caches)."""
+        if not (self.config.int8_cache and int8_encoder_pays(precision, self.device)):
+            return None
+        latest = checkpoint_path(self.fold_dir, "latest")
+        if (
+            self.resume
+            and latest.is_file()
+            and not load_checkpoint(latest)["metadata"].get("int8_embeddings")
+        ):
+            return None
+        if self.dist.is_main:
+            self._int8_encoder()
+        self._barrier()
+        xml = self.model_folder.int8_encoder(self.model.backbone)
+        self.model.backbone.int8_encoder = xml
+        return xml
 
     def _prepare_views(self) -> ViewCache | None:
         """Build (or reuse) the augmented views of the training cases next to the embedding cache."""
@@ -492,7 +520,9 @@ class Trainer:
         self.log(
             f"model: {counts['trainable']:,} trainable of {counts['total']:,} parameters; "
             + (
-                f"frozen-encoder embeddings cached in {self.cache.folder} ({self.cache.precision.value}); "
+                f"frozen-encoder embeddings cached in {self.cache.folder} ("
+                + ("int8 encoder" if "int8_encoder" in self.cache.parts else self.cache.precision.value)
+                + "); "
                 + describe_views(self.views.count)
                 if self.cache is not None
                 else "encoder run every step, batchgenerators augmentation"
@@ -941,6 +971,7 @@ class Trainer:
                 "mirror_augmented": self.mirror_augmented,
                 "views": self._views_record(),
                 "encoder_precision": self.trained_precision.value,
+                "int8_embeddings": self.cache is not None and "int8_encoder" in self.cache.parts,
                 "amp_precision": self.amp_precision.value,
             },
         }

@@ -261,7 +261,11 @@ def test_a_stack_draws_one_view_and_every_slice_shows_the_same_transform(
     )
     encoded = []
     original = SamBackbone.encode
-    monkeypatch.setattr(SamBackbone, "encode", lambda self, x: encoded.append(len(x)) or original(self, x))
+    monkeypatch.setattr(
+        SamBackbone,
+        "encode",
+        lambda self, x, batch_size=None: encoded.append(len(x)) or original(self, x, batch_size=batch_size),
+    )
     case = ellipse_case(slices=3, size=200)  # three equal slices: any two differ only by their transforms
     views = view_cache(tmp_path, count=3, augmentation=GEOMETRY_ONLY)
     assert views.build(model, [case], device=torch.device("cpu"), batch_size=1) == 1

@@ -103,6 +103,17 @@ def test_bad_overrides_name_the_key(override: str, message: str) -> None:
     assert "\n" not in str(error.value)
 
 
+def test_int8_cache_needs_the_int8_encoder() -> None:
+    assert (
+        load_trainer_config("2d_frozen", []).int8_cache is False
+    )  # off by default (docs/results.md, round 42)
+    assert load_trainer_config("2d_frozen", ["int8_cache=true"]).int8_cache is True
+    with pytest.raises(
+        AutoPromptError, match="int8_cache=true builds .* set int8_encoder=true or int8_cache=false"
+    ):
+        load_trainer_config("2d_frozen", ["int8_cache=true", "int8_encoder=false"])
+
+
 def test_unknown_preset_lists_the_presets() -> None:
     with pytest.raises(AutoPromptError) as error:
         load_trainer_config("2d_frozn")

@@ -1,5 +1,6 @@
-"""The int8 encoder of a model folder: calibrated on training windows when the steps end, written once per
-folder, and run by ``auto`` prediction (and the final validation) only on a CPU where int8 pays."""
+"""The int8 encoder of a model folder: calibrated on training windows, written once per folder (when the steps
+end; with ``int8_cache`` before the embedding cache, which it then builds where int8 pays on the training CPU),
+and run by ``auto`` prediction (and the final validation) only on a CPU where int8 pays."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoprompt.modeling.encoder_quantization import int8_encoder_digest
+from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json
 from pipeline.inference.predictor import Predictor
 from pipeline.training.data import TrainingCase, crop_window
@@ -40,7 +43,7 @@ def test_calibration_windows_are_spread_evenly_over_every_slice_window_of_the_ca
         calibration_windows([], (64, 64), count=3)
 
 
-def test_training_writes_the_int8_encoder_once_and_auto_prediction_runs_it_where_int8_pays(
+def test_training_writes_the_int8_encoder_once_int8_cache_builds_the_cache_with_it_and_auto_prediction_runs_it(
     planned: PlannedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     preprocessed = tmp_path / "preprocessed"  # a copy: the shared fixture keeps its one cache key
@@ -49,7 +52,7 @@ def test_training_writes_the_int8_encoder_once_and_auto_prediction_runs_it_where
         preprocessed=preprocessed,
         results=tmp_path / "results",
         config="tiny",
-        overrides=[*TINY, "val_iterations=1", "int8_encoder=true"],
+        overrides=[*TINY, "val_iterations=1", "int8_encoder=true", "int8_cache=true"],
         epochs=1,
         iterations_per_epoch=1,
         device="cpu",
@@ -62,11 +65,22 @@ def test_training_writes_the_int8_encoder_once_and_auto_prediction_runs_it_where
     assert [record["input_size"]] * 2 == window
     assert record["calibration_windows"] == 12  # every window of fold 0's training cases: 4 cases x 3 slices
     assert "int8 image encoder written to" in (first.fold_dir / "training_log.txt").read_text()
+    log = (first.fold_dir / "training_log.txt").read_text()
+    assert log.index("int8 image encoder written") < log.index(": encoded 6 case(s)")  # then the cache
+    assert "(int8 encoder); " in log
+    assert load_checkpoint(first.fold_dir / "checkpoint_final.pt")["metadata"]["int8_embeddings"] is True
     stamps = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    fake_cpu(monkeypatch, bf16=True, extra=SAPPHIRE_RAPIDS)  # int8 does not pay: a bf16 cache
     second = train(DATASET, 1, **options)  # the folder has it already: not quantised again
     assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == stamps
     assert "int8 image encoder written" not in (second.fold_dir / "training_log.txt").read_text()
+    assert load_checkpoint(second.fold_dir / "checkpoint_final.pt")["metadata"]["int8_embeddings"] is False
+    caches = [load_json(path) for path in (preprocessed / DATASET / "embeddings").glob("*/cache.json")]
+    assert sorted(str(parts.get("int8_encoder")) for parts in caches) == sorted(
+        [int8_encoder_digest(folder / "encoder.xml"), "None"]
+    )
 
+    fake_cpu(monkeypatch, bf16=True, extra=ZEN4)
     predictor = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
     assert predictor.models[0].backbone.int8_encoder == folder / "encoder.xml"
     assert any("image encoder runs in int8" in note for note in predictor.notes)
