@@ -69,7 +69,6 @@ from autoprompt.modeling.build import build_autoprompt_sam
 from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.encoder_quantization import (
-    CALIBRATION_WINDOWS,
     int8_encoder_digest,
     quantize_encoder,
 )
@@ -78,7 +77,7 @@ from benchmarks.inference_speed import candidate_cases, console_script, link_inp
 from pipeline.files import save_json
 from pipeline.training.data import load_training_cases
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
-from pipeline.training.encoder_calibration import calibration_windows, encoder_inputs
+from pipeline.training.encoder_calibration import quantize_on_cases
 from pipeline.training.trainer import encoder_batch_size
 from planners.plans import Plans
 
@@ -275,7 +274,7 @@ def predict_rows(
 def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) -> dict:
     """Minutes to build the 2d embedding cache of the preprocessed cases (the first ``cases``, or all), at
     precision ``auto``; with ``int8`` through the int8 encoder as ``TrainerConfig.int8_cache`` builds it
-    (quantised first on :data:`CALIBRATION_WINDOWS` windows of the cases, its minutes a field of their own)."""
+    (quantised first on windows of the cases, as training does, its minutes a field of their own)."""
     plans = Plans.load(preprocessed / "plans.json")
     folder = preprocessed / plans.configuration("2d").data_identifier
     case_ids = sorted(p.name[: -len(".npy")] for p in folder.glob("*.npy") if not p.name.endswith("_seg.npy"))
@@ -289,9 +288,8 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
     quantise_seconds = None
     if int8:
         started = time.perf_counter()
-        windows = calibration_windows(loaded, plans.configuration("2d").window_size, CALIBRATION_WINDOWS)
-        model.backbone.int8_encoder = quantize_encoder(
-            model.backbone.image_encoder, encoder_inputs(model.backbone, windows), scratch / "encoder_int8"
+        model.backbone.int8_encoder, _ = quantize_on_cases(
+            model.backbone, loaded, plans.configuration("2d").window_size, scratch / "encoder_int8"
         )
         quantise_seconds = time.perf_counter() - started
     parts = cache_key_parts(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import logging
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from autoprompt.modeling.backbone import file_sha256
 from autoprompt.modeling.encoder_runtime import converted_encoder, save_model_atomically, weights_digest
 from pipeline.files import load_json, save_json
 
@@ -119,11 +119,7 @@ def int8_encoder_for(folder: Path, encoder: nn.Module, *, input_size: int) -> Pa
 def int8_encoder_digest(xml: Path) -> str:
     """First 16 hex digits of the SHA-256 of an int8 encoder's weights file (``encoder.bin``): tells one
     calibration from another (the embedding cache's key)."""
-    digest = hashlib.sha256()
-    with xml.with_suffix(".bin").open("rb") as weights:
-        for block in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(xml.with_suffix(".bin"))[:16]
 
 
 @contextlib.contextmanager

@@ -8,12 +8,14 @@ at evenly spaced places of the list of every (case, slice, window), so every par
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from autoprompt.modeling.autoprompt_sam import to_three_channels
 from autoprompt.modeling.backbone import SamBackbone
+from autoprompt.modeling.encoder_quantization import CALIBRATION_WINDOWS, quantize_encoder
 from pipeline.training.data import TrainingCase, crop_window, fixed_windows
 
 
@@ -41,3 +43,12 @@ def encoder_inputs(backbone: SamBackbone, windows: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         images = to_three_channels(torch.from_numpy(windows).to(backbone.pixel_mean.device))
         return backbone.encoder_input(images).float().cpu().numpy()
+
+
+def quantize_on_cases(
+    backbone: SamBackbone, cases: Sequence[TrainingCase], window: Sequence[int], folder: Path
+) -> tuple[Path, int]:
+    """``backbone``'s frozen encoder quantised into ``folder`` on :data:`CALIBRATION_WINDOWS` windows of
+    ``cases`` (:func:`calibration_windows`); the ``encoder.xml`` written and the number of windows used."""
+    windows = calibration_windows(cases, window, CALIBRATION_WINDOWS)
+    return quantize_encoder(backbone.image_encoder, encoder_inputs(backbone, windows), folder), len(windows)

@@ -38,12 +38,8 @@ from autoprompt.errors import AutoPromptError
 from autoprompt.modeling.autoprompt_sam import AutoPromptOutput
 from autoprompt.modeling.class_decoder import DecoderRegion
 from autoprompt.modeling.config import ModelConfig
-from autoprompt.modeling.encoder_quantization import (
-    CALIBRATION_WINDOWS,
-    int8_encoder_digest,
-    quantize_encoder,
-)
 from autoprompt.modeling.encoder_quantization import MAX_WINDOW as MAX_INT8_WINDOW
+from autoprompt.modeling.encoder_quantization import int8_encoder_digest
 from autoprompt.modeling.prompt_generators import channel_argmax
 from autoprompt.precision import AUTO, int8_encoder_pays, resolve_precision
 from autoprompt.progress import progress
@@ -72,7 +68,7 @@ from pipeline.training.data import (
 )
 from pipeline.training.decoder_regions import decoder_regions
 from pipeline.training.embedding_cache import EmbeddingCache, cache_key_parts
-from pipeline.training.encoder_calibration import calibration_windows, encoder_inputs
+from pipeline.training.encoder_calibration import quantize_on_cases
 from pipeline.training.losses import LOSS_TERMS, AutoPromptLoss
 from pipeline.training.optim import (
     WarmupPolySchedule,
@@ -844,10 +840,9 @@ class Trainer:
         if existing is not None:
             return existing
         started = time.perf_counter()
-        windows = calibration_windows(self.train_cases, self.plan.window_size, CALIBRATION_WINDOWS)
         folder = self.model_folder.int8_encoder_folder
         try:
-            xml = quantize_encoder(backbone.image_encoder, encoder_inputs(backbone, windows), folder)
+            xml, calibrated = quantize_on_cases(backbone, self.train_cases, self.plan.window_size, folder)
         except Exception as error:  # noqa: BLE001 - the trained model stays usable in bf16/fp32
             self.log(
                 f"int8 image encoder not written ({error.__class__.__name__}: {str(error)[:200]}); prediction "
@@ -857,7 +852,7 @@ class Trainer:
             return None
         self.timings["int8_encoder"] = time.perf_counter() - started
         self.log(
-            f"int8 image encoder written to {folder} ({len(windows)} calibration windows of the training cases, "
+            f"int8 image encoder written to {folder} ({calibrated} calibration windows of the training cases, "
             f"{self.timings['int8_encoder']:.0f} s); 'autoprompt predict' runs it on CPUs with VNNI but no AMX"
         )
         return xml
