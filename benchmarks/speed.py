@@ -65,7 +65,7 @@ from autoprompt.benchmarking.nnunet_baseline import run_logged
 from autoprompt.devices import Precision, autocast
 from autoprompt.modeling import class_decoder
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
-from autoprompt.modeling.build import build_autoprompt_sam
+from autoprompt.modeling.build import build_autoprompt_sam, load_configured_backbone
 from autoprompt.modeling.class_decoder import decode_classes
 from autoprompt.modeling.config import ModelConfig
 from autoprompt.modeling.encoder_quantization import (
@@ -280,7 +280,11 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
     case_ids = sorted(p.name[: -len(".npy")] for p in folder.glob("*.npy") if not p.name.endswith("_seg.npy"))
     labels = sorted(plans.foreground_labels.values())
     loaded = load_training_cases(folder, case_ids[:cases], labels=labels, seed=0)
-    model = build_autoprompt_sam(ModelConfig(), num_classes=len(labels), in_channels=len(plans.normalization))
+    window = plans.configuration("2d").window_size
+    backbone = load_configured_backbone(ModelConfig(), window=window[0])
+    model = build_autoprompt_sam(
+        ModelConfig(), num_classes=len(labels), in_channels=len(plans.normalization), backbone=backbone
+    )
     precision = resolve_precision("auto", CPU)
     runtime = model.backbone.resolved_encoder_runtime(precision)
     scratch = work / "cache"
@@ -289,7 +293,7 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
     if int8:
         started = time.perf_counter()
         model.backbone.int8_encoder, _ = quantize_on_cases(
-            model.backbone, loaded, plans.configuration("2d").window_size, scratch / "encoder_int8"
+            model.backbone, loaded, window, scratch / "encoder_int8"
         )
         quantise_seconds = time.perf_counter() - started
     parts = cache_key_parts(
@@ -300,7 +304,7 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
         encoder_runtime=runtime,
         int8_encoder=int8_encoder_digest(model.backbone.int8_encoder) if int8 else None,
     )
-    cache = EmbeddingCache(scratch, parts)
+    cache = EmbeddingCache(scratch, parts, embedding_shape=(backbone.embed_dim, *backbone.embedding_size))
     windows = sum(int(np.prod(cache.expected_shape(case)[:2])) for case in loaded)
     started = time.perf_counter()
     cache.build(model, loaded, device=CPU, batch_size=encoder_batch_size(CPU))
@@ -310,6 +314,7 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
         "dataset": preprocessed.name,
         "cases": len(loaded),
         "windows": windows,
+        "window": window[0],
         "precision": precision.value,
         "encoder_runtime": runtime,
         "encoder": "int8" if int8 else precision.value,
@@ -319,6 +324,7 @@ def cache_row(preprocessed: Path, work: Path, *, cases: int | None, int8: bool) 
     }
     print(
         f"  cache {preprocessed.name} ({row['encoder']} encoder): {row['minutes']:.2f} min for {windows} windows"
+        f" of {window[0]} x {window[0]}"
         + (f", after {row['int8_quantise_minutes']:.2f} min quantising" if int8 else ""),
         flush=True,
     )

@@ -1,6 +1,6 @@
 """The helpers of the measurement scripts (``autoprompt.benchmarking.measurement``),
-``benchmarks/class_scaling.py`` on the tiny backbone and ``benchmarks/speed.py``'s predict part (no timed
-assertions)."""
+``benchmarks/class_scaling.py`` on the tiny backbone and ``benchmarks/speed.py``'s predict and cache parts (no
+timed assertions)."""
 
 from __future__ import annotations
 
@@ -115,6 +115,18 @@ def test_speed_predicts_fold_all_models_and_refuses_other_folds(tmp_path, monkey
     with pytest.raises(SystemExit) as stop:
         speed.main(["--no-encoder", "--fold", "last"])
     assert stop.value.code == 2 and "give a number or 'all'" in capsys.readouterr().err
+
+
+def test_speed_times_the_cache_with_a_backbone_built_for_the_plans_window(tmp_path):
+    from pipeline.experiment_planning import plan_and_preprocess
+    from planners.plans import Plans
+
+    raw = make_synthetic_dataset(tmp_path / "raw", num_cases=2, shape=(2, 40, 32))
+    folder = plan_and_preprocess(raw, tmp_path / "preprocessed", configurations=("2d",), num_processes=1)
+    window = Plans.load(folder / "plans.json").configuration("2d").window_size[0]
+    assert window < 256  # small slices: a smaller window than LiteMedSAM's own
+    row = speed.cache_row(folder, tmp_path / "work", cases=1, int8=False)
+    assert row["window"] == window and row["windows"] == 2 and row["minutes"] > 0
 
 
 def test_training_step_times_each_setting_on_a_subset_and_writes_its_json(tmp_path):
