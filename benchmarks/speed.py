@@ -26,8 +26,8 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
 - ``cache``: minutes to build the embedding cache of the preprocessed ACDC cases (``--acdc-preprocessed``,
   a ``PREPROCESSED/Dataset027_ACDC`` folder), the frozen LiteMedSAM encoder at precision ``auto``, written
   into a scratch folder so nothing cached before is reused. Where int8 pays (``int8_encoder_pays``),
-  ``cache_int8`` times the cache that ``TrainerConfig.int8_cache`` builds beside it: through the int8 encoder,
-  quantised first on windows of the cases (its minutes apart).
+  ``cache_int8`` times, beside it, the cache that ``TrainerConfig.int8_cache`` (the default) builds there:
+  through the int8 encoder, quantised first on windows of the cases (its minutes apart).
 - ``demo``: the wall time of ``make demo`` without the install (``python -m autoprompt.demo``), from
   scratch (``--demo``).
 
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                                           fold=args.fold, tta=args.tta, work=args.work)  # fmt: skip
     if args.acdc_preprocessed:
         result["cache"] = cache_row(args.acdc_preprocessed, args.work, cases=args.cache_cases, int8=False)
-        if int8_encoder_pays(resolve_precision("auto", CPU), CPU):  # the opt-in int8 cache beside it
+        if int8_encoder_pays(resolve_precision("auto", CPU), CPU):  # the int8 cache, the default here
             result["cache_int8"] = cache_row(
                 args.acdc_preprocessed, args.work, cases=args.cache_cases, int8=True
             )
