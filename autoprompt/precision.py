@@ -10,9 +10,10 @@ Every ``precision`` option (the image encoder of ``predict``, ``serve``, ``segme
 trainer's ``encoder_precision`` and ``amp``) defaults to ``auto``; a named precision is taken as given.
 
 The frozen image encoder of a trained model folder goes one step further under ``auto``
-(:func:`int8_encoder_pays`): int8 where ``auto`` is bf16 on a CPU with int8 dot products (VNNI) but
-without AMX, whose bf16 tiles outrun int8 on the vector units
-(:mod:`autoprompt.modeling.encoder_quantization`).
+(:func:`int8_encoder_pays`): int8 on a CPU with AVX-512 int8 dot products (VNNI) but without AMX, whose bf16
+tiles outrun int8 on the vector units (:mod:`autoprompt.modeling.encoder_quantization`). Its layers left in
+floating point run in ``auto``'s precision there: bf16 (e.g. AMD Zen 4) or fp32 (e.g. Intel Cascade Lake,
+Ice Lake, Tiger Lake).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ CHOICES = (AUTO, *(precision.value for precision in Precision))
 """The values of a ``--precision`` option."""
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """``/proc/cpuinfo`` flags of CPUs with bf16 dot-product instructions."""
-INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
-"""``/proc/cpuinfo`` flags of CPUs with int8 dot-product instructions on their vector units."""
+INT8_CPU_FLAGS = frozenset({"avx512_vnni"})
+"""``/proc/cpuinfo`` flags of CPUs with int8 dot-product instructions on 512-bit vector units. AVX-VNNI alone (on
+256-bit units, ``avx_vnni``: laptops from Alder Lake on) is not enough: with OpenVINO capped to that instruction
+set (``ONEDNN_MAX_CPU_ISA=AVX2_VNNI``) the int8 encoder ran slower than fp32 (docs/results.md, round 44)."""
 AMX_CPU_FLAGS = frozenset({"amx_bf16", "amx_int8", "amx_tile"})
 """``/proc/cpuinfo`` flags of CPUs with AMX tiles."""
 CPUINFO = Path("/proc/cpuinfo")
@@ -63,8 +66,8 @@ def cpu_precision(flags: Iterable[str], capability: str) -> Precision:
 
 def int8_encoder_pays(precision: Precision, device: torch.device, flags: Iterable[str] | None = None) -> bool:
     """Whether ``auto`` runs a model folder's frozen image encoder in int8: on a CPU whose ``auto`` precision
-    is bf16 (``precision``) and whose flags (None: this CPU's) have VNNI but no AMX."""
-    if device.type != "cpu" or precision is not Precision.BF16:
+    is bf16 or fp32 (``precision``) and whose flags (None: this CPU's) have AVX-512 VNNI but no AMX."""
+    if device.type != "cpu" or precision not in (Precision.BF16, Precision.FP32):
         return False
     flags = read_cpu_flags() if flags is None else frozenset(flags)
     return not INT8_CPU_FLAGS.isdisjoint(flags) and AMX_CPU_FLAGS.isdisjoint(flags)

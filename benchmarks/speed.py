@@ -6,7 +6,8 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
 - ``encoder``: the LiteMedSAM image encoder on random 256 x 256 windows, batches of 1 and 4, PyTorch eager
   in fp32 and bf16, the OpenVINO runtime (:mod:`autoprompt.modeling.encoder_runtime`) at the same
   precisions and the int8 encoder training writes (:mod:`autoprompt.modeling.encoder_quantization`, here
-  calibrated on random windows, under bf16): seconds per window (median over rounds; the variants are timed in turn within each round, so
+  calibrated on random windows; its float layers in bf16, and in fp32 as CPUs without bf16 run them):
+  seconds per window (median over rounds; the variants are timed in turn within each round, so
   other jobs on a shared machine load them alike), process CPU seconds per window (the work itself, which
   other jobs change less than the wall time), the relative L2 error against eager at the same precision and
   against eager fp32, and the first call's seconds (OpenVINO: export, when not cached yet, and compilation).
@@ -32,6 +33,7 @@ Parts (each printed and written to one JSON file, ``benchmarks/results/speed_cpu
   scratch (``--demo``).
 
     .venv/bin/python -m benchmarks.speed                                   # the encoder only
+    ONEDNN_MAX_CPU_ISA=AVX2_VNNI .venv/bin/python -m benchmarks.speed      # as if the CPU had only AVX2 + VNNI
     .venv/bin/python -m benchmarks.speed --demo \\
         --acdc-model RESULTS/Dataset027_ACDC/autoprompt__2d_frozen__2d \\
         --acdc-nnunet-model NNUNET_RESULTS/Dataset027_ACDC/nnUNetTrainer__nnUNetPlans__2d \\
@@ -91,6 +93,7 @@ VARIANTS = (
     ("openvino", Precision.FP32),
     ("openvino", Precision.BF16),
     (INT8, Precision.BF16),
+    (INT8, Precision.FP32),
 )
 """(runtime, precision) of the encoder rows; OpenVINO is compared with eager at the same precision."""
 
@@ -352,6 +355,7 @@ def _machine() -> dict:
         **machine_info(CPU, load_average_before=load_average()),
         "auto_precision": resolve_precision("auto", CPU).value,
         "openvino": openvino.__version__,
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
     }
 
 

@@ -1,7 +1,7 @@
 """An int8 copy of the frozen image encoder, calibrated on training windows, for CPUs where int8 pays.
 
-On a CPU with int8 dot products (VNNI) but without AMX, LiteMedSAM's encoder runs faster in int8 than
-in bf16 (:func:`autoprompt.precision.int8_encoder_pays` decides where). Quantising needs calibration
+On a CPU with AVX-512 int8 dot products (VNNI) but without AMX, LiteMedSAM's encoder runs faster in int8 than
+in bf16 or fp32 (:func:`autoprompt.precision.int8_encoder_pays` decides where). Quantising needs calibration
 windows (to set the activation ranges), and they must come from training data: calibrating on the volumes
 being predicted would make one prediction depend on the others. So training writes the int8 encoder into
 the model folder (``pipeline.training.trainer``: once the steps end, or with ``int8_cache`` before the

@@ -75,7 +75,9 @@ FP32_TOLERANCE = 1e-4
 """Largest relative L2 error of OpenVINO's fp32 embeddings against eager PyTorch's fp32 embeddings."""
 
 _NOTICES: set[str] = set()
-_FAILED_EXPORTS: set[Path] = set()
+_FAILED_EXPORTS: set[Path | tuple[Path, str]] = set()
+"""Exports that failed (the file), and files that failed to compile at a precision hint ``(file, hint)``: a
+CPU may compile the fp32 export but not in bf16."""
 _DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
 
 EncoderFn = Callable[[torch.Tensor], torch.Tensor]
@@ -141,27 +143,26 @@ def accelerated_encoder(
         )
         return None
     mode = "LATENCY" if len(inputs) == 1 else "THROUGHPUT"
-    if int8_xml is not None and int8_xml not in _FAILED_EXPORTS:
+    hint = _precision_hint()
+    if int8_xml is not None and (int8_xml, hint) not in _FAILED_EXPORTS:
         try:
-            return functools.partial(
-                _run, _compiled(str(int8_xml), _precision_hint(), torch.get_num_threads(), mode)
-            )
+            return functools.partial(_run, _compiled(str(int8_xml), hint, torch.get_num_threads(), mode))
         except Exception as error:  # noqa: BLE001 - a damaged int8 file: the fp32 export still works
-            _FAILED_EXPORTS.add(int8_xml)
+            _FAILED_EXPORTS.add((int8_xml, hint))
             notice(
                 f"{int8_xml}: OpenVINO could not compile the int8 image encoder ({_first_line(error)}); "
                 "the fp32 export runs instead (delete the folder, or train again, to make a new one)"
             )
     folder = default_cache_folder() if cache_folder is None else Path(cache_folder)
     xml = folder / "openvino" / export_key(encoder, input_size=inputs.shape[-1]) / "encoder.xml"
-    if xml in _FAILED_EXPORTS:
+    if xml in _FAILED_EXPORTS or (xml, hint) in _FAILED_EXPORTS:
         return None
     try:
         if not xml.is_file():
             export_encoder(encoder, xml, input_size=inputs.shape[-1])
-        compiled = _compiled(str(xml), _precision_hint(), torch.get_num_threads(), mode)
+        compiled = _compiled(str(xml), hint, torch.get_num_threads(), mode)
     except Exception as error:  # noqa: BLE001 - any export/compile failure means: run PyTorch instead
-        _FAILED_EXPORTS.add(xml)
+        _FAILED_EXPORTS.add((xml, hint) if xml.is_file() else xml)
         notice(
             f"{xml}: OpenVINO could not export or compile the image encoder ({_first_line(error)}); "
             "it runs in PyTorch (encoder_runtime=eager silences this)"

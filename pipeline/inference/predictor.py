@@ -93,7 +93,8 @@ def use_int8_encoder(
     for model in models:
         model.backbone.int8_encoder = xml
     return [
-        "note: the image encoder runs in int8 (this CPU has VNNI but no AMX; --precision bf16 runs it in bf16)"
+        f"note: the image encoder runs in int8 (this CPU has AVX-512 VNNI but no AMX; "
+        f"--precision {precision.value} runs it in {precision.value})"
     ]
 
 

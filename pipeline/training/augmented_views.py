@@ -61,10 +61,9 @@ from pipeline.training.data import (
 from pipeline.training.embedding_cache import (
     CACHE_DTYPE,
     EMBEDDING_SHAPE,
-    WINDOWS_PER_CALL,
     EmbeddingCache,
     cache_key,
-    encode_windows,
+    encode_in_chunks,
 )
 
 BYTES_PER_EMBEDDING = int(np.prod(EMBEDDING_SHAPE)) * np.dtype(CACHE_DTYPE).itemsize
@@ -301,14 +300,15 @@ class ViewCache:
             with atomic_path(emb_path) as tmp_emb:
                 out = np.lib.format.open_memmap(tmp_emb, mode="w+", dtype=CACHE_DTYPE, shape=emb_shape)
                 index = list(np.ndindex(*emb_shape[:3]))
-                per_call = max(batch_size, WINDOWS_PER_CALL)
-                for start in range(0, len(index), per_call):
-                    chunk = index[start : start + per_call]
-                    batch = torch.from_numpy(np.stack([images[i].astype(np.float32) for i in chunk]))
-                    embeddings = encode_windows(
-                        model, batch.to(device), precision=self.base.precision, batch_size=batch_size
-                    )
-                    embeddings = embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
+                chunks = encode_in_chunks(
+                    model,
+                    index,
+                    lambda chunk, views=images: np.stack([views[i].astype(np.float32) for i in chunk]),
+                    precision=self.base.precision,
+                    device=device,
+                    batch_size=batch_size,
+                )
+                for chunk, embeddings in chunks:
                     for i, embedding in zip(chunk, embeddings, strict=True):
                         out[i] = embedding
                     bar.update(len(chunk))

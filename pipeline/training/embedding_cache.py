@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ CACHE_DTYPE = np.float16
 WINDOWS_PER_CALL = 8
 """Windows handed to the encoder at once while caching: OpenVINO keeps every stream busy on them (one window
 alone runs in latency mode, slower per window), PyTorch runs them ``batch_size`` at a time."""
+T = TypeVar("T")
 
 
 def cache_key_parts(
@@ -176,24 +178,49 @@ class EmbeddingCache:
         pairs = [(row, int(s), w) for row, s in enumerate(kept) for w in range(shape[1])]
         with atomic_path(self.path(case.name)) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=CACHE_DTYPE, shape=shape)
-            per_call = max(batch_size, WINDOWS_PER_CALL)
-            for start in range(0, len(pairs), per_call):
-                chunk = pairs[start : start + per_call]
-                images = np.stack(
+
+            def images(chunk: Sequence[tuple[int, int, int]]) -> np.ndarray:
+                return np.stack(
                     [crop_window(np.asarray(case.data[:, s]), *windows[w], self.window) for _, s, w in chunk]
                 )
-                embeddings = encode_windows(
-                    model,
-                    torch.from_numpy(images).to(device),
-                    precision=self.precision,
-                    batch_size=batch_size,
-                )
-                embeddings = embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
+
+            for chunk, embeddings in encode_in_chunks(
+                model, pairs, images, precision=self.precision, device=device, batch_size=batch_size
+            ):
                 for (row, _, w), embedding in zip(chunk, embeddings, strict=True):
                     out[row, w] = embedding
                 bar.update(len(chunk))
             out.flush()
             del out
+
+
+def encode_in_chunks(
+    model: AutoPromptSAM,
+    items: Sequence[T],
+    images: Callable[[Sequence[T]], np.ndarray],
+    *,
+    precision: Precision,
+    device: torch.device,
+    batch_size: int,
+) -> Iterator[tuple[Sequence[T], np.ndarray]]:
+    """Encode the windows of ``items`` :data:`WINDOWS_PER_CALL` (at least ``batch_size``) at a time.
+
+    Args:
+        items: what each window is (the caller's index of where its embedding goes).
+        images: ``chunk`` of items -> their windows, ``n x C x h x w`` float32.
+        batch_size: windows per PyTorch encoder pass.
+
+    Yields:
+        ``(chunk, embeddings)``: consecutive items and their ``n x 256 x h/4 x w/4`` :data:`CACHE_DTYPE`
+        embeddings.
+    """
+    per_call = max(batch_size, WINDOWS_PER_CALL)
+    for start in range(0, len(items), per_call):
+        chunk = items[start : start + per_call]
+        embeddings = encode_windows(
+            model, torch.from_numpy(images(chunk)).to(device), precision=precision, batch_size=batch_size
+        )
+        yield chunk, embeddings.float().cpu().numpy().astype(CACHE_DTYPE)
 
 
 def encode_windows(

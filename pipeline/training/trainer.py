@@ -855,7 +855,8 @@ class Trainer:
         self.timings["int8_encoder"] = time.perf_counter() - started
         self.log(
             f"int8 image encoder written to {folder} ({calibrated} calibration windows of the training cases, "
-            f"{self.timings['int8_encoder']:.0f} s); 'autoprompt predict' runs it on CPUs with VNNI but no AMX"
+            f"{self.timings['int8_encoder']:.0f} s); 'autoprompt predict' runs it on CPUs with AVX-512 VNNI "
+            "but no AMX"
         )
         return xml
 

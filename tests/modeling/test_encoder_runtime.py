@@ -198,6 +198,24 @@ def test_failed_export_falls_back_to_pytorch_with_one_notice(tmp_path, capsys):
         torch.testing.assert_close(embeddings, backbone.image_encoder(window), rtol=0, atol=0)
 
 
+def test_a_compile_failing_in_bf16_leaves_openvino_to_fp32(tiny_export, monkeypatch, capsys):
+    """A CPU whose OpenVINO has no bf16 refuses the bf16 hint; the same file still compiles in fp32."""
+    folder, fp32_embeddings = tiny_export
+    compiled = encoder_runtime._compiled
+
+    def no_bf16(xml: str, precision: str, threads: int, mode: str):
+        if precision == "bf16":
+            raise RuntimeError("bf16 inference precision is not supported on this CPU")
+        return compiled(xml, precision, threads, mode)
+
+    monkeypatch.setattr(encoder_runtime, "_compiled", no_bf16)
+    backbone = _backbone("tiny", folder)
+    _encode(backbone, _window(), Precision.BF16)
+    assert "could not export or compile" in capsys.readouterr().err
+    assert backbone.resolved_encoder_runtime(Precision.FP32) == "openvino"
+    torch.testing.assert_close(_encode(backbone, _window(), Precision.FP32), fp32_embeddings)
+
+
 def test_pytorch_runs_when_asked_for_or_when_the_encoder_trains(tmp_path):
     window = _window()
     _encode(_backbone("tiny", tmp_path, runtime="eager"), window, Precision.FP32)

@@ -51,7 +51,10 @@ def test_cpu_rule(flags: set[str], capability: str, expected: Precision) -> None
         ({"avx512_bf16", "avx512_vnni"}, Precision.BF16, "cpu", True),  # e.g. Zen 4: no AMX
         ({"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}, Precision.BF16, "cpu", False),
         ({"avx512_bf16"}, Precision.BF16, "cpu", False),  # no int8 dot products
-        ({"avx512_vnni"}, Precision.FP32, "cpu", False),  # auto is fp32 there: int8 is not measured
+        ({"avx512_vnni"}, Precision.FP32, "cpu", True),  # e.g. Cascade Lake: int8 beside fp32 layers
+        ({"avx2", "avx_vnni"}, Precision.FP32, "cpu", False),  # AVX-VNNI laptops: int8 slower than fp32
+        ({"avx2", "fma"}, Precision.FP32, "cpu", False),  # no int8 dot products
+        ({"avx512_vnni"}, Precision.FP16, "cpu", False),  # not a precision auto gives a CPU
         ({"avx512_bf16", "avx512_vnni"}, Precision.BF16, "cuda", False),
     ],
 )

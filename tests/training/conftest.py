@@ -15,9 +15,9 @@ import pytest
 from tests.synthetic_data import make_synthetic_dataset
 
 DATASET = "Dataset901_Synthetic"
-# 2 classes, 6 cases (5 folds need 5), 3 slices of 40 x 32: with the planner's finer_to_fill spacing
-# every slice fits one 256 x 256 window, so the tiny backbone encodes 18 windows in all; "3d" stacks
-# all 3 slices (stack depth 3).
+# 2 classes, 6 cases (5 folds need 5), 3 slices of 40 x 32: the planner gives such small slices a small
+# window and a finer_to_fill spacing, so every slice fits one window and the tiny backbone encodes 18 windows
+# in all; "3d" stacks all 3 slices (stack depth 3).
 SHAPE = (3, 40, 32)
 TINY = ["final_validation=false"]
 

@@ -22,6 +22,7 @@ from tests.training.conftest import DATASET, TINY, PlannedDataset
 
 ZEN4 = ("avx512_vnni",)  # bf16 and int8 dot products, no AMX
 SAPPHIRE_RAPIDS = ("avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
+CASCADE_LAKE = ("avx512_vnni",)  # with bf16=False: int8 dot products, no bf16, no AMX
 
 
 def _case(name: str, slices: int, offset: float) -> TrainingCase:
@@ -91,6 +92,10 @@ def test_training_writes_the_int8_encoder_once_int8_cache_builds_the_cache_with_
         first.model_folder, checkpoint="final", device="cpu", precision="bf16"
     )
     assert named.models[0].backbone.int8_encoder is None  # a named precision runs the float encoder
+    fake_cpu(monkeypatch, bf16=False, extra=CASCADE_LAKE)  # auto is fp32: int8 beside fp32 layers
+    fp32 = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
+    assert fp32.precision.value == "fp32" and fp32.models[0].backbone.int8_encoder == folder / "encoder.xml"
+    assert any("--precision fp32 runs it in fp32" in note for note in fp32.notes)
     fake_cpu(monkeypatch, bf16=True, extra=SAPPHIRE_RAPIDS)  # AMX: bf16 tiles outrun int8
     amx = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
     assert amx.models[0].backbone.int8_encoder is None
