@@ -449,9 +449,10 @@ class Trainer:
 
     def _int8_cache_encoder(self, precision: Precision) -> Path | None:
         """The int8 encoder the embedding cache is built with (``config.int8_cache`` and ``int8_encoder``), or
-        None: only where prediction on this machine runs it too (:func:`int8_encoder_pays`), so training sees the embeddings
-        prediction will give. Process 0 quantises it (or finds the model folder's), the others wait for it. A
-        resumed fold keeps the embeddings it began with (none for a checkpoint from before int8 caches)."""
+        None: only where prediction on this machine runs it too (:func:`int8_encoder_pays`), so training sees the
+        embeddings prediction will give. Process 0 quantises it (or finds the model folder's), the others wait
+        for it. A resumed fold keeps the embeddings it began with (none for a checkpoint from before int8
+        caches)."""
         if not (
             self.config.int8_cache and self.config.int8_encoder and int8_encoder_pays(precision, self.device)
         ):
