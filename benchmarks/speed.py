@@ -132,7 +132,8 @@ def encoder_rows(
             outputs[runtime, precision] = _encode(backbone, images, runtime, precision, int8)
             first_call[runtime, precision] = time.perf_counter() - started
         backbone.encoder_runtime = "openvino"
-        openvino_runs = backbone.resolved_encoder_runtime(Precision.FP32) == "openvino"
+        # per precision: OpenVINO may compile the fp32 export but refuse the bf16 hint (no bf16 on the CPU)
+        openvino_runs = {p: backbone.resolved_encoder_runtime(p) == "openvino" for _, p in VARIANTS}
         wall: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
         cpu: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
         for _ in range(rounds):
@@ -147,7 +148,9 @@ def encoder_rows(
             error = float((output - reference).norm() / reference.norm())
             rows.append(
                 {
-                    "runtime": runtime if runtime == "eager" or openvino_runs else "eager (no openvino)",
+                    "runtime": runtime
+                    if runtime == "eager" or openvino_runs[precision]
+                    else "eager (no openvino)",
                     "precision": precision.value,
                     "batch": batch,
                     "s_per_window": round(statistics.median(wall[runtime, precision]), 4),
