@@ -178,19 +178,11 @@ def main(argv: list[str] | None = None) -> None:
     put_back.add_argument("predictions", type=Path)
     put_back.add_argument("target", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "crop":
-        crop_folder(
-            args.source,
-            args.target,
-            images=args.images,
-            labels=args.labels,
-            margin=args.margin,
-            shift=args.shift,
-            seed=args.seed,
-            boxes_from=args.boxes_from,
-        )
-    else:
+    if args.command == "paste":
         paste_folder(args.crops, args.predictions, args.target)
+        return
+    options = ("images", "labels", "margin", "shift", "seed", "boxes_from")
+    crop_folder(args.source, args.target, **{name: getattr(args, name) for name in options})
 
 
 if __name__ == "__main__":
