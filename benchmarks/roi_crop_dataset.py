@@ -53,22 +53,27 @@ def crop_box(
     return round(box.top + (box.side - side) / 2), round(box.left + (box.side - side) / 2), side
 
 
+def _overlap(top: int, left: int, side: int, shape: tuple[int, ...]) -> tuple[tuple, tuple]:
+    """The part of the square inside ``... x H x W`` slices: its index there and in the square's own grid."""
+    rows = slice(max(top, 0), min(top + side, shape[-2]))
+    cols = slice(max(left, 0), min(left + side, shape[-1]))
+    own = (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
+    return (..., rows, cols), (..., *own)
+
+
 def cut(array: np.ndarray, top: int, left: int, side: int, fill: float) -> np.ndarray:
     """``array[:, top:top+side, left:left+side]`` (``S x H x W``) with ``fill`` where that reaches outside."""
     out = np.full((array.shape[0], side, side), fill, dtype=array.dtype)
-    rows = slice(max(top, 0), min(top + side, array.shape[1]))
-    cols = slice(max(left, 0), min(left + side, array.shape[2]))
-    out[:, rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = array[:, rows, cols]
+    inside, own = _overlap(top, left, side, array.shape)
+    out[own] = array[inside]
     return out
 
 
 def paste(crop: np.ndarray, top: int, left: int, shape: tuple[int, int, int]) -> np.ndarray:
     """The inverse of :func:`cut` for a label map: ``crop`` (``S x side x side``) in zeros of ``shape``."""
     out = np.zeros(shape, dtype=crop.dtype)
-    side = crop.shape[1]
-    rows = slice(max(top, 0), min(top + side, shape[1]))
-    cols = slice(max(left, 0), min(left + side, shape[2]))
-    out[:, rows, cols] = crop[:, rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    inside, own = _overlap(top, left, crop.shape[1], shape)
+    out[inside] = crop[own]
     return out
 
 

@@ -133,7 +133,9 @@ def encoder_rows(
             first_call[runtime, precision] = time.perf_counter() - started
         backbone.encoder_runtime = "openvino"
         # per precision: OpenVINO may compile the fp32 export but refuse the bf16 hint (no bf16 on the CPU)
-        openvino_runs = {p: backbone.resolved_encoder_runtime(p) == "openvino" for _, p in VARIANTS}
+        openvino_runs = {
+            p: backbone.resolved_encoder_runtime(p) == "openvino" for p in {p for _, p in VARIANTS}
+        }
         wall: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
         cpu: dict[tuple, list[float]] = {variant: [] for variant in VARIANTS}
         for _ in range(rounds):
