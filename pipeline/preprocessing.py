@@ -6,6 +6,10 @@ first, and rows/columns resampled to the plans' target spacing (nnunetv2's ``res
 are never resampled). ``properties`` (JSON-able) hold everything :func:`revert_probabilities` and
 :func:`revert_segmentation` need to map a prediction back onto the original voxels.
 
+At prediction (``fit_window``) a case whose slices would be larger than the window at the plans' spacing is
+resampled coarser, so that each slice fits one window (:func:`prediction_spacing`), as SAM sees a whole image:
+tiles of a slice show the model parts of a body it was not trained on.
+
 A 2D image ``(Y, X)`` is one slice: ``C x 1 x H x W``.
 """
 
@@ -27,13 +31,15 @@ from pipeline.case_io import PSEUDO_SLICE_SPACING_2D, read_case
 from pipeline.files import atomic_path, npy_complete, save_json
 from pipeline.io import Geometry, read_image
 from pipeline.parallel import parallel_map
-from planners.plans import ChannelNormalization, Plans
+from planners.plans import ChannelNormalization, ConfigurationPlan, Plans
 
 if TYPE_CHECKING:
     from pipeline.dataset import RawDataset
 
 DATA_ORDER = 3  # nnU-Net: cubic spline for images
 SEG_ORDER = 1  # nnU-Net: linear on one-hot channels for label maps and probabilities
+# ACDC CV: slices up to twice the window predicted whole, not tiled (docs/results.md, round 46)
+MAX_FIT_COARSENING = 2.0
 
 
 @dataclass
@@ -64,6 +70,7 @@ def preprocess_case(
     label_file: str | os.PathLike | None = None,
     *,
     image: tuple[np.ndarray, Geometry] | None = None,
+    fit_window: bool = False,
 ) -> PreprocessedCase:
     """Crop, normalise, move the slice axis first and resample one case (training and inference alike).
 
@@ -74,6 +81,8 @@ def preprocess_case(
         label_file: the label map, for training; ``None`` for inference.
         image: ``read_case(image_files, num_channels=...)`` when the caller has read the case already
             (it is not read again); None: read here.
+        fit_window: resample slices larger than the window coarser until they fit it
+            (:func:`prediction_spacing`; prediction); False: always the plans' spacing (training).
 
     Returns:
         The :class:`PreprocessedCase` (``data`` ``C x S x H x W``, ``seg`` ``S x H x W``).
@@ -98,9 +107,12 @@ def preprocess_case(
     slice_axis = 0 if geometry.ndim == 2 else plan.slice_axis
     transpose = [slice_axis, *(axis for axis in range(3) if axis != slice_axis)]
     spacing_before = [spacing_zyx(geometry)[axis] for axis in transpose]
-    spacing_after = [spacing_before[0], *plan.target_spacing[1:]]
     shape_after_crop = list(data.shape[1:])
     data = data.transpose(0, *(axis + 1 for axis in transpose))
+    if fit_window:
+        spacing_after = prediction_spacing(data.shape[1:], spacing_before, plan)
+    else:
+        spacing_after = [spacing_before[0], *plan.target_spacing[1:]]
     new_shape = [int(v) for v in compute_new_shape(data.shape[1:], spacing_before, spacing_after)]
     if min(new_shape) < 1:
         raise AutoPromptError(
@@ -130,6 +142,32 @@ def preprocess_case(
             if label != 0
         }
     return PreprocessedCase(data=data, seg=seg, properties=properties)
+
+
+def prediction_spacing(
+    shape: Sequence[int], spacing: Sequence[float], plan: ConfigurationPlan
+) -> list[float]:
+    """The ``(slice, row, col)`` spacing a case is predicted at: the plans' target spacing, or, where its
+    slices would be larger than the window there, coarser in-plane until they fit it, at most
+    :data:`MAX_FIT_COARSENING` times (larger slices are then tiled). Plans that already tile on purpose
+    (``inplane_rule`` ``"coarser_capped"``: the median slice does not fit) keep their spacing.
+
+    Args:
+        shape: ``(S, H, W)`` voxels, slice axis first.
+        spacing: ``(S, H, W)`` spacing of those voxels in mm.
+        plan: the configuration's plan.
+    """
+    target = [float(spacing[0]), *plan.target_spacing[1:]]
+    if plan.inplane_rule == "coarser_capped":
+        return target
+    overflow = max(
+        size * before / after / side
+        for size, before, after, side in zip(
+            shape[1:], spacing[1:], target[1:], plan.window_size, strict=True
+        )
+    )
+    factor = min(max(overflow, 1.0), MAX_FIT_COARSENING)
+    return [target[0], *(after * factor for after in target[1:])]
 
 
 def _mm(values: Sequence[float]) -> str:

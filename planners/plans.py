@@ -62,7 +62,8 @@ class ConfigurationPlan:
             never resampled).
         window_size: ``[S, S]`` in-plane windows fed to SAM, S the backbone's input (LiteMedSAM 256, SAM/MedSAM
             ViT 1024; a model refuses plans for another S); smaller slices are zero-padded, larger ones tiled
-            with Gaussian-blended windows.
+            with Gaussian-blended windows (at prediction, slices up to twice the window are first resampled
+            to fit it: :func:`pipeline.preprocessing.prediction_spacing`).
         stack_depth: 1 for "2d"; ``D`` neighbouring slices (odd) for "3d".
         batch_size: training batch size (slices for "2d", stacks for "3d").
         median_shape: ``(S, H, W)`` of a median case after preprocessing.

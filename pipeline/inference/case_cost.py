@@ -3,7 +3,7 @@
 A file's size says little about its cost: a 22 KB NIfTI of 4 x 40 x 40 voxels at 60 mm spacing resamples
 to thousands of windows, and a 600 KB ``.nii.gz`` of zeros unpacks to gigabytes. :func:`estimate_case_cost`
 follows :func:`pipeline.preprocessing.preprocess_case` on the header alone (slice axis, in-plane
-resampling to the plans' target spacing, the sliding window's tiles, mirroring) and adds up the large
+resampling to the spacing prediction uses, the sliding window's tiles, mirroring) and adds up the large
 arrays prediction keeps at its peak (reading and preprocessing the case, or predicting it slab by slab into
 the label map, with the ``K+1`` probabilities of the whole case only when they are asked for);
 :func:`check_case_cost` refuses a case over :class:`CaseLimits` with one line. ``predict`` and ``serve``
@@ -124,6 +124,7 @@ def estimate_case_cost(
 
     from pipeline.case_io import PSEUDO_SLICE_SPACING_2D
     from pipeline.inference.sliding_window import DEFAULT_CHUNK_STACKS
+    from pipeline.preprocessing import prediction_spacing
 
     plan = plans.configuration(configuration)
     geometry = infos[0].geometry
@@ -135,10 +136,10 @@ def estimate_case_cost(
     transpose = [slice_axis, *(axis for axis in range(3) if axis != slice_axis)]
     shape = [size_zyx[axis] for axis in transpose]
     spacing_before = [spacing_zyx[axis] for axis in transpose]
-    spacing_after = [spacing_before[0], *plan.target_spacing[1:]]
     if any(not math.isfinite(s) or s <= 0 for s in spacing_before):
         resampled = [0, 0, 0]
     else:
+        spacing_after = prediction_spacing(shape, spacing_before, plan)
         resampled = [int(v) for v in compute_new_shape(shape, spacing_before, spacing_after)]
     slices, rows, cols = resampled
     window = list(plan.window_size)

@@ -490,7 +490,7 @@ class Predictor:
         image = read_case(image_files, num_channels=len(self.plans.channel_names))
         for file, values in zip(image_files, np.split(image[0], len(image_files)), strict=True):
             check_image_content(values, file)
-        case = preprocess_case(image_files, self.plans, self.configuration, image=image)
+        case = preprocess_case(image_files, self.plans, self.configuration, image=image, fit_window=True)
         del image, values  # the voxels as read (``values`` are views of them) are not needed any more
         labels, probabilities = self.predict_reverted(
             case.data, case.properties, return_probabilities=return_probabilities

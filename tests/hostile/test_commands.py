@@ -191,11 +191,11 @@ def planned_data_identifier(setup: Setup) -> str:
 
 
 def header_memory_bomb(setup: Setup, tmp_path: Path) -> Case:
-    """A tiny file whose header promises 1024 x 1024 x 600 voxels: refused from the header, nothing read."""
-    source = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 600), (0.4, 0.4, 3.0))
+    """A tiny file whose header promises 1024 x 1024 x 1200 voxels: refused from the header, nothing read."""
+    source = header_only_nifti(tmp_path / "huge.nii.gz", (1024, 1024, 1200), (0.4, 0.4, 3.0))
     return Case(
         _predict(setup, source, tmp_path / "out", "--max-case-windows", "100000000"),
-        ("huge.nii.gz: 600x1024x1024 voxels", "GB, over the limit of 16 GB", "--max-case-memory-gb"),
+        ("huge.nii.gz: 1200x1024x1024 voxels", "GB, over the limit of 16 GB", "--max-case-memory-gb"),
         [tmp_path / "out" / "huge.nii.gz"],
     )
 

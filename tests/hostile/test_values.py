@@ -70,15 +70,21 @@ def _plans(setup: Setup) -> Plans:
 
 @pytest.mark.parametrize(
     ("shape", "spacing"),
-    [((3, 24, 20), (0.8, 0.8, 3.0)), ((2, 30, 17), (1.3, 0.4, 5.0)), ((24, 20), (0.5, 0.9))],
-    ids=["dataset-like", "anisotropic", "2d"],
+    [
+        ((3, 24, 20), (0.8, 0.8, 3.0)),
+        ((2, 30, 17), (1.3, 0.4, 5.0)),
+        ((24, 20), (0.5, 0.9)),
+        ((3, 24, 24), (1.0, 0.8, 3.0)),
+        ((2, 24, 40), (1.6, 0.8, 3.0)),
+    ],
+    ids=["dataset-like", "anisotropic", "2d", "wider-than-the-window", "over-twice-the-window"],
 )
 def test_estimated_shape_is_what_preprocessing_makes(
     setup: Setup, tmp_path: Path, shape: tuple[int, ...], spacing: tuple[float, ...]
 ) -> None:
     path = write_volume(tmp_path / "scan.nii.gz", scan(shape=shape), spacing=spacing)
     cost = estimate_case_cost([read_image_info(path)], _plans(setup), "2d", tta=False)
-    case = preprocess_case([path], _plans(setup), "2d")
+    case = preprocess_case([path], _plans(setup), "2d", fit_window=True)
     assert list(cost.resampled_shape) == case.properties["shape_after_resampling"]
     assert cost.memory_bytes > case.data.nbytes
 

@@ -68,6 +68,26 @@ def test_a_case_is_read_once_and_each_window_encoded_once(
     assert prediction.labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
 
 
+def test_a_case_wider_than_the_window_is_encoded_one_window_a_slice(
+    inference_setup: InferenceSetup, tmp_path: Path
+) -> None:
+    folder = inference_setup.model_2d
+    plans = ModelFolder(folder).plans
+    image = sitk.ReadImage(str(inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz"))
+    image.SetSpacing([side * 1.5 for side in image.GetSpacing()[:2]] + [image.GetSpacing()[2]])
+    wide = tmp_path / "wide_0000.nii.gz"
+    sitk.WriteImage(image, str(wide))
+    tiled = preprocess_case([wide], plans, "2d").data
+    assert max(tiled.shape[-2:]) > plans.configuration("2d").window_size[0]  # at the plans' spacing: tiles
+    predictor = Predictor.from_model_folder(folder, folds=[0], device="cpu", tta=False, precision="fp32")
+    batches = count_encoded_windows(predictor)
+
+    prediction = predictor.predict_case([wide])
+
+    assert sum(batches) == tiled.shape[1]  # one window a slice: the slices were shrunk to fit it
+    assert prediction.labels.shape == sitk.GetArrayFromImage(image).shape
+
+
 def test_through_openvino_the_windows_at_one_position_go_to_the_encoder_in_one_call(
     inference_setup: InferenceSetup, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from pipeline.dataset import load_raw_dataset
 from pipeline.io import read_image
 from pipeline.preprocessing import (
     geometry_of,
+    prediction_spacing,
     preprocess_case,
     revert_probabilities,
     revert_probability_slices,
@@ -22,7 +23,7 @@ from pipeline.preprocessing import (
 )
 from planners.fingerprint import extract_fingerprint
 from planners.planner import plan_dataset
-from planners.plans import ChannelNormalization, Plans
+from planners.plans import ChannelNormalization, ConfigurationPlan, Plans
 from tests.planners.helpers import add_zero_border, label_inside
 from tests.synthetic_data import make_synthetic_dataset
 
@@ -182,3 +183,48 @@ def test_real_acdc_cases_round_trip(shared_data: Path) -> None:
         label, _ = read_image(files.label)
         assert np.array_equal(revert_segmentation(case.seg, case.properties), label)
         assert sorted(case.properties["class_slices"]) == ["1", "2", "3"]
+
+
+def _plan(rule: str) -> ConfigurationPlan:
+    return ConfigurationPlan(
+        data_identifier="autoprompt_slices",
+        slice_axis=0,
+        target_spacing=[3.0, 1.0, 1.0],
+        window_size=[256, 256],
+        stack_depth=1,
+        batch_size=8,
+        median_shape=[8, 200, 200],
+        cache_embeddings=True,
+        estimated_cache_gib=0.1,
+        inplane_rule=rule,
+    )
+
+
+def test_prediction_spacing_makes_slices_fit_one_window_at_most_twice_coarser() -> None:
+    spacing = (5.0, 0.5, 0.5)  # the image's own; the plans resample it to 1 mm
+    assert prediction_spacing((4, 400, 300), spacing, _plan("median")) == [5.0, 1.0, 1.0]  # 200 x 150: fits
+    assert prediction_spacing((4, 400, 576), spacing, _plan("median")) == pytest.approx([5.0, 1.125, 1.125])
+    assert prediction_spacing((4, 2048, 100), spacing, _plan("median")) == [
+        5.0,
+        2.0,
+        2.0,
+    ]  # 4x: capped, tiled
+    # plans whose median slice does not fit tile on purpose (their model was trained on tiles)
+    assert prediction_spacing((4, 400, 576), spacing, _plan("coarser_capped")) == [5.0, 1.0, 1.0]
+
+
+def test_a_slice_larger_than_the_window_is_predicted_whole_and_reverts_exactly(tmp_path: Path) -> None:
+    folder, plans = planned_dataset(tmp_path)
+    for configuration in plans.configurations.values():  # the 43 x 37 voxel crop becomes 344 x 296 pixels
+        configuration.target_spacing = [3.0, 0.1, 0.1]
+    image_file, label_file = (
+        folder / "imagesTr" / "case_000_0000.nii.gz",
+        folder / "labelsTr" / "case_000.nii.gz",
+    )
+    tiled = preprocess_case([image_file], plans, "2d", label_file=label_file)
+    whole = preprocess_case([image_file], plans, "2d", label_file=label_file, fit_window=True)
+    assert tiled.data.shape[2:] == (344, 296)
+    assert whole.data.shape[2:] == (256, round(296 * 256 / 344))
+    assert whole.properties["spacing_after_resampling"][1:] == pytest.approx([0.1 * 344 / 256] * 2)
+    label, _ = read_image(label_file)
+    assert np.array_equal(revert_segmentation(whole.seg, whole.properties), label)
