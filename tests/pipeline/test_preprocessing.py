@@ -24,6 +24,7 @@ from pipeline.preprocessing import (
 from planners.fingerprint import extract_fingerprint
 from planners.planner import plan_dataset
 from planners.plans import ChannelNormalization, ConfigurationPlan, Plans
+from tests.pipeline.test_natural_images import plans_with
 from tests.planners.helpers import add_zero_border, label_inside
 from tests.synthetic_data import make_synthetic_dataset
 
@@ -186,18 +187,9 @@ def test_real_acdc_cases_round_trip(shared_data: Path) -> None:
 
 
 def _plan(rule: str) -> ConfigurationPlan:
-    return ConfigurationPlan(
-        data_identifier="autoprompt_slices",
-        slice_axis=0,
-        target_spacing=[3.0, 1.0, 1.0],
-        window_size=[256, 256],
-        stack_depth=1,
-        batch_size=8,
-        median_shape=[8, 200, 200],
-        cache_embeddings=True,
-        estimated_cache_gib=0.1,
-        inplane_rule=rule,
-    )
+    """256 x 256 windows at 1 mm in-plane, planned by ``rule``."""
+    plan = plans_with(ChannelNormalization("mr", 0.5, 99.5)).configuration("2d")
+    return dataclasses.replace(plan, target_spacing=[3.0, 1.0, 1.0], inplane_rule=rule)
 
 
 def test_prediction_spacing_makes_slices_fit_one_window_at_most_twice_coarser() -> None:
