@@ -196,11 +196,8 @@ def test_prediction_spacing_makes_slices_fit_one_window_at_most_twice_coarser() 
     spacing = (5.0, 0.5, 0.5)  # the image's own; the plans resample it to 1 mm
     assert prediction_spacing((4, 400, 300), spacing, _plan("median")) == [5.0, 1.0, 1.0]  # 200 x 150: fits
     assert prediction_spacing((4, 400, 576), spacing, _plan("median")) == pytest.approx([5.0, 1.125, 1.125])
-    assert prediction_spacing((4, 2048, 100), spacing, _plan("median")) == [
-        5.0,
-        2.0,
-        2.0,
-    ]  # 4x: capped, tiled
+    # 1024 pixels, 4 windows: shrunk at most twice, then tiled
+    assert prediction_spacing((4, 2048, 100), spacing, _plan("median")) == [5.0, 2.0, 2.0]
     # plans whose median slice does not fit tile on purpose (their model was trained on tiles)
     assert prediction_spacing((4, 400, 576), spacing, _plan("coarser_capped")) == [5.0, 1.0, 1.0]
 
@@ -209,10 +206,8 @@ def test_a_slice_larger_than_the_window_is_predicted_whole_and_reverts_exactly(t
     folder, plans = planned_dataset(tmp_path)
     for configuration in plans.configurations.values():  # the 43 x 37 voxel crop becomes 344 x 296 pixels
         configuration.target_spacing = [3.0, 0.1, 0.1]
-    image_file, label_file = (
-        folder / "imagesTr" / "case_000_0000.nii.gz",
-        folder / "labelsTr" / "case_000.nii.gz",
-    )
+    image_file = folder / "imagesTr" / "case_000_0000.nii.gz"
+    label_file = folder / "labelsTr" / "case_000.nii.gz"
     tiled = preprocess_case([image_file], plans, "2d", label_file=label_file)
     whole = preprocess_case([image_file], plans, "2d", label_file=label_file, fit_window=True)
     assert tiled.data.shape[2:] == (344, 296)
