@@ -100,6 +100,22 @@ def quantize_encoder(encoder: nn.Module, windows: np.ndarray, folder: Path) -> P
 def int8_encoder_for(folder: Path, encoder: nn.Module, *, input_size: int) -> Path | None:
     """The ``encoder.xml`` of ``folder`` if it holds a complete int8 copy of this very ``encoder`` (same
     weights digest), made by :data:`RECIPE` for ``S x S`` windows, else None."""
+    record = _complete_record(folder)
+    if record is None:
+        return None
+    same = record.get("weights") == weights_digest(encoder) and record.get("input_size") == input_size
+    return folder / "encoder.xml" if same else None
+
+
+def int8_encoder_file(folder: Path) -> Path | None:
+    """The ``encoder.xml`` of ``folder`` if it holds a complete int8 encoder made by :data:`RECIPE`, whatever
+    encoder and windows it was made for (:func:`int8_encoder_for` checks those): enough to compile it ahead
+    (:func:`~autoprompt.modeling.encoder_runtime.compile_ahead`) before the encoder is loaded."""
+    return None if _complete_record(folder) is None else folder / "encoder.xml"
+
+
+def _complete_record(folder: Path) -> dict | None:
+    """``folder``'s ``int8.json`` if it names :data:`RECIPE` and both model files are there, else None."""
     record_path = folder / "int8.json"
     if not record_path.is_file():
         return None
@@ -108,12 +124,8 @@ def int8_encoder_for(folder: Path, encoder: nn.Module, *, input_size: int) -> Pa
     except ValueError:
         return None
     xml = folder / "encoder.xml"
-    same = (
-        record.get("recipe") == RECIPE
-        and record.get("weights") == weights_digest(encoder)
-        and record.get("input_size") == input_size
-    )
-    return xml if same and xml.is_file() and xml.with_suffix(".bin").is_file() else None
+    complete = record.get("recipe") == RECIPE and xml.is_file() and xml.with_suffix(".bin").is_file()
+    return record if complete else None
 
 
 def int8_encoder_digest(xml: Path) -> str:

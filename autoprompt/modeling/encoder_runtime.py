@@ -21,7 +21,9 @@ OpenVINO on its own would pick bf16 on such CPUs even for an fp32 request. Outpu
 
 An int8 copy of the encoder (``int8_xml``, :mod:`autoprompt.modeling.encoder_quantization`: a model folder's,
 where :func:`autoprompt.precision.int8_encoder_pays`) is compiled the same way, with the same hint for the
-layers it leaves in floating point, in place of the export below.
+layers it leaves in floating point, in place of the export below. Compiling takes a moment per process;
+:func:`compile_ahead` starts it in a background thread while the caller does other work (the predictor
+loads its models meanwhile), and the first call waits for it instead of compiling again.
 
 Exported model: ``<cache folder>/openvino/<key>/encoder.xml`` (+ ``encoder.bin``, fp32 weights), key =
 SHA-256 of the encoder's weights (:func:`weights_digest`: for a pristine backbone one export per weights file,
@@ -78,6 +80,9 @@ _NOTICES: set[str] = set()
 _FAILED_EXPORTS: set[Path | tuple[Path, str]] = set()
 """Exports that failed (the file), and files that failed to compile at a precision hint ``(file, hint)``: a
 CPU may compile the fp32 export but not in bf16."""
+_AHEAD: dict[tuple[str, str, int, str], threading.Thread] = {}
+"""Compilations started by :func:`compile_ahead` that no call has waited for yet, by :func:`_compiled`'s key."""
+_AHEAD_LOCK = threading.Lock()
 _DIGESTS: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
 
 EncoderFn = Callable[[torch.Tensor], torch.Tensor]
@@ -146,7 +151,7 @@ def accelerated_encoder(
     hint = _precision_hint()
     if int8_xml is not None and (int8_xml, hint) not in _FAILED_EXPORTS:
         try:
-            return functools.partial(_run, _compiled(str(int8_xml), hint, torch.get_num_threads(), mode))
+            return functools.partial(_run, _compiled_once(str(int8_xml), hint, torch.get_num_threads(), mode))
         except Exception as error:  # noqa: BLE001 - a damaged int8 file: the fp32 export still works
             _FAILED_EXPORTS.add((int8_xml, hint))
             notice(
@@ -160,7 +165,7 @@ def accelerated_encoder(
     try:
         if not xml.is_file():
             export_encoder(encoder, xml, input_size=inputs.shape[-1])
-        compiled = _compiled(str(xml), hint, torch.get_num_threads(), mode)
+        compiled = _compiled_once(str(xml), hint, torch.get_num_threads(), mode)
     except Exception as error:  # noqa: BLE001 - any export/compile failure means: run PyTorch instead
         _FAILED_EXPORTS.add((xml, hint) if xml.is_file() else xml)
         notice(
@@ -169,6 +174,42 @@ def accelerated_encoder(
         )
         return None
     return functools.partial(_run, compiled)
+
+
+def compile_ahead(xml: Path, *, bf16: bool) -> None:
+    """Start compiling the exported encoder ``xml`` for batches of windows in a background thread, so that
+    the first :func:`accelerated_encoder` call that runs it on a batch (under bf16 autocast if ``bf16``)
+    finds it compiled or waits for it. OpenVINO compiles without holding Python's lock, so this overlaps
+    work such as importing and loading the models. A failure is left to that call, which compiles again and
+    reports it; without the ``openvino`` package nothing starts."""
+    try:
+        import openvino  # noqa: F401 - imported here, not by two threads at once
+    except ImportError:
+        return
+    key = (str(xml), "bf16" if bf16 else "f32", torch.get_num_threads(), "THROUGHPUT")
+    with _AHEAD_LOCK:
+        if key in _AHEAD:  # already on its way
+            return
+        # not a daemon: a process ending meanwhile (a bad first case) waits for it, not killing it mid-compile
+        thread = _AHEAD[key] = threading.Thread(
+            target=_compile_quietly, args=key, name="openvino-compile-ahead"
+        )
+    thread.start()
+
+
+def _compile_quietly(*key: Any) -> None:
+    with contextlib.suppress(Exception):  # reported by the call that needs the model (see compile_ahead)
+        _compiled(*key)
+
+
+def _compiled_once(xml: str, precision: str, threads: int, mode: str) -> Any:
+    """:func:`_compiled`, after waiting for a :func:`compile_ahead` of the same model, so it is not compiled
+    twice at once."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop((xml, precision, threads, mode), None)
+    if ahead is not None:
+        ahead.join()
+    return _compiled(xml, precision, threads, mode)
 
 
 def _first_line(error: Exception) -> str:

@@ -98,6 +98,20 @@ def use_int8_encoder(
     ]
 
 
+def compile_int8_ahead(model_folder: ModelFolder, device: torch.device) -> None:
+    """Start compiling the folder's int8 encoder in the background (:func:`compile_ahead`) where ``auto`` is
+    about to run it: int8 pays at ``device``'s automatic precision and the folder holds one. Whether it fits
+    the backbone is checked once the backbone is loaded (:func:`use_int8_encoder`); an unused compilation
+    costs only the background thread's time."""
+    from autoprompt.modeling.encoder_quantization import int8_encoder_file
+    from autoprompt.modeling.encoder_runtime import compile_ahead
+
+    native = resolve_precision(AUTO, device)
+    xml = int8_encoder_file(model_folder.int8_encoder_folder) if int8_encoder_pays(native, device) else None
+    if xml is not None:
+        compile_ahead(xml, bf16=native == Precision.BF16)
+
+
 def check_decoding(model_config: ModelConfig, decoding: Mapping[str, float]) -> dict[str, float]:
     """``decoding`` checked by the model settings' own rules (:class:`ModelConfig`), as a dict.
 
@@ -278,6 +292,8 @@ class Predictor:
         device = device if isinstance(device, torch.device) else resolve_device(device)
         model_config = model_folder.trainer_config.model
         decoding = check_decoding(model_config, decoding or {})
+        if precision == AUTO:
+            compile_int8_ahead(model_folder, device)  # while the backbone and the folds load
         backbone = load_configured_backbone(model_config, window=model_folder.window())
         fold_models = {
             fold: model_folder.load_models(fold, checkpoint=checkpoint, device=device, backbone=backbone)

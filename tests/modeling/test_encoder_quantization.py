@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import copy
 import shutil
+import threading
 from pathlib import Path
 
+import openvino
 import pytest
 import torch
 
 from autoprompt.devices import Precision
 from autoprompt.modeling import encoder_runtime
 from autoprompt.modeling.backbone import SamBackbone, load_backbone
-from autoprompt.modeling.encoder_quantization import RECIPE, int8_encoder_for, quantize_encoder
+from autoprompt.modeling.encoder_quantization import (
+    RECIPE,
+    int8_encoder_file,
+    int8_encoder_for,
+    quantize_encoder,
+)
 from pipeline.files import load_json, save_json
 from tests.modeling.test_encoder_runtime import _encode, _fresh_process_state, _window, _windows
 
@@ -51,16 +58,19 @@ def test_the_int8_encoder_is_found_for_its_own_encoder_and_window_only(tiny_int8
     with torch.no_grad():
         next(changed.parameters()).add_(0.01)
     assert int8_encoder_for(folder, changed, input_size=256) is None
+    assert int8_encoder_file(folder) == folder / "encoder.xml"  # whatever it was made from: compiled ahead
 
     unfinished = tmp_path / "encoder_int8"  # the record is written last: without it the folder is not used
     shutil.copytree(folder, unfinished)
     (unfinished / "int8.json").unlink()
     assert int8_encoder_for(unfinished, backbone.image_encoder, input_size=256) is None
+    assert int8_encoder_file(unfinished) is None
 
     other_recipe = tmp_path / "made_otherwise"  # quantised another way: every layer in int8
     shutil.copytree(folder, other_recipe)
     save_json({**record, "recipe": "nncf transformer ptq"}, other_recipe / "int8.json")
     assert int8_encoder_for(other_recipe, backbone.image_encoder, input_size=256) is None
+    assert int8_encoder_file(other_recipe) is None
 
 
 def test_a_backbone_runs_its_int8_encoder_in_place_of_the_fp32_export(tiny_int8, tmp_path):
@@ -103,6 +113,50 @@ def test_an_int8_file_that_does_not_compile_gives_one_notice_and_the_fp32_export
     torch.testing.assert_close(second, reference)
     notices = [line for line in capsys.readouterr().err.splitlines() if "int8 image encoder" in line]
     assert len(notices) == 1 and str(damaged) in notices[0] and "fp32 export runs instead" in notices[0]
+
+
+def test_an_encoder_compiled_ahead_is_waited_for_not_compiled_again(tiny_int8, tmp_path, monkeypatch):
+    backbone, folder = tiny_int8
+    backbone.runtime_cache_folder = tmp_path / "cache"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two streams even on a one-core runner
+    compiles = []
+    compile_model = openvino.Core.compile_model
+
+    def recorded(core, model, *args, **kwargs):
+        compiles.append((Path(model).parent.name, threading.current_thread().name))
+        return compile_model(core, model, *args, **kwargs)
+
+    monkeypatch.setattr(openvino.Core, "compile_model", recorded)
+    windows = _windows(3)
+    backbone.int8_encoder = folder / "encoder.xml"
+    try:
+        encoder_runtime.compile_ahead(folder / "encoder.xml", bf16=False)
+        ahead = _encode(backbone, windows, Precision.FP32)
+        assert compiles == [("encoder_int8", "openvino-compile-ahead")]
+        encoder_runtime._compiled.cache_clear()  # a new process that did not compile ahead
+        torch.testing.assert_close(_encode(backbone, windows, Precision.FP32), ahead, rtol=0, atol=0)
+    finally:
+        backbone.int8_encoder = None
+    assert compiles[1:] == [("encoder_int8", "MainThread")]
+
+
+def test_a_failed_compile_ahead_is_reported_once_by_the_call_that_needed_it(tiny_int8, tmp_path, capsys):
+    backbone, _ = tiny_int8
+    damaged = tmp_path / "encoder_int8" / "encoder.xml"
+    damaged.parent.mkdir()
+    damaged.write_text("<net>not an OpenVINO model</net>")
+    damaged.with_suffix(".bin").write_bytes(b"")
+    backbone.runtime_cache_folder = tmp_path / "cache"
+    reference = _encode(backbone, _windows(2), Precision.FP32)
+    encoder_runtime.compile_ahead(damaged, bf16=False)
+    backbone.int8_encoder = damaged
+    try:
+        embeddings = _encode(backbone, _windows(2), Precision.FP32)
+    finally:
+        backbone.int8_encoder = None
+    torch.testing.assert_close(embeddings, reference)
+    notices = [line for line in capsys.readouterr().err.splitlines() if "int8 image encoder" in line]
+    assert len(notices) == 1 and str(damaged) in notices[0]
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ def _fresh_process_state(monkeypatch):
     """Notices, failed exports and compiled models as in a new process."""
     monkeypatch.setattr(encoder_runtime, "_NOTICES", set())
     monkeypatch.setattr(encoder_runtime, "_FAILED_EXPORTS", set())
+    monkeypatch.setattr(encoder_runtime, "_AHEAD", {})
     encoder_runtime._compiled.cache_clear()
     encoder_runtime._requests.cache_clear()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoprompt.modeling import encoder_runtime
 from autoprompt.modeling.encoder_quantization import int8_encoder_digest
 from pipeline.checkpoint import load_checkpoint
 from pipeline.files import load_json
@@ -81,6 +82,8 @@ def test_training_writes_the_int8_encoder_once_int8_cache_builds_the_cache_with_
         [int8_encoder_digest(folder / "encoder.xml"), "None"]
     )
 
+    ahead = []  # compiled in the background while the models load, where auto is going to run it
+    monkeypatch.setattr(encoder_runtime, "compile_ahead", lambda xml, *, bf16: ahead.append((xml, bf16)))
     fake_cpu(monkeypatch, bf16=True, extra=ZEN4)
     predictor = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
     assert predictor.models[0].backbone.int8_encoder == folder / "encoder.xml"
@@ -100,6 +103,7 @@ def test_training_writes_the_int8_encoder_once_int8_cache_builds_the_cache_with_
     amx = Predictor.from_model_folder(first.model_folder, checkpoint="final", device="cpu")
     assert amx.models[0].backbone.int8_encoder is None
     assert not any("int8" in note for note in amx.notes)
+    assert ahead == [(folder / "encoder.xml", True), (folder / "encoder.xml", False)]  # none for bf16, AMX
 
 
 def test_a_finished_fold_resumed_with_int8_encoder_on_only_writes_it(
