@@ -172,11 +172,12 @@ def predict(
         )
         summary.notes += predictor.notes
         predictor.limits = limits or CaseLimits()
+        shrunk: dict[str, float] = {}
         bar = progress_bar(todo, desc="predict", unit="case", enabled=progress)
         for case in bar:
             bar.set_postfix_str(case.case_id)
             try:
-                _predict_case(
+                coarsening = _predict_case(
                     predictor,
                     case,
                     output,
@@ -190,8 +191,24 @@ def predict(
                 bar.write(f"failed {case.case_id}: {error}", file=sys.stderr)  # once; the command adds none
             else:
                 summary.done.append(case.case_id)
+                if coarsening > 1:
+                    shrunk[case.case_id] = coarsening
+        if shrunk:
+            summary.notes.append(shrunk_cases_note(shrunk, predictor.plan.window_size))
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def shrunk_cases_note(coarsening: Mapping[str, float], window: Sequence[int]) -> str:
+    """The note for the cases whose slices were shrunk to fit the window: case id -> coarsening (> 1)."""
+    names = ", ".join(list(coarsening)[:5]) + (
+        f" and {len(coarsening) - 5} more" if len(coarsening) > 5 else ""
+    )
+    return (
+        f"note: {len(coarsening)} case(s) had slices larger than the {' x '.join(map(str, window))} window at "
+        f"the plans' spacing and were predicted at a coarser in-plane spacing to fit it (up to "
+        f"{max(coarsening.values()):.2f}x; label maps at the input's resolution): {names}"
+    )
 
 
 def _predict_case(
@@ -201,8 +218,9 @@ def _predict_case(
     *,
     save_probabilities: bool,
     output_suffix: str | None,
-) -> None:
-    """Predict one case; the label map and probabilities appear together (probabilities renamed first)."""
+) -> float:
+    """Predict one case; the label map and probabilities appear together (probabilities renamed first).
+    Returns the case's :attr:`~pipeline.inference.predictor.Prediction.coarsening`."""
     if case.problem:
         raise AutoPromptError(case.problem)
     suffix = output_suffix or case.output_suffix
@@ -218,3 +236,4 @@ def _predict_case(
                 np.savez_compressed(
                     probabilities_tmp, probabilities=prediction.probabilities.astype(np.float16)
                 )
+    return prediction.coarsening

@@ -148,11 +148,14 @@ class Prediction:
         labels: label map ``(Z, Y, X)`` (or ``(Y, X)`` for a 2D image), values from the dataset's labels.
         geometry: the input's geometry (write ``labels`` with it).
         probabilities: ``K+1 x Z x Y x X`` float16 softmax (background first), when asked for.
+        coarsening: the in-plane spacing the case was predicted at over the plans' spacing: above 1 when its
+            slices were shrunk to fit the window (:func:`~pipeline.preprocessing.prediction_spacing`).
     """
 
     labels: np.ndarray
     geometry: Geometry
     probabilities: np.ndarray | None = None
+    coarsening: float = 1.0
 
 
 class Predictor:
@@ -511,7 +514,13 @@ class Predictor:
         labels, probabilities = self.predict_reverted(
             case.data, case.properties, return_probabilities=return_probabilities
         )
-        return Prediction(labels=labels, geometry=geometry_of(case.properties), probabilities=probabilities)
+        predicted_at = case.properties["spacing_after_resampling"][-1]
+        return Prediction(
+            labels=labels,
+            geometry=geometry_of(case.properties),
+            probabilities=probabilities,
+            coarsening=predicted_at / self.plan.target_spacing[-1],
+        )
 
     def labels_from_probabilities(self, probabilities: np.ndarray) -> np.ndarray:
         """Argmax over ``K+1 x ...`` probabilities, mapped to label values, postprocessed (uint8 when labels fit)."""

@@ -3,6 +3,7 @@ OpenVINO gets a position's windows in one call."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 
 from autoprompt.modeling import encoder_runtime
+from pipeline.inference.predict_folder import predict
 from pipeline.inference.predictor import CPU_BATCH_SIZE, Predictor
 from pipeline.model_folder import ModelFolder
-from pipeline.preprocessing import preprocess_case
+from pipeline.preprocessing import MAX_FIT_COARSENING, preprocess_case
 from tests.inference.conftest import InferenceSetup
 
 
@@ -68,15 +70,22 @@ def test_a_case_is_read_once_and_each_window_encoded_once(
     assert prediction.labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
 
 
+def _wide_case(inference_setup: InferenceSetup, folder: Path) -> Path:
+    """A training image with 1.5 times its in-plane spacing, as ``folder/wide_0000.nii.gz``: at the plans'
+    spacing its slices are larger than the window."""
+    image = sitk.ReadImage(str(inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz"))
+    image.SetSpacing([side * 1.5 for side in image.GetSpacing()[:2]] + [image.GetSpacing()[2]])
+    wide = folder / "wide_0000.nii.gz"
+    sitk.WriteImage(image, str(wide))
+    return wide
+
+
 def test_a_case_wider_than_the_window_is_encoded_one_window_a_slice(
     inference_setup: InferenceSetup, tmp_path: Path
 ) -> None:
     folder = inference_setup.model_2d
     plans = ModelFolder(folder).plans
-    image = sitk.ReadImage(str(inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz"))
-    image.SetSpacing([side * 1.5 for side in image.GetSpacing()[:2]] + [image.GetSpacing()[2]])
-    wide = tmp_path / "wide_0000.nii.gz"
-    sitk.WriteImage(image, str(wide))
+    wide = _wide_case(inference_setup, tmp_path)
     tiled = preprocess_case([wide], plans, "2d").data
     assert max(tiled.shape[-2:]) > plans.configuration("2d").window_size[0]  # at the plans' spacing: tiles
     predictor = Predictor.from_model_folder(folder, folds=[0], device="cpu", tta=False, precision="fp32")
@@ -85,7 +94,25 @@ def test_a_case_wider_than_the_window_is_encoded_one_window_a_slice(
     prediction = predictor.predict_case([wide])
 
     assert sum(batches) == tiled.shape[1]  # one window a slice: the slices were shrunk to fit it
-    assert prediction.labels.shape == sitk.GetArrayFromImage(image).shape
+    assert prediction.labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(wide))).shape
+    assert 1 < prediction.coarsening <= MAX_FIT_COARSENING
+
+
+def test_predict_names_the_cases_it_shrank_to_fit_the_window(inference_setup: InferenceSetup, tmp_path: Path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    _wide_case(inference_setup, inputs)
+    shutil.copy(
+        inference_setup.raw / "imagesTr" / "case_000_0000.nii.gz", inputs
+    )  # fits at the plans' spacing
+
+    summary = predict(
+        inference_setup.model_2d, inputs, tmp_path / "out", folds=[0], tta=False, progress=False
+    )
+
+    assert sorted(summary.done) == ["case_000", "wide"]
+    notes = [note for note in summary.notes if "larger than the" in note]
+    assert len(notes) == 1 and notes[0].startswith("note: 1 case(s)") and notes[0].endswith(": wide")
 
 
 def test_through_openvino_the_windows_at_one_position_go_to_the_encoder_in_one_call(
