@@ -48,7 +48,8 @@ class PredictSummary:
         skipped: case ids whose label map already existed.
         failed: case id -> the one-line reason (only with ``continue_on_error``).
         ignored: input files that are not images.
-        notes: one-line notes on how the model was used (e.g. no postprocessing for fold ``all``).
+        notes: one-line notes on how the model was used (e.g. no postprocessing for fold ``all``), and one
+            naming the cases whose slices were shrunk to fit the window (:func:`shrunk_cases_note`).
         seconds: wall time of the run.
     """
 
