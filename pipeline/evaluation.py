@@ -51,7 +51,7 @@ from monai.metrics import (
     compute_iou,
 )
 
-from autoprompt.errors import AutoPromptError
+from autoprompt.errors import AutoPromptError, short_list
 from autoprompt.progress import progress
 from pipeline.files import atomic_path, check_output_file, save_json
 from pipeline.io import SUPPORTED_SUFFIXES, Geometry, read_image
@@ -323,20 +323,15 @@ def _pair_cases(reference_folder: Path, prediction_folder: Path) -> list[_CasePa
         problems = []
         if missing:
             problems.append(
-                f"{len(missing)} without prediction in {prediction_folder}: {_short_list(missing)}"
+                f"{len(missing)} without prediction in {prediction_folder}: {short_list(missing)}"
             )
         if extra:
-            problems.append(f"{len(extra)} without reference in {reference_folder}: {_short_list(extra)}")
+            problems.append(f"{len(extra)} without reference in {reference_folder}: {short_list(extra)}")
         raise AutoPromptError(
             f"reference and prediction cases differ ({'; '.join(problems)}); predict the missing cases or remove "
             "the extra files"
         )
     return [_CasePair(case, references[case], predictions[case]) for case in sorted(references)]
-
-
-def _short_list(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown}, ... ({len(names) - limit} more)"
 
 
 def _run_cases(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoprompt.errors import AutoPromptError
+from autoprompt.errors import AutoPromptError, short_list
 from autoprompt.progress import progress as progress_bar
 from pipeline.files import atomic_path, check_output_folder
 from pipeline.inference.case_cost import CaseLimits
@@ -202,13 +202,10 @@ def predict(
 
 def shrunk_cases_note(coarsening: Mapping[str, float], window: Sequence[int]) -> str:
     """The note for the cases whose slices were shrunk to fit the window: case id -> coarsening (> 1)."""
-    names = ", ".join(list(coarsening)[:5]) + (
-        f" and {len(coarsening) - 5} more" if len(coarsening) > 5 else ""
-    )
     return (
         f"note: {len(coarsening)} case(s) had slices larger than the {' x '.join(map(str, window))} window at "
         f"the plans' spacing and were predicted at a coarser in-plane spacing to fit it (up to "
-        f"{max(coarsening.values()):.2f}x; label maps at the input's resolution): {names}"
+        f"{max(coarsening.values()):.2f}x; label maps at the input's resolution): {short_list(list(coarsening))}"
     )
 
 
